@@ -1,0 +1,532 @@
+//! Parse and validate `#[resilient(...)]` and `#[retry_on(...)]` into a checked policy.
+//!
+//! Every check runs here, at compile time, and every error points at the offending token.
+//! Errors are collected, not returned at the first one, so a user fixes an attribute in one go.
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, ExprRange, Ident, Lit, LitInt, LitStr, RangeLimits, Token};
+
+/// The keys `#[resilient]` accepts, in the order the docs list them.
+pub const KEYS: &[&str] = &[
+    "backoff",
+    "max",
+    "base",
+    "cap",
+    "timeout",
+    "deadline",
+    "max_retry_after",
+    "crate",
+];
+
+const BACKOFFS: &[(&str, &str)] = &[
+    ("exp_jitter", "ExpJitter"),
+    ("equal_jitter", "EqualJitter"),
+    ("decorrelated_jitter", "DecorrelatedJitter"),
+    ("exp", "Exp"),
+    ("constant", "Constant"),
+];
+
+/// Caller-fault 4xx codes: retrying them sends the same wrong request again, and pays again.
+const CALLER_FAULTS: &[(u16, &str)] = &[
+    (400, "Bad Request: the request itself is malformed"),
+    (401, "Unauthorized: the credentials are wrong"),
+    (403, "Forbidden: the account may not do this"),
+    (404, "Not Found: the model or endpoint does not exist"),
+    (413, "Payload Too Large: the request is too big"),
+    (422, "Unprocessable Entity: the request is invalid"),
+];
+
+const MAX_ATTEMPTS: u64 = 20;
+/// Longest duration any key accepts: a retry policy that waits more than a day is a job queue.
+const LONGEST: u128 = 24 * 3600 * 1_000_000_000;
+
+/// One `key = value` pair as written.
+pub struct Pair {
+    pub key: Ident,
+    pub value: Expr,
+}
+
+impl Parse for Pair {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        // `crate` is a keyword; `parse_any` accepts it as a key.
+        let key = Ident::parse_any(input)?;
+        input.parse::<Token![=]>()?;
+        let value = input.parse()?;
+        Ok(Pair { key, value })
+    }
+}
+
+/// The raw `#[resilient(...)]` arguments.
+pub struct Args {
+    pub pairs: Punctuated<Pair, Token![,]>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        Ok(Args {
+            pairs: Punctuated::parse_terminated(input)?,
+        })
+    }
+}
+
+/// A duration as whole nanoseconds, with the span of the literal it came from.
+#[derive(Clone, Copy)]
+pub struct Dur {
+    pub nanos: u64,
+    pub span: Span,
+}
+
+/// A checked `#[resilient]` policy.
+pub struct Policy {
+    pub backoff: &'static str,
+    pub max: u32,
+    pub base: Dur,
+    pub cap: Dur,
+    pub timeout: Option<Dur>,
+    pub deadline: Option<Dur>,
+    pub max_retry_after: Dur,
+    pub krate: Option<syn::Path>,
+    /// Where `timeout`/`deadline` were written: the executor's `From<Rejected>` requirement is
+    /// reported there.
+    pub cut_span: Option<Span>,
+}
+
+/// Collects errors so that all of them are reported together.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub fn at<T: quote::ToTokens>(&mut self, tokens: T, message: impl std::fmt::Display) {
+        self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    pub fn finish(self) -> Result<(), syn::Error> {
+        match self.0 {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn dur(nanos: u64) -> Dur {
+    Dur {
+        nanos,
+        span: Span::call_site(),
+    }
+}
+
+impl Policy {
+    /// Check every pair; errors go to `errors`, the result holds the valid values.
+    pub fn from_args(args: &Args, errors: &mut Errors) -> Policy {
+        let mut policy = Policy {
+            backoff: "ExpJitter",
+            max: 3,
+            base: dur(500_000_000),
+            cap: dur(30_000_000_000),
+            timeout: None,
+            deadline: None,
+            max_retry_after: dur(60_000_000_000),
+            krate: None,
+            cut_span: None,
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let (mut base_set, mut cap_set) = (false, false);
+        for pair in &args.pairs {
+            let key = pair.key.to_string();
+            if !KEYS.contains(&key.as_str()) {
+                errors.at(
+                    &pair.key,
+                    format!(
+                        "unknown key `{key}` in #[resilient]; the valid keys are: {}",
+                        KEYS.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if seen.contains(&key) {
+                errors.at(
+                    &pair.key,
+                    format!("duplicate key `{key}`: each key may appear once"),
+                );
+                continue;
+            }
+            seen.push(key.clone());
+            match key.as_str() {
+                "backoff" => {
+                    if let Some(s) = string(&pair.value, &key, "\"exp_jitter\"", errors) {
+                        match BACKOFFS.iter().find(|(name, _)| *name == s.value()) {
+                            Some((_, variant)) => policy.backoff = variant,
+                            None => errors.at(
+                                &s,
+                                format!(
+                                    "unknown backoff `{}`; use one of: {}",
+                                    s.value(),
+                                    BACKOFFS
+                                        .iter()
+                                        .map(|(n, _)| format!("\"{n}\""))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ),
+                        }
+                    }
+                }
+                "max" => {
+                    if let Some(n) = int(&pair.value, &key, errors) {
+                        match n.base10_parse::<u64>() {
+                            Ok(0) => errors.at(
+                                &n,
+                                "`max = 0` would never call the function: `max` counts attempts including the first, so use 1 for no retries",
+                            ),
+                            Ok(v) if v > MAX_ATTEMPTS => errors.at(
+                                &n,
+                                format!("`max = {v}` is too many attempts: at most {MAX_ATTEMPTS}; past that a call is polling, not retrying"),
+                            ),
+                            Ok(v) => policy.max = v as u32,
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+                "base" | "cap" | "timeout" | "deadline" | "max_retry_after" => {
+                    let Some(d) = duration(&pair.value, &key, errors) else {
+                        continue;
+                    };
+                    match key.as_str() {
+                        "base" => {
+                            base_set = true;
+                            policy.base = d
+                        }
+                        "cap" => {
+                            cap_set = true;
+                            policy.cap = d
+                        }
+                        "timeout" => {
+                            policy.timeout = Some(d);
+                            policy.cut_span.get_or_insert(pair.key.span());
+                        }
+                        "deadline" => {
+                            policy.deadline = Some(d);
+                            policy.cut_span.get_or_insert(pair.key.span());
+                        }
+                        _ => policy.max_retry_after = d,
+                    }
+                    let nonzero = matches!(key.as_str(), "base" | "timeout" | "deadline");
+                    if nonzero && d.nanos == 0 {
+                        errors.push(syn::Error::new(
+                            d.span,
+                            format!("`{key}` must be longer than zero"),
+                        ));
+                    }
+                }
+                "crate" => {
+                    if let Some(s) = string(&pair.value, &key, "\"::retry_runtime\"", errors) {
+                        match s.parse::<syn::Path>() {
+                            Ok(path) => policy.krate = Some(path),
+                            Err(_) => errors.at(
+                                &s,
+                                format!(
+                                    "`crate = \"{}\"` is not a path; write the path to the runtime, e.g. `crate = \"::my_crate::retry\"`",
+                                    s.value()
+                                ),
+                            ),
+                        }
+                    }
+                }
+                _ => unreachable!("every key in KEYS is handled"),
+            }
+        }
+        if policy.base.nanos > policy.cap.nanos {
+            // Point at whichever of the two the user wrote; the other is the default.
+            let (span, what) = if cap_set {
+                (policy.cap.span, "`cap` is shorter than `base`")
+            } else if base_set {
+                (
+                    policy.base.span,
+                    "`base` is longer than the default `cap` of 30s",
+                )
+            } else {
+                (Span::call_site(), "`base` is longer than `cap`")
+            };
+            errors.push(syn::Error::new(
+                span,
+                format!("{what}: the backoff could never reach its base; make `base` <= `cap`"),
+            ));
+        }
+        if let (Some(t), Some(d)) = (policy.timeout, policy.deadline) {
+            if t.nanos > d.nanos {
+                errors.push(syn::Error::new(
+                    t.span,
+                    "`timeout` is longer than `deadline`, so it could never apply; shorten it or drop it",
+                ));
+            }
+        }
+        policy
+    }
+}
+
+fn string(value: &Expr, key: &str, example: &str, errors: &mut Errors) -> Option<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s.clone()),
+        other => {
+            errors.at(
+                other,
+                format!("`{key}` takes a string, e.g. `{key} = {example}`"),
+            );
+            None
+        }
+    }
+}
+
+fn int(value: &Expr, key: &str, errors: &mut Errors) -> Option<LitInt> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(n), ..
+        }) => Some(n.clone()),
+        other => {
+            errors.at(
+                other,
+                format!("`{key}` takes a whole number, e.g. `{key} = 5`"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<Dur> {
+    let s = string(value, key, "\"500ms\"", errors)?;
+    match parse_duration(&s.value()) {
+        Ok(nanos) => Some(Dur {
+            nanos,
+            span: s.span(),
+        }),
+        Err(why) => {
+            errors.at(
+                &s,
+                format!(
+                    "`{key} = \"{}\"`: {why}; write a number and a unit: \"250ms\", \"2s\", \"1.5s\", \"1m\" or \"1h\"",
+                    s.value()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"` as nanoseconds; at most a day.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| "no unit".to_string())?;
+    let (number, unit) = text.split_at(split);
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ if unit.trim().is_empty() => return Err("no unit".into()),
+        other => return Err(format!("unknown unit `{}`", other.trim())),
+    };
+    if number.is_empty() {
+        return Err("no number".into());
+    }
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || frac.contains('.') || (number.contains('.') && frac.is_empty()) {
+        return Err(format!("`{number}` is not a number"));
+    }
+    if frac.len() > 9 {
+        return Err("more than nine decimal places".into());
+    }
+    let whole: u128 = whole.parse().map_err(|_| "the number is too large")?;
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().map_err(|_| "bad decimals")? * 10u128.pow(9 - frac.len() as u32)
+    };
+    let nanos = whole
+        .checked_mul(unit_nanos)
+        .and_then(|w| w.checked_add(frac_value * unit_nanos / 1_000_000_000))
+        .ok_or("the number is too large")?;
+    if nanos > LONGEST {
+        return Err("longer than the limit of one day".into());
+    }
+    Ok(nanos as u64)
+}
+
+/// The checked `#[retry_on(...)]` list.
+pub struct RetryOn {
+    pub ranges: Vec<(u16, u16)>,
+    pub timeout: bool,
+    pub transport: bool,
+}
+
+/// Parse and check the tokens inside `#[retry_on(...)]`.
+pub fn retry_on(tokens: proc_macro2::TokenStream, errors: &mut Errors) -> Option<RetryOn> {
+    let parser = Punctuated::<Expr, Token![,]>::parse_terminated;
+    let items = match syn::parse::Parser::parse2(parser, tokens.clone()) {
+        Ok(items) => items,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    if items.is_empty() {
+        errors.push(syn::Error::new(
+            tokens.span(),
+            "#[retry_on()] lists nothing: name codes (`429`), ranges (`500..=599`), `timeout` or `transport`, or remove it to use the default set",
+        ));
+        return None;
+    }
+    let mut out = RetryOn {
+        ranges: Vec::new(),
+        timeout: false,
+        transport: false,
+    };
+    for item in &items {
+        match item {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(n), ..
+            }) => {
+                if let Some(code) = status_code(n, errors) {
+                    add_range(&mut out.ranges, code, code, item, errors);
+                }
+            }
+            Expr::Range(ExprRange {
+                start: Some(start),
+                end: Some(end),
+                limits: RangeLimits::Closed(_),
+                ..
+            }) => {
+                let (Some(a), Some(b)) = (lit_int(start, errors), lit_int(end, errors)) else {
+                    continue;
+                };
+                let (Some(a), Some(b)) = (status_code(&a, errors), status_code(&b, errors)) else {
+                    continue;
+                };
+                if a > b {
+                    errors.at(item, format!("empty range `{a}..={b}`: write the lower code first"));
+                    continue;
+                }
+                if let Some((code, why)) = CALLER_FAULTS.iter().find(|(c, _)| a <= *c && *c <= b) {
+                    errors.at(
+                        item,
+                        format!("range `{a}..={b}` includes {code} ({why}); {CALLER_FAULT_WHY}"),
+                    );
+                    continue;
+                }
+                add_range(&mut out.ranges, a, b, item, errors);
+            }
+            Expr::Range(_) => errors.at(
+                item,
+                "use an inclusive range with both ends, like `500..=599`",
+            ),
+            Expr::Path(p) if p.path.is_ident("timeout") || p.path.is_ident("transport") => {
+                let flag = if p.path.is_ident("timeout") {
+                    &mut out.timeout
+                } else {
+                    &mut out.transport
+                };
+                if *flag {
+                    errors.at(item, "listed twice in #[retry_on]");
+                }
+                *flag = true;
+            }
+            other => errors.at(
+                other,
+                "#[retry_on] takes status codes (`429`), inclusive ranges (`500..=599`), `timeout` and `transport`",
+            ),
+        }
+    }
+    Some(out)
+}
+
+const CALLER_FAULT_WHY: &str = "a caller fault fails the same way every time, so retrying it only wastes money and quota. Remove it from #[retry_on]";
+
+fn lit_int(e: &Expr, errors: &mut Errors) -> Option<LitInt> {
+    match e {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(n), ..
+        }) => Some(n.clone()),
+        other => {
+            errors.at(other, "expected a status code such as `500`");
+            None
+        }
+    }
+}
+
+fn status_code(n: &LitInt, errors: &mut Errors) -> Option<u16> {
+    let code = match n.base10_parse::<u16>() {
+        Ok(code) if (100..=599).contains(&code) => code,
+        _ => {
+            errors.at(
+                n,
+                format!("`{n}` is not an HTTP status code: codes run from 100 to 599"),
+            );
+            return None;
+        }
+    };
+    if code < 400 {
+        let kind = match code {
+            100..=199 => "an informational (1xx) response",
+            200..=299 => "a success (2xx)",
+            _ => "a redirect (3xx), which the HTTP client follows",
+        };
+        errors.at(
+            n,
+            format!("`{code}` is {kind}, not a failure: only 4xx and 5xx codes can be retried"),
+        );
+        return None;
+    }
+    if let Some((_, why)) = CALLER_FAULTS.iter().find(|(c, _)| *c == code) {
+        errors.at(n, format!("`{code}` is {why}; {CALLER_FAULT_WHY}"));
+        return None;
+    }
+    Some(code)
+}
+
+fn add_range(ranges: &mut Vec<(u16, u16)>, a: u16, b: u16, item: &Expr, errors: &mut Errors) {
+    if let Some((x, y)) = ranges.iter().find(|(x, y)| a <= *y && *x <= b) {
+        let earlier = if x == y {
+            format!("{x}")
+        } else {
+            format!("{x}..={y}")
+        };
+        errors.at(item, format!("duplicate: already covered by `{earlier}`"));
+        return;
+    }
+    ranges.push((a, b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(500_000_000));
+        assert_eq!(parse_duration("2s"), Ok(2_000_000_000));
+        assert_eq!(parse_duration("1.5s"), Ok(1_500_000_000));
+        assert_eq!(parse_duration("1m"), Ok(60_000_000_000));
+        assert_eq!(parse_duration("1h"), Ok(3_600_000_000_000));
+        assert_eq!(parse_duration("0ms"), Ok(0));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("parsecs"));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1.s").is_err());
+        assert!(parse_duration("1..2s").is_err());
+        assert!(parse_duration("25h").is_err());
+        assert!(parse_duration("99999999999999999999999999999h").is_err());
+    }
+}

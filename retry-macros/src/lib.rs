@@ -1,0 +1,104 @@
+//! The `#[resilient]` and `#[retry_on]` attributes of `retry-runtime`.
+//!
+//! Use them through `retry_runtime`, which re-exports them: the generated code calls into
+//! `retry_runtime::__private`. Parsing and every compile-time check live in `attr`, the
+//! rewrite in `expand`; this file only wires them together.
+
+use proc_macro::TokenStream;
+use quote::{quote, ToTokens};
+use syn::ItemFn;
+
+mod attr;
+mod expand;
+
+use attr::Errors;
+
+/// Retry an async fn under a policy checked at compile time. See `retry_runtime`.
+#[proc_macro_attribute]
+pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut item: ItemFn = match syn::parse(item.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            let error = syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "#[resilient] goes on an `async fn`",
+            );
+            let mut out = proc_macro2::TokenStream::from(item);
+            out.extend(error.into_compile_error());
+            return out.into();
+        }
+    };
+    let mut errors = Errors::default();
+    let args = match syn::parse::<attr::Args>(args) {
+        Ok(args) => Some(args),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let policy = args.map(|args| attr::Policy::from_args(&args, &mut errors));
+
+    let retry_on_attrs = expand::take_retry_on(&mut item);
+    let mut retry_on = None;
+    for (i, a) in retry_on_attrs.iter().enumerate() {
+        if i > 0 {
+            errors.at(a, "a second #[retry_on]: list every code in one attribute");
+            continue;
+        }
+        match &a.meta {
+            syn::Meta::List(list) => {
+                retry_on = attr::retry_on(list.tokens.clone(), &mut errors)
+                    .map(|on| (list.path.clone(), on))
+            }
+            other => errors.at(other, "write #[retry_on(429, 500..=599, timeout)]"),
+        }
+    }
+    expand::check_fn(&item, &mut errors);
+
+    match (errors.finish(), policy) {
+        (Ok(()), Some(policy)) => {
+            expand::expand(item, &policy, retry_on.as_ref().map(|(p, on)| (p, on))).into()
+        }
+        (Err(e), _) => with_error(item, e),
+        (Ok(()), None) => item.into_token_stream().into(),
+    }
+}
+
+/// List what a `#[resilient]` fn retries. See `retry_runtime`.
+///
+/// It only marks the function: `#[resilient]` reads it. Written above `#[resilient]`, it moves
+/// itself below so that `#[resilient]` sees it.
+#[proc_macro_attribute]
+pub fn retry_on(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = proc_macro2::TokenStream::from(args);
+    let mut item: ItemFn = match syn::parse(item.clone()) {
+        Ok(item) => item,
+        Err(_) => return item,
+    };
+    let Some(pos) = item
+        .attrs
+        .iter()
+        .position(|a| expand::is_named(a.path(), "resilient"))
+    else {
+        let error = syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[retry_on] without #[resilient]: it only says what a #[resilient] fn retries; add #[resilient] above it",
+        );
+        // Strip any further #[retry_on] so that one mistake gives one error.
+        expand::take_retry_on(&mut item);
+        return with_error(item, error);
+    };
+    // Re-emit as `#[resilient(..)] #[retry_on(..)]`: attribute macros expand in order, so
+    // `#[resilient]` now runs next and reads (and removes) this list.
+    let marker: syn::Attribute = syn::parse_quote!(#[retry_on(#args)]);
+    item.attrs.insert(pos + 1, marker);
+    item.into_token_stream().into()
+}
+
+/// The errors, plus the function unchanged (minus our attributes), so that the user sees
+/// only the errors we report and the IDE still knows the function.
+fn with_error(mut item: ItemFn, error: syn::Error) -> TokenStream {
+    expand::take_retry_on(&mut item);
+    let error = error.into_compile_error();
+    quote!(#error #item).into()
+}

@@ -1,0 +1,473 @@
+//! The executor: the one place where backoff, classification, hints and limits meet.
+//!
+//! `#[resilient]` rewrites a function body into a loop that drives a [`Call`]:
+//!
+//! ```text
+//! let mut call = Call::start(&POLICY);
+//! loop {
+//!     let outcome = call.attempt(async { <the original body> }).await;
+//!     match call.settle(outcome).await {
+//!         Step::Retry => {}
+//!         Step::Return(result) => return result,
+//!     }
+//! }
+//! ```
+//!
+//! Each attempt is the original body, re-run; the loop lives in the user's own function so
+//! that borrowed arguments (`&mut self` among them) are simply re-borrowed per attempt. Why a
+//! call stops is decided by [`decide`], a pure function of the policy, the attempt's outcome
+//! and the clock; `settle` does the waiting and the reporting around it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backoff::Jitter;
+use crate::classify::{Classify, ErrorClass};
+use crate::policy::Policy;
+use crate::rejected::{CanReject, Rejected};
+use crate::report::{self, AttemptReport, CallReport, StopReason};
+
+/// What the generated loop does next.
+#[derive(Debug)]
+pub enum Step<R> {
+    /// Make another attempt (the wait before it has already happened).
+    Retry,
+    /// Return this from the function.
+    Return(R),
+}
+
+/// What [`decide`] chose after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Wait this long, then make another attempt.
+    Retry {
+        /// The wait.
+        delay: Duration,
+    },
+    /// End the call with the attempt's error.
+    Stop(StopReason),
+}
+
+/// What the executor knows about a failed attempt when deciding what comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The failure's class.
+    pub class: ErrorClass,
+    /// The server's `x-should-retry` verdict.
+    pub should_retry: Option<bool>,
+    /// The server's requested wait.
+    pub retry_after: Option<Duration>,
+    /// Whether the call's deadline cut the attempt.
+    pub cut_by_deadline: bool,
+}
+
+/// Decide, after attempt number `attempts` (1-based) failed, whether and when to retry.
+///
+/// `backoff` is the formula's delay for this retry; `elapsed` the time since the call began.
+/// Pure: no clock, no randomness, so the rules are unit-tested one by one.
+pub fn decide(
+    policy: &Policy,
+    attempts: u32,
+    failure: Failure,
+    backoff: Duration,
+    elapsed: Duration,
+) -> Decision {
+    if failure.cut_by_deadline {
+        return Decision::Stop(StopReason::DeadlineExceeded);
+    }
+    let retryable = match (failure.class, failure.should_retry) {
+        (ErrorClass::Permanent, _) => false,
+        (_, Some(false)) => return Decision::Stop(StopReason::ServerSaidNoRetry),
+        (_, Some(true)) => true,
+        (class, None) => policy.retry_on().retries(class),
+    };
+    if !retryable {
+        return Decision::Stop(StopReason::NotRetryable);
+    }
+    if attempts >= policy.max_attempts() {
+        return Decision::Stop(StopReason::AttemptsExhausted);
+    }
+    let mut delay = backoff;
+    if let Some(requested) = failure.retry_after {
+        if requested > policy.max_retry_after() {
+            return Decision::Stop(StopReason::RetryAfterTooLong {
+                requested,
+                max: policy.max_retry_after(),
+            });
+        }
+        // The server's wait is a floor: never retry sooner than it asked.
+        delay = delay.max(requested);
+    }
+    if let Some(deadline) = policy.deadline() {
+        // An attempt that would start at (or past) the deadline could not finish in time.
+        if elapsed.saturating_add(delay) >= deadline {
+            return Decision::Stop(StopReason::DeadlineExceeded);
+        }
+    }
+    Decision::Retry { delay }
+}
+
+/// Why the executor cut the attempt in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Timeout,
+    Deadline,
+}
+
+/// One call in progress: the state the generated loop drives.
+///
+/// Not part of the stable API: use `#[resilient]`, or [`retry`] to drive a policy by hand.
+#[derive(Debug)]
+pub struct Call<'p> {
+    policy: &'p Policy,
+    started: Instant,
+    attempt_started: Instant,
+    attempts: u32,
+    delay_before: Duration,
+    prev_backoff: Duration,
+    jitter: Option<Jitter>,
+    cut: Option<Cut>,
+    // `Some` only under `observe`, so an unobserved call never allocates for its report.
+    observed: Option<Vec<AttemptReport>>,
+    finished: bool,
+}
+
+impl<'p> Call<'p> {
+    /// Start a call: the clock for `deadline` starts now.
+    pub fn start(policy: &'p Policy) -> Self {
+        let now = Instant::now();
+        Self {
+            policy,
+            started: now,
+            attempt_started: now,
+            attempts: 0,
+            delay_before: Duration::ZERO,
+            prev_backoff: policy.base(),
+            jitter: None,
+            cut: None,
+            observed: report::claim_observer().then(Vec::new),
+            finished: false,
+        }
+    }
+
+    /// Run one attempt with no time limit of the executor's own.
+    pub async fn attempt<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.begin_attempt();
+        attempt.await
+    }
+
+    /// Run one attempt bounded by the per-attempt `timeout` and what is left of the `deadline`.
+    /// An attempt cut short becomes `E::from(Rejected::…)` and is classified as a timeout.
+    pub async fn attempt_bounded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: CanReject,
+    {
+        self.begin_attempt();
+        let now = self.attempt_started;
+        let by_timeout = self.policy.timeout().map(|t| (now + t, Cut::Timeout));
+        let by_deadline = self
+            .policy
+            .deadline()
+            .map(|d| (self.started + d, Cut::Deadline));
+        let limit = match (by_timeout, by_deadline) {
+            (Some(t), Some(d)) => Some(if d.0 <= t.0 { d } else { t }),
+            (one, other) => one.or(other),
+        };
+        let Some((at, cut)) = limit else {
+            return attempt.await;
+        };
+        match tokio::time::timeout_at(at, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.cut = Some(cut);
+                Err(E::from(match cut {
+                    Cut::Timeout => Rejected::AttemptTimedOut {
+                        timeout: self.policy.timeout().unwrap_or_default(),
+                    },
+                    Cut::Deadline => Rejected::DeadlineExceeded {
+                        deadline: self.policy.deadline().unwrap_or_default(),
+                    },
+                }))
+            }
+        }
+    }
+
+    fn begin_attempt(&mut self) {
+        self.attempts += 1;
+        self.cut = None;
+        self.attempt_started = Instant::now();
+    }
+
+    /// Classify the attempt's outcome, then either wait and ask for a retry or hand back
+    /// what the function returns.
+    pub async fn settle<T, E>(&mut self, outcome: Result<T, E>) -> Step<Result<T, E>>
+    where
+        E: Classify,
+    {
+        let error = match outcome {
+            Ok(value) => {
+                self.record(None, None);
+                self.finish(StopReason::Success, None);
+                return Step::Return(Ok(value));
+            }
+            Err(error) => error,
+        };
+        let failure = match self.cut {
+            Some(cut) => Failure {
+                class: ErrorClass::Timeout,
+                should_retry: None,
+                retry_after: None,
+                cut_by_deadline: cut == Cut::Deadline,
+            },
+            None => Failure {
+                class: error.class(),
+                should_retry: error.should_retry(),
+                retry_after: error.retry_after(),
+                cut_by_deadline: false,
+            },
+        };
+        self.record(Some(failure.class), failure.retry_after);
+
+        let backoff = self.next_backoff();
+        let elapsed = self.started.elapsed();
+        match decide(self.policy, self.attempts, failure, backoff, elapsed) {
+            Decision::Retry { delay } => {
+                self.prev_backoff = backoff;
+                self.delay_before = delay;
+                report::retrying(
+                    self.policy.name(),
+                    self.attempts,
+                    failure.class,
+                    delay,
+                    failure.retry_after,
+                );
+                tokio::time::sleep(delay).await;
+                Step::Retry
+            }
+            Decision::Stop(reason) => {
+                self.finish(reason, Some(failure.class));
+                Step::Return(Err(error))
+            }
+        }
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let policy = self.policy;
+        let jitter = self.jitter.get_or_insert_with(Jitter::for_call);
+        policy.backoff().delay(
+            self.attempts - 1,
+            policy.base(),
+            policy.cap(),
+            self.prev_backoff,
+            jitter,
+        )
+    }
+
+    fn record(&mut self, class: Option<ErrorClass>, retry_after: Option<Duration>) {
+        if let Some(attempts) = &mut self.observed {
+            attempts.push(AttemptReport {
+                number: self.attempts,
+                delay_before: self.delay_before,
+                elapsed: self.attempt_started.elapsed(),
+                class,
+                retry_after,
+            });
+        }
+    }
+
+    fn finish(&mut self, stop: StopReason, class: Option<ErrorClass>) {
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        report::finished(self.policy.name(), self.attempts, &stop, class, elapsed);
+        if let Some(attempts) = self.observed.take() {
+            report::deliver(CallReport {
+                function: self.policy.name(),
+                attempts,
+                stop: Some(stop),
+                elapsed,
+            });
+        }
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped mid-call: the caller gave up on us. Say so rather than vanish.
+            self.finish(StopReason::Cancelled, None);
+        }
+    }
+}
+
+/// Run `op` under `policy` without the macro: the same executor, driven by a closure that
+/// makes one attempt per call.
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_runtime::{retry, Classify, ErrorClass, Policy, Rejected};
+///
+/// #[derive(Debug)]
+/// enum E { Busy, Runtime(Rejected) }
+/// impl From<Rejected> for E { fn from(r: Rejected) -> Self { E::Runtime(r) } }
+/// impl Classify for E {
+///     fn class(&self) -> ErrorClass {
+///         match self { E::Busy => ErrorClass::Status(503), E::Runtime(r) => r.class() }
+///     }
+/// }
+///
+/// static POLICY: Policy = Policy::new("by_hand").with_base(Duration::from_millis(1));
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut calls = 0;
+/// let answer = retry(&POLICY, || {
+///     calls += 1;
+///     let busy = calls < 2;
+///     async move { if busy { Err(E::Busy) } else { Ok(42) } }
+/// })
+/// .await;
+/// assert_eq!(answer.unwrap(), 42);
+/// assert_eq!(calls, 2);
+/// # }
+/// ```
+pub async fn retry<T, E, F, Fut>(policy: &Policy, mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Classify + CanReject,
+{
+    let mut call = Call::start(policy);
+    loop {
+        let outcome = call.attempt_bounded(op()).await;
+        match call.settle(outcome).await {
+            Step::Retry => {}
+            Step::Return(result) => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{CodeRange, RetryOn};
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn failure(class: ErrorClass) -> Failure {
+        Failure {
+            class,
+            should_retry: None,
+            retry_after: None,
+            cut_by_deadline: false,
+        }
+    }
+
+    #[test]
+    fn caller_faults_and_permanent_are_not_retried() {
+        let p = Policy::new("t");
+        for class in [
+            ErrorClass::Status(400),
+            ErrorClass::Status(401),
+            ErrorClass::Permanent,
+            ErrorClass::Other,
+        ] {
+            assert_eq!(
+                decide(&p, 1, failure(class), S, S),
+                Decision::Stop(StopReason::NotRetryable),
+                "{class:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_set_retries_rate_limits_and_outages() {
+        let p = Policy::new("t");
+        for class in [
+            ErrorClass::Status(408),
+            ErrorClass::Status(409),
+            ErrorClass::Status(429),
+            ErrorClass::Status(503),
+            ErrorClass::Timeout,
+            ErrorClass::Transport,
+        ] {
+            assert_eq!(
+                decide(&p, 1, failure(class), S, S),
+                Decision::Retry { delay: S }
+            );
+        }
+    }
+
+    #[test]
+    fn max_attempts_stops() {
+        let p = Policy::new("t").with_max_attempts(2);
+        let f = failure(ErrorClass::Status(503));
+        assert!(matches!(decide(&p, 1, f, S, S), Decision::Retry { .. }));
+        assert_eq!(
+            decide(&p, 2, f, S, S),
+            Decision::Stop(StopReason::AttemptsExhausted)
+        );
+    }
+
+    #[test]
+    fn should_retry_overrides_the_list_but_not_permanent() {
+        static ONLY_429: RetryOn = RetryOn::new(&[CodeRange::single(429)], false, false);
+        let p = Policy::new("t").with_retry_on(ONLY_429);
+        let mut f = failure(ErrorClass::Status(503));
+        f.should_retry = Some(true);
+        assert_eq!(decide(&p, 1, f, S, S), Decision::Retry { delay: S });
+        f.class = ErrorClass::Status(429);
+        f.should_retry = Some(false);
+        assert_eq!(
+            decide(&p, 1, f, S, S),
+            Decision::Stop(StopReason::ServerSaidNoRetry)
+        );
+        f.class = ErrorClass::Permanent;
+        f.should_retry = Some(true);
+        assert_eq!(
+            decide(&p, 1, f, S, S),
+            Decision::Stop(StopReason::NotRetryable)
+        );
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_bounded_by_max_retry_after() {
+        let p = Policy::new("t").with_max_retry_after(10 * S);
+        let mut f = failure(ErrorClass::Status(429));
+        f.retry_after = Some(7 * S);
+        assert_eq!(decide(&p, 1, f, S, S), Decision::Retry { delay: 7 * S });
+        assert_eq!(decide(&p, 1, f, 9 * S, S), Decision::Retry { delay: 9 * S });
+        f.retry_after = Some(11 * S);
+        assert_eq!(
+            decide(&p, 1, f, S, S),
+            Decision::Stop(StopReason::RetryAfterTooLong {
+                requested: 11 * S,
+                max: 10 * S
+            })
+        );
+    }
+
+    #[test]
+    fn no_wait_starts_that_would_end_past_the_deadline() {
+        let p = Policy::new("t").with_deadline(10 * S);
+        let f = failure(ErrorClass::Status(503));
+        assert_eq!(
+            decide(&p, 1, f, 2 * S, 7 * S),
+            Decision::Retry { delay: 2 * S }
+        );
+        assert_eq!(
+            decide(&p, 1, f, 3 * S, 7 * S),
+            Decision::Stop(StopReason::DeadlineExceeded)
+        );
+        let mut cut = f;
+        cut.cut_by_deadline = true;
+        assert_eq!(
+            decide(&p, 1, cut, S, S),
+            Decision::Stop(StopReason::DeadlineExceeded)
+        );
+    }
+}

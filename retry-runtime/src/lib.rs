@@ -1,0 +1,106 @@
+//! Production-grade retries for LLM API calls.
+//!
+//! Annotate an async function and it gets exponential backoff with jitter, error
+//! classification before any retry, the server's `Retry-After` honoured within bounds,
+//! per-attempt timeouts, a whole-call deadline and a report of everything that happened. The
+//! policy is checked at compile time and built as a `static`: nothing is parsed at run time.
+//!
+//! ```
+//! use std::time::Duration;
+//! use retry_runtime::{observe, resilient, retry_on, Classify, ErrorClass, Rejected};
+//!
+//! #[derive(Debug)]
+//! enum LlmError {
+//!     Status(u16),
+//!     Runtime(Rejected),
+//! }
+//! impl From<Rejected> for LlmError {
+//!     fn from(r: Rejected) -> Self { LlmError::Runtime(r) }
+//! }
+//! impl Classify for LlmError {
+//!     fn class(&self) -> ErrorClass {
+//!         match self {
+//!             LlmError::Status(code) => ErrorClass::Status(*code),
+//!             LlmError::Runtime(r) => r.class(),
+//!         }
+//!     }
+//! }
+//!
+//! #[resilient(backoff = "exp_jitter", max = 5, base = "200ms", timeout = "20s", deadline = "1m")]
+//! #[retry_on(429, 500..=599, timeout)]
+//! async fn complete(prompt: &str) -> Result<String, LlmError> {
+//!     if prompt.is_empty() {
+//!         return Err(LlmError::Status(400)); // a caller fault: never retried
+//!     }
+//!     Ok(format!("echo: {prompt}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let (reply, report) = observe(complete("hi")).await;
+//! assert_eq!(reply.unwrap(), "echo: hi");
+//! assert_eq!(report.attempts().len(), 1);
+//! # }
+//! ```
+//!
+//! See the crate's README for the attribute keys and `docs/ARCHITECTURE.md` for how the
+//! pieces fit.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod classify;
+pub mod executor;
+pub mod policy;
+pub mod rejected;
+pub mod report;
+pub mod testing;
+
+pub use backoff::{Backoff, Jitter};
+pub use classify::{Classify, ErrorClass};
+pub use executor::{decide, retry, Decision, Failure};
+pub use policy::{CodeRange, Policy, RetryOn};
+pub use rejected::{CanReject, Rejected};
+pub use report::{observe, AttemptReport, CallReport, StopReason};
+
+/// Retry an async function under a policy checked at compile time.
+///
+/// See the crate documentation and the README for the keys.
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use retry_macros::resilient;
+
+/// List what a `#[resilient]` function retries: status codes, inclusive ranges, `timeout`,
+/// `transport`.
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use retry_macros::retry_on;
+
+/// What the macros expand to. Not a stable API: it changes with the macro crate, which is
+/// why `retry-runtime` pins `retry-macros` to an exact version.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::backoff::Backoff;
+    pub use crate::executor::{Call, Step};
+    pub use crate::policy::{CodeRange, Policy, RetryOn};
+    pub use core::concat;
+    pub use core::module_path;
+    pub use core::time::Duration;
+
+    /// Owned arguments are cloned for each attempt, so each attempt sees the caller's value.
+    #[diagnostic::on_unimplemented(
+        message = "owned argument of type `{Self}` is cloned for each attempt, but it is not `Clone`",
+        label = "each retry needs a fresh copy of this argument",
+        note = "take it by reference (`&{Self}`), or derive or implement `Clone` for it"
+    )]
+    pub trait CloneForAttempt {
+        /// A fresh copy for the next attempt.
+        fn clone_for_attempt(&self) -> Self;
+    }
+
+    impl<T: Clone> CloneForAttempt for T {
+        #[inline(always)]
+        fn clone_for_attempt(&self) -> Self {
+            self.clone()
+        }
+    }
+}

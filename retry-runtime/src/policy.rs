@@ -1,0 +1,265 @@
+//! The retry policy: what `#[resilient(...)]` and `#[retry_on(...)]` say, built at compile time.
+//!
+//! Every constructor here is a `const fn`, so the macro emits the policy as a `static` and
+//! nothing is parsed at run time. The macro has already checked the values; the builders
+//! saturate instead of panicking so that a hand-built policy cannot crash a caller either.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::classify::ErrorClass;
+
+/// An inclusive range of HTTP status codes that a policy retries, such as `500..=599`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeRange {
+    /// First code of the range.
+    pub start: u16,
+    /// Last code of the range (inclusive).
+    pub end: u16,
+}
+
+impl CodeRange {
+    /// A range of one code.
+    pub const fn single(code: u16) -> Self {
+        Self {
+            start: code,
+            end: code,
+        }
+    }
+
+    /// An inclusive range `start..=end`.
+    pub const fn range(start: u16, end: u16) -> Self {
+        Self { start, end }
+    }
+
+    const fn contains(&self, code: u16) -> bool {
+        self.start <= code && code <= self.end
+    }
+}
+
+/// What a policy treats as retryable: the `#[retry_on(...)]` list.
+///
+/// ```
+/// use retry_runtime::{CodeRange, ErrorClass, RetryOn};
+///
+/// const ON: RetryOn = RetryOn::new(&[CodeRange::single(429), CodeRange::range(500, 599)], true, false);
+/// assert!(ON.retries(ErrorClass::Status(503)));
+/// assert!(ON.retries(ErrorClass::Timeout));
+/// assert!(!ON.retries(ErrorClass::Status(400)));
+/// assert!(!ON.retries(ErrorClass::Transport));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    codes: &'static [CodeRange],
+    timeout: bool,
+    transport: bool,
+}
+
+impl RetryOn {
+    /// The default set: 408, 409, 429, 500..=599, timeouts and transport errors.
+    pub const DEFAULT: RetryOn = RetryOn {
+        codes: &[
+            CodeRange::single(408),
+            CodeRange::single(409),
+            CodeRange::single(429),
+            CodeRange::range(500, 599),
+        ],
+        timeout: true,
+        transport: true,
+    };
+
+    /// A set of status code ranges, plus whether timeouts and transport errors are retried.
+    pub const fn new(codes: &'static [CodeRange], timeout: bool, transport: bool) -> Self {
+        Self {
+            codes,
+            timeout,
+            transport,
+        }
+    }
+
+    /// Whether an error of this class is worth another attempt under this set.
+    ///
+    /// `Permanent` and `Other` are never retried: the first says so, the second is an error
+    /// the classifier could not place, and retrying the unknown is how retry storms start.
+    pub const fn retries(&self, class: ErrorClass) -> bool {
+        match class {
+            ErrorClass::Status(code) => {
+                let mut i = 0;
+                while i < self.codes.len() {
+                    if self.codes[i].contains(code) {
+                        return true;
+                    }
+                    i += 1;
+                }
+                false
+            }
+            ErrorClass::Timeout => self.timeout,
+            ErrorClass::Transport => self.transport,
+            ErrorClass::Permanent | ErrorClass::Other => false,
+        }
+    }
+
+    /// The status code ranges in this set.
+    pub const fn codes(&self) -> &'static [CodeRange] {
+        self.codes
+    }
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A complete retry policy. Built by `#[resilient]` as a `static`; can also be built by hand
+/// with the `const` builders and used with [`retry`](crate::retry).
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_runtime::{Backoff, Policy};
+///
+/// static POLICY: Policy = Policy::new("complete")
+///     .with_backoff(Backoff::ExpJitter)
+///     .with_max_attempts(5)
+///     .with_base(Duration::from_millis(200))
+///     .with_cap(Duration::from_secs(10))
+///     .with_timeout(Duration::from_secs(20));
+/// assert_eq!(POLICY.max_attempts(), 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub(crate) name: &'static str,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_attempts: u32,
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) retry_on: RetryOn,
+}
+
+impl Policy {
+    /// Largest `max` the attribute accepts: past 20 attempts a call is not retrying, it is
+    /// polling, and belongs in a queue.
+    pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
+
+    /// The defaults of DESIGN §3: full jitter, 3 attempts, base 500 ms, cap 30 s, no timeout,
+    /// no deadline, `Retry-After` honoured up to 60 s, the default retryable set.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            backoff: Backoff::ExpJitter,
+            max_attempts: 3,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            timeout: None,
+            deadline: None,
+            max_retry_after: Duration::from_secs(60),
+            retry_on: RetryOn::DEFAULT,
+        }
+    }
+
+    /// Which backoff formula spaces the retries.
+    pub const fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Attempts including the first; clamped to `1..=20`.
+    pub const fn with_max_attempts(mut self, max: u32) -> Self {
+        self.max_attempts = if max == 0 {
+            1
+        } else if max > Self::MAX_ATTEMPTS_LIMIT {
+            Self::MAX_ATTEMPTS_LIMIT
+        } else {
+            max
+        };
+        self
+    }
+
+    /// The first retry's backoff scale.
+    pub const fn with_base(mut self, base: Duration) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// The largest backoff delay.
+    pub const fn with_cap(mut self, cap: Duration) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// Time limit of each attempt; a timed-out attempt is [`ErrorClass::Timeout`].
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Time limit of the whole call, waits included.
+    pub const fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Longest server-requested wait (`Retry-After`) honoured; a longer one stops the call.
+    pub const fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// What is retryable.
+    pub const fn with_retry_on(mut self, retry_on: RetryOn) -> Self {
+        self.retry_on = retry_on;
+        self
+    }
+
+    /// The function name this policy belongs to (used in reports and events).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Attempts including the first.
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The backoff formula.
+    pub const fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// The backoff base.
+    pub const fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// The backoff cap (never below the base).
+    pub const fn cap(&self) -> Duration {
+        if self.cap.as_nanos() < self.base.as_nanos() {
+            self.base
+        } else {
+            self.cap
+        }
+    }
+
+    /// Per-attempt timeout, if any.
+    pub const fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Whole-call deadline, if any.
+    pub const fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// Largest honoured `Retry-After`.
+    pub const fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    /// The retryable set.
+    pub const fn retry_on(&self) -> RetryOn {
+        self.retry_on
+    }
+}

@@ -1,0 +1,76 @@
+//! Errors the runtime produces itself, when it cuts or refuses an attempt.
+
+use std::fmt;
+use std::time::Duration;
+
+/// An error produced by the runtime rather than the provider: an attempt cut at its
+/// `timeout`, or a call cut at its `deadline`.
+///
+/// A policy that can produce one (it has `timeout` or `deadline`) requires the function's
+/// error type to implement `From<Rejected>`; the macro checks this at compile time.
+///
+/// ```
+/// use retry_runtime::{Classify, ErrorClass, Rejected};
+///
+/// #[derive(Debug)]
+/// enum LlmError {
+///     Status(u16),
+///     Runtime(Rejected),
+/// }
+///
+/// impl From<Rejected> for LlmError {
+///     fn from(r: Rejected) -> Self {
+///         LlmError::Runtime(r)
+///     }
+/// }
+///
+/// impl Classify for LlmError {
+///     fn class(&self) -> ErrorClass {
+///         match self {
+///             LlmError::Status(code) => ErrorClass::Status(*code),
+///             LlmError::Runtime(r) => r.class(),
+///         }
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejected {
+    /// The attempt did not finish within the policy's per-attempt `timeout`.
+    AttemptTimedOut {
+        /// The per-attempt timeout that was hit.
+        timeout: Duration,
+    },
+    /// The call's `deadline` ran out while an attempt was in flight.
+    DeadlineExceeded {
+        /// The whole-call deadline that was hit.
+        deadline: Duration,
+    },
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejected::AttemptTimedOut { timeout } => {
+                write!(f, "attempt timed out after {timeout:?}")
+            }
+            Rejected::DeadlineExceeded { deadline } => {
+                write!(f, "call deadline of {deadline:?} exceeded")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// Implemented for every error type that is `From<Rejected>`. It exists for its compile
+/// error: a policy with `timeout` or `deadline` whose error type lacks `From<Rejected>` is
+/// told exactly what to add.
+#[diagnostic::on_unimplemented(
+    message = "this policy can cut an attempt short, so the error type `{Self}` must implement `From<retry_runtime::Rejected>`",
+    label = "`timeout` and `deadline` need `From<Rejected>` for the error type",
+    note = "add `impl From<retry_runtime::Rejected> for {Self}` (e.g. a `Runtime(Rejected)` variant) and classify it with `Rejected::class`"
+)]
+pub trait CanReject: From<Rejected> {}
+
+impl<E: From<Rejected>> CanReject for E {}

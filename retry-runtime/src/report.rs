@@ -1,0 +1,302 @@
+//! What happened in a call: the [`CallReport`], [`observe`], and the `tracing` events.
+//!
+//! Events use the target `retry_runtime` and these fields, so a log search can filter on them:
+//!
+//! | event | level | fields |
+//! |---|---|---|
+//! | `retrying` | INFO | `function`, `attempt` (the one that failed, from 1), `class`, `status`, `delay_ms`, `retry_after_ms` |
+//! | `call finished` | DEBUG on success, WARN otherwise | `function`, `attempts`, `stop`, `class`, `status`, `elapsed_ms` |
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::classify::ErrorClass;
+
+/// Why a call ended. Every way out of the executor has its own reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// An attempt succeeded.
+    Success,
+    /// The error is not retryable under the policy (`#[retry_on]` list, or `Permanent`).
+    NotRetryable,
+    /// The server said not to retry (`x-should-retry: false`).
+    ServerSaidNoRetry,
+    /// `max` attempts were made and the last one failed.
+    AttemptsExhausted,
+    /// The server asked for a wait (`Retry-After`) longer than the policy's `max_retry_after`.
+    RetryAfterTooLong {
+        /// What the server asked for.
+        requested: Duration,
+        /// The policy's `max_retry_after`.
+        max: Duration,
+    },
+    /// The next wait would have ended past the call's `deadline`, or an attempt was cut by it.
+    DeadlineExceeded,
+    /// The call's future was dropped before it finished.
+    Cancelled,
+}
+
+impl StopReason {
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopReason::Success => "success",
+            StopReason::NotRetryable => "not_retryable",
+            StopReason::ServerSaidNoRetry => "server_said_no_retry",
+            StopReason::AttemptsExhausted => "attempts_exhausted",
+            StopReason::RetryAfterTooLong { .. } => "retry_after_too_long",
+            StopReason::DeadlineExceeded => "deadline_exceeded",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the call ended in success.
+    pub fn is_success(&self) -> bool {
+        matches!(self, StopReason::Success)
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::RetryAfterTooLong { requested, max } => write!(
+                f,
+                "retry_after_too_long (server asked {requested:?}, policy allows {max:?})"
+            ),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// One attempt of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// How long the runtime waited before starting this attempt (zero for the first).
+    pub delay_before: Duration,
+    /// How long the attempt itself took.
+    pub elapsed: Duration,
+    /// `None` if the attempt succeeded, else the class of its failure.
+    pub class: Option<ErrorClass>,
+    /// The server's requested wait, if the failure carried one.
+    pub retry_after: Option<Duration>,
+}
+
+impl AttemptReport {
+    /// Whether this attempt succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.class.is_none()
+    }
+}
+
+/// Everything that happened in one `#[resilient]` call. Get it with [`observe`].
+///
+/// ```
+/// use retry_runtime::{observe, resilient, Classify, ErrorClass, StopReason};
+///
+/// #[derive(Debug)]
+/// struct Flaky(u16);
+/// impl Classify for Flaky {
+///     fn class(&self) -> ErrorClass { ErrorClass::Status(self.0) }
+/// }
+///
+/// #[resilient(max = 2, backoff = "constant", base = "10ms")]
+/// async fn ask(fail_first: &std::sync::atomic::AtomicBool) -> Result<&'static str, Flaky> {
+///     if fail_first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+///         return Err(Flaky(503));
+///     }
+///     Ok("hello")
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let flag = std::sync::atomic::AtomicBool::new(true);
+/// let (answer, report) = observe(ask(&flag)).await;
+/// assert_eq!(answer.unwrap(), "hello");
+/// assert_eq!(report.attempts().len(), 2);
+/// assert_eq!(report.stop(), Some(&StopReason::Success));
+/// println!("{report}");
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallReport {
+    pub(crate) function: &'static str,
+    pub(crate) attempts: Vec<AttemptReport>,
+    pub(crate) stop: Option<StopReason>,
+    pub(crate) elapsed: Duration,
+}
+
+impl CallReport {
+    /// The `#[resilient]` function (module path and name); empty if no call was observed.
+    pub fn function(&self) -> &'static str {
+        self.function
+    }
+
+    /// Every attempt, in order.
+    pub fn attempts(&self) -> &[AttemptReport] {
+        &self.attempts
+    }
+
+    /// Why the call ended; `None` if no `#[resilient]` call ran inside the observed future.
+    pub fn stop(&self) -> Option<&StopReason> {
+        self.stop.as_ref()
+    }
+
+    /// Time from the call's start to its end, waits included.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// Number of retries (attempts after the first).
+    pub fn retries(&self) -> u32 {
+        (self.attempts.len() as u32).saturating_sub(1)
+    }
+
+    /// Total time spent waiting between attempts.
+    pub fn total_delay(&self) -> Duration {
+        self.attempts.iter().map(|a| a.delay_before).sum()
+    }
+}
+
+impl fmt::Display for CallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stop = match &self.stop {
+            Some(stop) => stop.to_string(),
+            None => return f.write_str("no #[resilient] call observed"),
+        };
+        writeln!(
+            f,
+            "{}: {} after {} attempt(s) in {:?}",
+            self.function,
+            stop,
+            self.attempts.len(),
+            self.elapsed
+        )?;
+        for a in &self.attempts {
+            let outcome = match a.class {
+                None => "ok".to_string(),
+                Some(class) => class.to_string(),
+            };
+            write!(
+                f,
+                "  #{} waited {:>8.3?} ran {:>8.3?} -> {}",
+                a.number, a.delay_before, a.elapsed, outcome
+            )?;
+            if let Some(ra) = a.retry_after {
+                write!(f, " (retry-after {ra:?})")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where `observe` collects the report; the first `#[resilient]` call that starts inside the
+/// observed future claims it, so nested calls (a fallback with its own policy) do not
+/// overwrite the outer call's report.
+pub(crate) struct ObserverSlot {
+    claimed: bool,
+    report: Option<CallReport>,
+}
+
+tokio::task_local! {
+    static OBSERVER: RefCell<ObserverSlot>;
+}
+
+/// Run `fut` and return its output with the report of the first `#[resilient]` call that ran
+/// inside it (the outermost, when calls nest).
+///
+/// The report is collected only under `observe`: an unobserved call builds no report and so
+/// allocates nothing on its happy path. Spawned tasks are not observed (task-local scope).
+pub async fn observe<F: Future>(fut: F) -> (F::Output, CallReport) {
+    let slot = RefCell::new(ObserverSlot {
+        claimed: false,
+        report: None,
+    });
+    let (output, slot) = OBSERVER
+        .scope(slot, async move {
+            let output = fut.await;
+            let slot = OBSERVER.with(|s| s.borrow_mut().report.take());
+            (output, slot)
+        })
+        .await;
+    (output, slot.unwrap_or_default())
+}
+
+/// Claim the current observer for a call that is starting; `true` if this call will report.
+pub(crate) fn claim_observer() -> bool {
+    OBSERVER
+        .try_with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.claimed {
+                false
+            } else {
+                slot.claimed = true;
+                true
+            }
+        })
+        .unwrap_or(false)
+}
+
+/// Hand the finished report to the observer that this call claimed.
+pub(crate) fn deliver(report: CallReport) {
+    let _ = OBSERVER.try_with(|slot| slot.borrow_mut().report = Some(report));
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Emitted before each retry's wait.
+pub(crate) fn retrying(
+    function: &'static str,
+    attempt: u32,
+    class: ErrorClass,
+    delay: Duration,
+    retry_after: Option<Duration>,
+) {
+    tracing::info!(
+        target: "retry_runtime",
+        function,
+        attempt,
+        class = class.as_str(),
+        status = class.status(),
+        delay_ms = millis(delay),
+        retry_after_ms = retry_after.map(millis),
+        "retrying"
+    );
+}
+
+/// Emitted once when a call ends, however it ends.
+pub(crate) fn finished(
+    function: &'static str,
+    attempts: u32,
+    stop: &StopReason,
+    class: Option<ErrorClass>,
+    elapsed: Duration,
+) {
+    if stop.is_success() {
+        tracing::debug!(
+            target: "retry_runtime",
+            function,
+            attempts,
+            stop = stop.as_str(),
+            elapsed_ms = millis(elapsed),
+            "call finished"
+        );
+    } else {
+        tracing::warn!(
+            target: "retry_runtime",
+            function,
+            attempts,
+            stop = stop.as_str(),
+            class = class.map(|c| c.as_str()),
+            status = class.and_then(|c| c.status()),
+            elapsed_ms = millis(elapsed),
+            "call finished"
+        );
+    }
+}

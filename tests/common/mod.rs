@@ -1,0 +1,129 @@
+//! A scripted provider for tests: each call takes the next scripted outcome and is counted.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use retry_runtime::{Classify, ErrorClass, Rejected};
+
+/// What a test provider can fail with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+        should_retry: Option<bool>,
+    },
+    Network,
+    Runtime(Rejected),
+}
+
+impl ApiError {
+    pub fn status(code: u16) -> Self {
+        ApiError::Status {
+            code,
+            retry_after: None,
+            should_retry: None,
+        }
+    }
+
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        ApiError::Status {
+            code: 429,
+            retry_after: Some(retry_after),
+            should_retry: None,
+        }
+    }
+}
+
+impl From<Rejected> for ApiError {
+    fn from(r: Rejected) -> Self {
+        ApiError::Runtime(r)
+    }
+}
+
+impl Classify for ApiError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::Status { code, .. } => ErrorClass::Status(*code),
+            ApiError::Network => ErrorClass::Transport,
+            ApiError::Runtime(r) => r.class(),
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+    fn should_retry(&self) -> Option<bool> {
+        match self {
+            ApiError::Status { should_retry, .. } => *should_retry,
+            _ => None,
+        }
+    }
+}
+
+/// One scripted answer: an outcome, optionally after a delay (a slow provider).
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub outcome: Result<String, ApiError>,
+    pub latency: Duration,
+}
+
+pub fn ok(text: &str) -> Step {
+    Step {
+        outcome: Ok(text.to_string()),
+        latency: Duration::ZERO,
+    }
+}
+
+pub fn fail(e: ApiError) -> Step {
+    Step {
+        outcome: Err(e),
+        latency: Duration::ZERO,
+    }
+}
+
+pub fn slow(step: Step, latency: Duration) -> Step {
+    Step { latency, ..step }
+}
+
+/// A provider that answers from a script and counts the calls it sees.
+#[derive(Debug, Default)]
+pub struct ScriptedProvider {
+    script: Mutex<Vec<Step>>,
+    calls: AtomicUsize,
+}
+
+impl ScriptedProvider {
+    pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        let mut script: Vec<Step> = steps.into_iter().collect();
+        script.reverse();
+        Self {
+            script: Mutex::new(script),
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// The number of calls the provider saw.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Answer the next call; an exhausted script answers 200 "done".
+    pub async fn call(&self) -> Result<String, ApiError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let step = self
+            .script
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| ok("done"));
+        if !step.latency.is_zero() {
+            tokio::time::sleep(step.latency).await;
+        }
+        step.outcome
+    }
+}
