@@ -104,3 +104,8 @@ pub mod __private {
         }
     }
 }
+
+// The README's examples are compiled and run as doctests, so the docs users copy from work.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
