@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::ApiError;
 use proptest::prelude::*;
-use retry_runtime::{observe, retry, Backoff, CallReport, Policy, StopReason};
+use retry_runtime::{observe, retry, Backoff, CallReport, CallSite, Policy, StopReason};
 
 #[derive(Debug, Clone)]
 struct Scripted {
@@ -98,7 +98,8 @@ fn run(policy: &Policy, script: &[Scripted]) -> (Result<(), ApiError>, CallRepor
         .build()
         .unwrap();
     let calls = AtomicUsize::new(0);
-    let (out, report) = rt.block_on(observe(retry(policy, || {
+    let site = CallSite::new(policy);
+    let (out, report) = rt.block_on(observe(retry(&site, || {
         let n = calls.fetch_add(1, Ordering::SeqCst);
         let step = script.get(n).cloned().unwrap_or(Scripted {
             outcome: Ok(()),

@@ -19,6 +19,7 @@ pub const KEYS: &[&str] = &[
     "timeout",
     "deadline",
     "max_retry_after",
+    "breaker",
     "crate",
 ];
 
@@ -90,9 +91,10 @@ pub struct Policy {
     pub deadline: Option<Dur>,
     pub max_retry_after: Dur,
     pub krate: Option<syn::Path>,
-    /// Where `timeout`/`deadline` were written: the executor's `From<Rejected>` requirement is
-    /// reported there.
-    pub cut_span: Option<Span>,
+    pub breaker: Option<String>,
+    /// Where `timeout`/`deadline`/`breaker` were written: the executor's `From<Rejected>`
+    /// requirement is reported there.
+    pub reject_span: Option<Span>,
 }
 
 /// Collects errors so that all of them are reported together.
@@ -138,7 +140,8 @@ impl Policy {
             deadline: None,
             max_retry_after: dur(60_000_000_000),
             krate: None,
-            cut_span: None,
+            breaker: None,
+            reject_span: None,
         };
         let mut seen: Vec<String> = Vec::new();
         let (mut base_set, mut cap_set) = (false, false);
@@ -213,11 +216,11 @@ impl Policy {
                         }
                         "timeout" => {
                             policy.timeout = Some(d);
-                            policy.cut_span.get_or_insert(pair.key.span());
+                            policy.reject_span.get_or_insert(pair.key.span());
                         }
                         "deadline" => {
                             policy.deadline = Some(d);
-                            policy.cut_span.get_or_insert(pair.key.span());
+                            policy.reject_span.get_or_insert(pair.key.span());
                         }
                         _ => policy.max_retry_after = d,
                     }
@@ -227,6 +230,20 @@ impl Policy {
                             d.span,
                             format!("`{key}` must be longer than zero"),
                         ));
+                    }
+                }
+                "breaker" => {
+                    if let Some(s) = string(&pair.value, &key, "\"openai\"", errors) {
+                        let name = s.value();
+                        if valid_breaker_name(&name) {
+                            policy.breaker = Some(name);
+                            policy.reject_span.get_or_insert(pair.key.span());
+                        } else {
+                            errors.at(
+                                &s,
+                                format!("breaker name `{name}` may use only lowercase letters, digits, `_` and `-` (1 to 64 characters), e.g. `breaker = \"openai\"`"),
+                            );
+                        }
                     }
                 }
                 "crate" => {
@@ -273,6 +290,15 @@ impl Policy {
         }
         policy
     }
+}
+
+/// `[a-z0-9_-]{1,64}`: the same rule as the run-time config's `[breaker.NAME]` sections.
+fn valid_breaker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn string(value: &Expr, key: &str, example: &str, errors: &mut Errors) -> Option<LitStr> {

@@ -113,6 +113,9 @@ pub fn expand(
         let t = nanos(t.nanos);
         builder.extend(quote!(.with_timeout(#t)));
     }
+    if let Some(name) = &policy.breaker {
+        builder.extend(quote!(.with_breaker(#name)));
+    }
     if let Some(d) = policy.deadline {
         let d = nanos(d.nanos);
         builder.extend(quote!(.with_deadline(#d)));
@@ -138,13 +141,15 @@ pub fn expand(
 
     // Internal names are def-site-ish (mixed_site) so the user's body cannot see or clash with them.
     let policy_ident = syn::Ident::new("__RESILIENT_POLICY", Span::mixed_site());
+    let site = syn::Ident::new("__RESILIENT_SITE", Span::mixed_site());
     let call = syn::Ident::new("__resilient_call", Span::mixed_site());
     let outcome = syn::Ident::new("__resilient_outcome", Span::mixed_site());
     let result = syn::Ident::new("__resilient_result", Span::mixed_site());
 
-    // Bounded attempts need `E: From<Rejected>`; report a missing impl at `timeout`/`deadline`.
-    let attempt = match policy.cut_span {
-        Some(span) => quote_spanned!(span=> attempt_bounded),
+    // Guarded attempts need `E: From<Rejected>`; a missing impl is reported at the key
+    // (`timeout`, `deadline`, `breaker`) that made the policy able to refuse or cut one.
+    let attempt = match policy.reject_span {
+        Some(span) => quote_spanned!(span=> attempt_guarded),
         None => quote!(attempt),
     };
     // A missing `Classify` impl is reported at the return type.
@@ -154,7 +159,8 @@ pub fn expand(
     let new_body = quote! {{
         #retry_on_use
         static #policy_ident: #p::Policy = #builder;
-        let mut #call = #p::Call::start(&#policy_ident);
+        static #site: #p::CallSite<'static> = #p::CallSite::new(&#policy_ident);
+        let mut #call = #p::Call::start(&#site);
         loop {
             let #outcome = #call.#attempt(async {
                 #(#copies)*

@@ -153,6 +153,9 @@ impl Classify for crate::Rejected {
         match self {
             crate::Rejected::AttemptTimedOut { .. } => ErrorClass::Timeout,
             crate::Rejected::DeadlineExceeded { .. } => ErrorClass::Timeout,
+            // The breaker just said no: an outer policy retrying at once would only be
+            // refused again.
+            crate::Rejected::CircuitOpen { .. } => ErrorClass::Other,
         }
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backoff::Jitter;
+use crate::breaker::{now_ms, Admission, Breaker, BreakerSlot, BreakerState, Transition};
 use crate::classify::{Classify, ErrorClass};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
@@ -116,12 +117,41 @@ enum Cut {
     Deadline,
 }
 
+/// A call site: its policy and the shared state it resolves once (its breaker). The macro
+/// emits one as a `static` per function.
+#[derive(Debug)]
+pub struct CallSite<'p> {
+    policy: &'p Policy,
+    breaker: BreakerSlot,
+}
+
+impl<'p> CallSite<'p> {
+    /// A call site for `policy`.
+    pub const fn new(policy: &'p Policy) -> Self {
+        Self {
+            policy,
+            breaker: BreakerSlot::new(policy.breaker()),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &'p Policy {
+        self.policy
+    }
+}
+
 /// One call in progress: the state the generated loop drives.
 ///
 /// Not part of the stable API: use `#[resilient]`, or [`retry`] to drive a policy by hand.
 #[derive(Debug)]
 pub struct Call<'p> {
     policy: &'p Policy,
+    breaker: Option<&'static Breaker>,
+    // The breaker's admission of the attempt in flight, until its result is recorded.
+    admission: Option<Admission>,
+    // Set when the breaker refused the first attempt.
+    refused: Option<Duration>,
+    transitions: Vec<Transition>,
     started: Instant,
     attempt_started: Instant,
     attempts: u32,
@@ -136,10 +166,15 @@ pub struct Call<'p> {
 
 impl<'p> Call<'p> {
     /// Start a call: the clock for `deadline` starts now.
-    pub fn start(policy: &'p Policy) -> Self {
+    pub fn start(site: &'p CallSite<'p>) -> Self {
         let now = Instant::now();
+        let policy = site.policy;
         Self {
             policy,
+            breaker: site.breaker.get(),
+            admission: None,
+            refused: None,
+            transitions: Vec::new(),
             started: now,
             attempt_started: now,
             attempts: 0,
@@ -161,13 +196,31 @@ impl<'p> Call<'p> {
         attempt.await
     }
 
-    /// Run one attempt bounded by the per-attempt `timeout` and what is left of the `deadline`.
-    /// An attempt cut short becomes `E::from(Rejected::…)` and is classified as a timeout.
-    pub async fn attempt_bounded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    /// Run one attempt through the breaker (the first attempt is admitted here, retries in
+    /// `settle`), bounded by the per-attempt `timeout` and what is left of the `deadline`.
+    /// A refused call becomes `E::from(Rejected::CircuitOpen)` without polling `attempt`; an
+    /// attempt cut short becomes `E::from(Rejected::…)` and is classified as a timeout.
+    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
     {
+        if self.attempts == 0 {
+            if let Some(breaker) = self.breaker {
+                let now = now_ms();
+                let (admission, transition) = breaker.admit(now);
+                self.note(transition);
+                if let Admission::Rejected { retry_in } = admission {
+                    self.refused = Some(retry_in);
+                    return Err(E::from(Rejected::CircuitOpen {
+                        breaker: breaker.name(),
+                        retry_in,
+                    }));
+                }
+                self.admission = Some(admission);
+                breaker.retry_budget().deposit(now);
+            }
+        }
         self.begin_attempt();
         let now = self.attempt_started;
         let by_timeout = self.policy.timeout().map(|t| (now + t, Cut::Timeout));
@@ -210,8 +263,13 @@ impl<'p> Call<'p> {
     where
         E: Classify,
     {
+        if let Some(retry_in) = self.refused.take() {
+            self.finish(StopReason::CircuitOpen { retry_in }, None);
+            return Step::Return(outcome);
+        }
         let error = match outcome {
             Ok(value) => {
+                self.record_breaker(None);
                 self.record(None, None);
                 self.finish(StopReason::Success, None);
                 return Step::Return(Ok(value));
@@ -232,11 +290,16 @@ impl<'p> Call<'p> {
                 cut_by_deadline: false,
             },
         };
+        self.record_breaker(Some(failure.class));
         self.record(Some(failure.class), failure.retry_after);
 
         let backoff = self.next_backoff();
         let elapsed = self.started.elapsed();
-        match decide(self.policy, self.attempts, failure, backoff, elapsed) {
+        let decision = match decide(self.policy, self.attempts, failure, backoff, elapsed) {
+            Decision::Retry { delay } => self.fleet_allows_retry(delay),
+            stop => stop,
+        };
+        match decision {
             Decision::Retry { delay } => {
                 self.prev_backoff = backoff;
                 self.delay_before = delay;
@@ -248,11 +311,52 @@ impl<'p> Call<'p> {
                     failure.retry_after,
                 );
                 tokio::time::sleep(delay).await;
+                if let Some(breaker) = self.breaker {
+                    // The breaker may have opened while we slept.
+                    let (admission, transition) = breaker.admit(now_ms());
+                    self.note(transition);
+                    if let Admission::Rejected { .. } = admission {
+                        self.finish(StopReason::BreakerOpened, Some(failure.class));
+                        return Step::Return(Err(error));
+                    }
+                    self.admission = Some(admission);
+                }
                 Step::Retry
             }
             Decision::Stop(reason) => {
                 self.finish(reason, Some(failure.class));
                 Step::Return(Err(error))
+            }
+        }
+    }
+
+    /// What the shared state says about a retry the policy allows: an open breaker stops the
+    /// call rather than sleeping on, and the retry budget caps a fleet's extra load.
+    fn fleet_allows_retry(&mut self, delay: Duration) -> Decision {
+        let Some(breaker) = self.breaker else {
+            return Decision::Retry { delay };
+        };
+        if breaker.state() == BreakerState::Open {
+            return Decision::Stop(StopReason::BreakerOpened);
+        }
+        if !breaker.retry_budget().try_withdraw(now_ms()) {
+            return Decision::Stop(StopReason::RetryBudgetExhausted);
+        }
+        Decision::Retry { delay }
+    }
+
+    fn record_breaker(&mut self, failure: Option<ErrorClass>) {
+        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            let transition = breaker.record(admission, failure, now_ms());
+            self.note(transition);
+        }
+    }
+
+    fn note(&mut self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            report::transition(self.policy.name(), t);
+            if self.observed.is_some() {
+                self.transitions.push(t);
             }
         }
     }
@@ -291,6 +395,8 @@ impl<'p> Call<'p> {
                 attempts,
                 stop: Some(stop),
                 elapsed,
+                breaker: self.breaker.map(|b| b.name()),
+                transitions: std::mem::take(&mut self.transitions),
             });
         }
     }
@@ -298,6 +404,11 @@ impl<'p> Call<'p> {
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
+        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            // A probe dropped mid-attempt gives its slot back, or the breaker would stay
+            // half-open with no probe to decide it.
+            breaker.cancel(admission);
+        }
         if !self.finished {
             // Dropped mid-call: the caller gave up on us. Say so rather than vanish.
             self.finish(StopReason::Cancelled, None);
@@ -310,7 +421,7 @@ impl Drop for Call<'_> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use retry_runtime::{retry, Classify, ErrorClass, Policy, Rejected};
+/// use retry_runtime::{retry, CallSite, Classify, ErrorClass, Policy, Rejected};
 ///
 /// #[derive(Debug)]
 /// enum E { Busy, Runtime(Rejected) }
@@ -322,10 +433,11 @@ impl Drop for Call<'_> {
 /// }
 ///
 /// static POLICY: Policy = Policy::new("by_hand").with_base(Duration::from_millis(1));
+/// static SITE: CallSite = CallSite::new(&POLICY);
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let mut calls = 0;
-/// let answer = retry(&POLICY, || {
+/// let answer = retry(&SITE, || {
 ///     calls += 1;
 ///     let busy = calls < 2;
 ///     async move { if busy { Err(E::Busy) } else { Ok(42) } }
@@ -335,15 +447,15 @@ impl Drop for Call<'_> {
 /// assert_eq!(calls, 2);
 /// # }
 /// ```
-pub async fn retry<T, E, F, Fut>(policy: &Policy, mut op: F) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(site: &CallSite<'_>, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: Classify + CanReject,
 {
-    let mut call = Call::start(policy);
+    let mut call = Call::start(site);
     loop {
-        let outcome = call.attempt_bounded(op()).await;
+        let outcome = call.attempt_guarded(op()).await;
         match call.settle(outcome).await {
             Step::Retry => {}
             Step::Return(result) => return result,

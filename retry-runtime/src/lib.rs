@@ -48,16 +48,21 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod breaker;
 pub mod classify;
+pub mod config;
 pub mod executor;
 pub mod policy;
 pub mod rejected;
 pub mod report;
+pub mod retry_budget;
 pub mod testing;
 
 pub use backoff::{Backoff, Jitter};
+pub use breaker::{breaker, Breaker, BreakerState, Transition};
 pub use classify::{Classify, ErrorClass};
-pub use executor::{decide, retry, Decision, Failure};
+pub use config::{configure, BreakerConfig, Config, ConfigError};
+pub use executor::{decide, retry, CallSite, Decision, Failure};
 pub use policy::{CodeRange, Policy, RetryOn};
 pub use rejected::{CanReject, Rejected};
 pub use report::{observe, AttemptReport, CallReport, StopReason};
@@ -80,7 +85,7 @@ pub use retry_macros::retry_on;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backoff::Backoff;
-    pub use crate::executor::{Call, Step};
+    pub use crate::executor::{Call, CallSite, Step};
     pub use crate::policy::{CodeRange, Policy, RetryOn};
     pub use core::concat;
     pub use core::module_path;

@@ -137,6 +137,7 @@ pub struct Policy {
     pub(crate) deadline: Option<Duration>,
     pub(crate) max_retry_after: Duration,
     pub(crate) retry_on: RetryOn,
+    pub(crate) breaker: Option<&'static str>,
 }
 
 impl Policy {
@@ -157,6 +158,7 @@ impl Policy {
             deadline: None,
             max_retry_after: Duration::from_secs(60),
             retry_on: RetryOn::DEFAULT,
+            breaker: None,
         }
     }
 
@@ -212,6 +214,18 @@ impl Policy {
     pub const fn with_retry_on(mut self, retry_on: RetryOn) -> Self {
         self.retry_on = retry_on;
         self
+    }
+
+    /// Route every attempt through the named, process-wide circuit breaker (and its retry
+    /// budget). Names are `[a-z0-9_-]{1,64}`; settings come from [`configure`](crate::configure).
+    pub const fn with_breaker(mut self, name: &'static str) -> Self {
+        self.breaker = Some(name);
+        self
+    }
+
+    /// The circuit breaker's name, if any.
+    pub const fn breaker(&self) -> Option<&'static str> {
+        self.breaker
     }
 
     /// The function name this policy belongs to (used in reports and events).

@@ -4,9 +4,9 @@ use std::fmt;
 use std::time::Duration;
 
 /// An error produced by the runtime rather than the provider: an attempt cut at its
-/// `timeout`, or a call cut at its `deadline`.
+/// `timeout`, a call cut at its `deadline`, or a call its circuit breaker refused.
 ///
-/// A policy that can produce one (it has `timeout` or `deadline`) requires the function's
+/// A policy that can produce one (it has `timeout`, `deadline` or `breaker`) requires the function's
 /// error type to implement `From<Rejected>`; the macro checks this at compile time.
 ///
 /// ```
@@ -46,6 +46,13 @@ pub enum Rejected {
         /// The whole-call deadline that was hit.
         deadline: Duration,
     },
+    /// The call's circuit breaker is open: no attempt was made, the provider saw nothing.
+    CircuitOpen {
+        /// The breaker's name.
+        breaker: &'static str,
+        /// Time until the breaker admits a probe; zero while half-open probes decide.
+        retry_in: Duration,
+    },
 }
 
 impl fmt::Display for Rejected {
@@ -57,6 +64,12 @@ impl fmt::Display for Rejected {
             Rejected::DeadlineExceeded { deadline } => {
                 write!(f, "call deadline of {deadline:?} exceeded")
             }
+            Rejected::CircuitOpen { breaker, retry_in } => {
+                write!(
+                    f,
+                    "circuit breaker `{breaker}` is open (retry in {retry_in:?})"
+                )
+            }
         }
     }
 }
@@ -64,11 +77,11 @@ impl fmt::Display for Rejected {
 impl std::error::Error for Rejected {}
 
 /// Implemented for every error type that is `From<Rejected>`. It exists for its compile
-/// error: a policy with `timeout` or `deadline` whose error type lacks `From<Rejected>` is
+/// error: a policy with `timeout`, `deadline` or `breaker` whose error type lacks `From<Rejected>` is
 /// told exactly what to add.
 #[diagnostic::on_unimplemented(
-    message = "this policy can cut an attempt short, so the error type `{Self}` must implement `From<retry_runtime::Rejected>`",
-    label = "`timeout` and `deadline` need `From<Rejected>` for the error type",
+    message = "this policy can cut or refuse an attempt, so the error type `{Self}` must implement `From<retry_runtime::Rejected>`",
+    label = "`timeout`, `deadline` and `breaker` need `From<Rejected>` for the error type",
     note = "add `impl From<retry_runtime::Rejected> for {Self}` (e.g. a `Runtime(Rejected)` variant) and classify it with `Rejected::class`"
 )]
 pub trait CanReject: From<Rejected> {}

@@ -6,12 +6,14 @@
 //! |---|---|---|
 //! | `retrying` | INFO | `function`, `attempt` (the one that failed, from 1), `class`, `status`, `delay_ms`, `retry_after_ms` |
 //! | `call finished` | DEBUG on success, WARN otherwise | `function`, `attempts`, `stop`, `class`, `status`, `elapsed_ms` |
+//! | `breaker transition` | WARN when opening, INFO otherwise | `function`, `breaker`, `from`, `to` |
 
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::breaker::{BreakerState, Transition};
 use crate::classify::ErrorClass;
 
 /// Why a call ended. Every way out of the executor has its own reason.
@@ -37,6 +39,15 @@ pub enum StopReason {
     DeadlineExceeded,
     /// The call's future was dropped before it finished.
     Cancelled,
+    /// The circuit breaker was open: no attempt was made.
+    CircuitOpen {
+        /// Time until the breaker admits a probe; zero while half-open probes decide.
+        retry_in: Duration,
+    },
+    /// The breaker opened while this call was retrying, so it stopped instead of waiting on.
+    BreakerOpened,
+    /// The breaker's retry budget had no room for another retry (a fleet-wide storm guard).
+    RetryBudgetExhausted,
 }
 
 impl StopReason {
@@ -50,6 +61,9 @@ impl StopReason {
             StopReason::RetryAfterTooLong { .. } => "retry_after_too_long",
             StopReason::DeadlineExceeded => "deadline_exceeded",
             StopReason::Cancelled => "cancelled",
+            StopReason::CircuitOpen { .. } => "circuit_open",
+            StopReason::BreakerOpened => "breaker_opened",
+            StopReason::RetryBudgetExhausted => "retry_budget_exhausted",
         }
     }
 
@@ -127,6 +141,8 @@ pub struct CallReport {
     pub(crate) attempts: Vec<AttemptReport>,
     pub(crate) stop: Option<StopReason>,
     pub(crate) elapsed: Duration,
+    pub(crate) breaker: Option<&'static str>,
+    pub(crate) transitions: Vec<Transition>,
 }
 
 impl CallReport {
@@ -148,6 +164,16 @@ impl CallReport {
     /// Time from the call's start to its end, waits included.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
+    }
+
+    /// The circuit breaker the call went through, if any.
+    pub fn breaker(&self) -> Option<&'static str> {
+        self.breaker
+    }
+
+    /// Breaker state changes this call caused, in order.
+    pub fn transitions(&self) -> &[Transition] {
+        &self.transitions
     }
 
     /// Number of retries (attempts after the first).
@@ -189,6 +215,9 @@ impl fmt::Display for CallReport {
                 write!(f, " (retry-after {ra:?})")?;
             }
             writeln!(f)?;
+        }
+        for t in &self.transitions {
+            writeln!(f, "  breaker `{}`: {} -> {}", t.breaker, t.from, t.to)?;
         }
         Ok(())
     }
@@ -268,6 +297,15 @@ pub(crate) fn retrying(
         retry_after_ms = retry_after.map(millis),
         "retrying"
     );
+}
+
+/// Emitted on each breaker state change.
+pub(crate) fn transition(function: &'static str, t: Transition) {
+    if t.to == BreakerState::Open {
+        tracing::warn!(target: "retry_runtime", function, breaker = t.breaker, from = t.from.as_str(), to = t.to.as_str(), "breaker transition");
+    } else {
+        tracing::info!(target: "retry_runtime", function, breaker = t.breaker, from = t.from.as_str(), to = t.to.as_str(), "breaker transition");
+    }
 }
 
 /// Emitted once when a call ends, however it ends.

@@ -1,0 +1,565 @@
+//! Named circuit breakers, shared by every call to one provider.
+//!
+//! Closed -> Open after `failures` outage-class failures (5xx, timeout, transport; 429 only
+//! with `count_429`) inside a sliding `window`. Open rejects at once for `cooldown`. Then
+//! HalfOpen admits exactly `probes` calls: a probe's success closes the breaker, its outage
+//! failure re-opens it. A probe whose future is dropped gives its slot back.
+//!
+//! The state is one `AtomicU64` updated by a CAS loop around pure transition functions
+//! ([`State::admit`], [`State::on_result`], [`State::on_cancel`]); the failure times are a
+//! ring of atomics. A closed breaker costs one atomic load to admit and one to record a
+//! success: no lock, no allocation.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::classify::ErrorClass;
+use crate::config::BreakerConfig;
+use crate::retry_budget::RetryBudget;
+
+/// Milliseconds on the runtime's clock (`tokio::time`, so paused time in tests).
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    u64::try_from(
+        tokio::time::Instant::now()
+            .saturating_duration_since(epoch)
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// A breaker's state, as seen by a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls flow; outage failures are counted.
+    Closed,
+    /// Calls are rejected without reaching the provider.
+    Open,
+    /// A limited number of probe calls decide whether to close or re-open.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change of a breaker's state, as recorded in the `CallReport` of the call that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The breaker's name.
+    pub breaker: &'static str,
+    /// State before.
+    pub from: BreakerState,
+    /// State after.
+    pub to: BreakerState,
+}
+
+// Packed state: [tag:2][epoch:8][probes:14][until_ms:40]. The epoch changes on each entry
+// to half-open, so a late probe result from an earlier half-open period is ignored.
+const TAG_SHIFT: u32 = 62;
+const EPOCH_SHIFT: u32 = 54;
+const PROBES_SHIFT: u32 = 40;
+const TIME_MASK: u64 = (1 << 40) - 1;
+const PROBES_MASK: u64 = (1 << 14) - 1;
+
+/// The decision-relevant part of a breaker, as a plain value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    /// Closed, open or half-open.
+    pub state: BreakerState,
+    /// Counts entries into half-open (wrapping), to tell probe generations apart.
+    pub epoch: u8,
+    /// Half-open: probes admitted in this period.
+    pub probes: u16,
+    /// Open: when the cooldown ends (ms on the runtime clock).
+    pub until_ms: u64,
+}
+
+/// What a call gets when it asks to make an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The breaker is closed: go ahead.
+    Normal,
+    /// The breaker is half-open and this attempt is one of its probes.
+    Probe {
+        /// The half-open period the probe belongs to.
+        epoch: u8,
+    },
+    /// The breaker is open (or half-open with all probes out).
+    Rejected {
+        /// Until the cooldown ends; zero while half-open probes decide.
+        retry_in: Duration,
+    },
+}
+
+impl State {
+    const CLOSED: State = State {
+        state: BreakerState::Closed,
+        epoch: 0,
+        probes: 0,
+        until_ms: 0,
+    };
+
+    fn pack(self) -> u64 {
+        let tag = match self.state {
+            BreakerState::Closed => 0u64,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        (tag << TAG_SHIFT)
+            | (u64::from(self.epoch) << EPOCH_SHIFT)
+            | ((u64::from(self.probes) & PROBES_MASK) << PROBES_SHIFT)
+            | (self.until_ms & TIME_MASK)
+    }
+
+    fn unpack(bits: u64) -> State {
+        State {
+            state: match bits >> TAG_SHIFT {
+                0 => BreakerState::Closed,
+                1 => BreakerState::Open,
+                _ => BreakerState::HalfOpen,
+            },
+            epoch: (bits >> EPOCH_SHIFT) as u8,
+            probes: ((bits >> PROBES_SHIFT) & PROBES_MASK) as u16,
+            until_ms: bits & TIME_MASK,
+        }
+    }
+
+    /// May a call make an attempt now? Returns the admission and the next state.
+    pub fn admit(self, now_ms: u64, max_probes: u16) -> (Admission, State) {
+        match self.state {
+            BreakerState::Closed => (Admission::Normal, self),
+            BreakerState::Open if now_ms < self.until_ms => (
+                Admission::Rejected {
+                    retry_in: Duration::from_millis(self.until_ms - now_ms),
+                },
+                self,
+            ),
+            BreakerState::Open => {
+                let epoch = self.epoch.wrapping_add(1);
+                (
+                    Admission::Probe { epoch },
+                    State {
+                        state: BreakerState::HalfOpen,
+                        epoch,
+                        probes: 1,
+                        until_ms: 0,
+                    },
+                )
+            }
+            BreakerState::HalfOpen if self.probes < max_probes => (
+                Admission::Probe { epoch: self.epoch },
+                State {
+                    probes: self.probes + 1,
+                    ..self
+                },
+            ),
+            BreakerState::HalfOpen => (
+                Admission::Rejected {
+                    retry_in: Duration::ZERO,
+                },
+                self,
+            ),
+        }
+    }
+
+    /// The result of an attempt admitted as `admission`. `opens` says whether the window
+    /// now holds enough counted failures to open (computed by the caller from the ring);
+    /// `counted` whether this failure counts at all (`None` for a success).
+    pub fn on_result(
+        self,
+        admission: Admission,
+        counted: Option<bool>,
+        opens: bool,
+        now_ms: u64,
+        cooldown_ms: u64,
+    ) -> State {
+        let open = State {
+            state: BreakerState::Open,
+            epoch: self.epoch,
+            probes: 0,
+            until_ms: now_ms.saturating_add(cooldown_ms).min(TIME_MASK),
+        };
+        match (self.state, admission) {
+            (BreakerState::HalfOpen, Admission::Probe { epoch }) if epoch == self.epoch => {
+                match counted {
+                    Some(true) => open,
+                    // The provider answered (even a caller-fault error is an answer): it is up.
+                    Some(false) | None => State {
+                        epoch: self.epoch,
+                        ..State::CLOSED
+                    },
+                }
+            }
+            (BreakerState::Closed, Admission::Normal) if counted == Some(true) && opens => open,
+            _ => self,
+        }
+    }
+
+    /// A probe was dropped before it finished: give its slot back.
+    pub fn on_cancel(self, admission: Admission) -> State {
+        match (self.state, admission) {
+            (BreakerState::HalfOpen, Admission::Probe { epoch })
+                if epoch == self.epoch && self.probes > 0 =>
+            {
+                State {
+                    probes: self.probes - 1,
+                    ..self
+                }
+            }
+            _ => self,
+        }
+    }
+}
+
+/// One named circuit breaker. Get it by name with [`breaker`]; `#[resilient(breaker = "…")]`
+/// resolves it once per call site.
+pub struct Breaker {
+    name: &'static str,
+    config: BreakerConfig,
+    state: AtomicU64,
+    // The last `failures` counted failure times (ms + 1; 0 = empty).
+    ring: Box<[AtomicU64]>,
+    next: AtomicUsize,
+    retry_budget: RetryBudget,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Breaker {
+    /// A breaker outside the registry, for tests and for embedding in your own types. Calls
+    /// through `#[resilient(breaker = "…")]` use the registry's [`breaker`] instead.
+    pub fn standalone(name: &'static str, config: BreakerConfig) -> Self {
+        Self::new(name, config)
+    }
+
+    fn new(name: &'static str, config: BreakerConfig) -> Self {
+        let slots = config.failures.max(1) as usize;
+        Self {
+            name,
+            state: AtomicU64::new(State::CLOSED.pack()),
+            ring: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
+            retry_budget: RetryBudget::new(&config),
+            config,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The configuration it was created with.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    /// The current state. An open breaker whose cooldown has passed reports `Open` until the
+    /// next call turns it half-open.
+    pub fn state(&self) -> BreakerState {
+        self.load().state
+    }
+
+    /// The retry budget shared by every call through this breaker.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.retry_budget
+    }
+
+    fn load(&self) -> State {
+        State::unpack(self.state.load(Ordering::Acquire))
+    }
+
+    /// CAS loop around a pure transition; returns what `f` decided and the transition, if any.
+    fn update<R>(&self, mut f: impl FnMut(State) -> (R, State)) -> (R, Option<Transition>) {
+        let mut bits = self.state.load(Ordering::Acquire);
+        loop {
+            let before = State::unpack(bits);
+            let (out, after) = f(before);
+            if after == before {
+                return (out, None);
+            }
+            match self.state.compare_exchange_weak(
+                bits,
+                after.pack(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let transition = (before.state != after.state).then_some(Transition {
+                        breaker: self.name,
+                        from: before.state,
+                        to: after.state,
+                    });
+                    return (out, transition);
+                }
+                Err(actual) => bits = actual,
+            }
+        }
+    }
+
+    /// Ask to make an attempt now.
+    pub fn admit(&self, now_ms: u64) -> (Admission, Option<Transition>) {
+        // Closed is the common case: one load, no write.
+        let state = self.load();
+        if state.state == BreakerState::Closed {
+            return (Admission::Normal, None);
+        }
+        let probes = self.config.probes.clamp(1, PROBES_MASK as u32) as u16;
+        self.update(|s| s.admit(now_ms, probes))
+    }
+
+    /// Whether this failure class counts toward opening.
+    pub fn counts(&self, class: ErrorClass) -> bool {
+        class.is_outage() || (self.config.count_429 && class == ErrorClass::Status(429))
+    }
+
+    /// Record the result of an attempt admitted as `admission`: `None` for a success.
+    pub fn record(
+        &self,
+        admission: Admission,
+        failure: Option<ErrorClass>,
+        now_ms: u64,
+    ) -> Option<Transition> {
+        let counted = failure.map(|class| self.counts(class));
+        let state = self.load();
+        if state.state == BreakerState::Closed && counted != Some(true) {
+            return None; // The happy path: nothing to write.
+        }
+        let opens = state.state == BreakerState::Closed
+            && admission == Admission::Normal
+            && counted == Some(true)
+            && self.push_failure(now_ms);
+        let cooldown = duration_ms(self.config.cooldown);
+        let (_, transition) =
+            self.update(|s| ((), s.on_result(admission, counted, opens, now_ms, cooldown)));
+        if matches!(transition, Some(t) if t.to == BreakerState::Closed) {
+            self.clear_failures();
+        }
+        transition
+    }
+
+    /// A probe's future was dropped: give its slot back.
+    pub fn cancel(&self, admission: Admission) {
+        if let Admission::Probe { .. } = admission {
+            self.update(|s| ((), s.on_cancel(admission)));
+        }
+    }
+
+    /// Remember a counted failure; true if the ring now holds `failures` of them in `window`.
+    fn push_failure(&self, now_ms: u64) -> bool {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.ring.len();
+        self.ring[slot].store(now_ms.saturating_add(1), Ordering::Release);
+        let window = duration_ms(self.config.window);
+        let recent = self
+            .ring
+            .iter()
+            .map(|t| t.load(Ordering::Acquire))
+            .filter(|&t| t != 0 && now_ms.saturating_add(1) - t.min(now_ms + 1) < window)
+            .count();
+        recent >= self.config.failures as usize
+    }
+
+    fn clear_failures(&self) {
+        for t in self.ring.iter() {
+            t.store(0, Ordering::Release);
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Every breaker created so far, by name. Entries live for the process: a program names a
+/// fixed set of breakers in its attributes, so this never grows past that set.
+fn registry() -> &'static Mutex<Vec<&'static Breaker>> {
+    static REGISTRY: OnceLock<Mutex<Vec<&'static Breaker>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The process-wide breaker with this name, created on first use with its configured values
+/// (or the defaults). Cold path: call sites resolve it once and keep the reference.
+pub fn breaker(name: &str) -> &'static Breaker {
+    let mut all = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = all.iter().find(|b| b.name == name) {
+        return b;
+    }
+    let config = crate::config::breaker_config(name);
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let created: &'static Breaker = Box::leak(Box::new(Breaker::new(name, config)));
+    all.push(created);
+    created
+}
+
+/// Names of the breakers created so far (for `configure`'s too-late check).
+pub(crate) fn created_names() -> Vec<&'static str> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|b| b.name)
+        .collect()
+}
+
+/// A call site's breaker, resolved once: after the first call, one atomic load.
+#[derive(Debug)]
+pub struct BreakerSlot {
+    name: Option<&'static str>,
+    resolved: OnceLock<&'static Breaker>,
+}
+
+impl BreakerSlot {
+    /// A slot for `name`, or an empty one.
+    pub const fn new(name: Option<&'static str>) -> Self {
+        Self {
+            name,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// The breaker, if the call site names one.
+    #[inline]
+    pub fn get(&self) -> Option<&'static Breaker> {
+        let name = self.name?;
+        Some(*self.resolved.get_or_init(|| breaker(name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(failures: u32, probes: u32) -> BreakerConfig {
+        BreakerConfig {
+            failures,
+            probes,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+            ..BreakerConfig::default()
+        }
+    }
+
+    #[test]
+    fn pack_roundtrips() {
+        let s = State {
+            state: BreakerState::HalfOpen,
+            epoch: 201,
+            probes: 9000,
+            until_ms: TIME_MASK,
+        };
+        assert_eq!(State::unpack(s.pack()), s);
+        assert_eq!(State::unpack(State::CLOSED.pack()), State::CLOSED);
+    }
+
+    #[test]
+    fn opens_after_failures_in_window_then_half_opens_after_cooldown() {
+        let b = Breaker::new("t", config(3, 1));
+        let fail = Some(ErrorClass::Status(503));
+        assert_eq!(b.record(Admission::Normal, fail, 0), None);
+        assert_eq!(b.record(Admission::Normal, fail, 1000), None);
+        let t = b.record(Admission::Normal, fail, 2000).unwrap();
+        assert_eq!((t.from, t.to), (BreakerState::Closed, BreakerState::Open));
+        assert_eq!(
+            b.admit(2000 + 29_999).0,
+            Admission::Rejected {
+                retry_in: Duration::from_millis(1)
+            }
+        );
+        let (probe, t) = b.admit(32_000);
+        assert!(matches!(probe, Admission::Probe { .. }));
+        assert_eq!(t.unwrap().to, BreakerState::HalfOpen);
+        assert!(matches!(b.admit(32_001).0, Admission::Rejected { .. }));
+        let t = b.record(probe, None, 32_500).unwrap();
+        assert_eq!(t.to, BreakerState::Closed);
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_open() {
+        let b = Breaker::new("t", config(2, 1));
+        let fail = Some(ErrorClass::Timeout);
+        b.record(Admission::Normal, fail, 0);
+        assert_eq!(b.record(Admission::Normal, fail, 60_000), None);
+        assert!(b.record(Admission::Normal, fail, 61_000).is_some());
+    }
+
+    #[test]
+    fn caller_faults_and_429_do_not_count_unless_configured() {
+        let b = Breaker::new("t", config(1, 1));
+        for class in [
+            ErrorClass::Status(400),
+            ErrorClass::Status(429),
+            ErrorClass::Permanent,
+        ] {
+            assert_eq!(b.record(Admission::Normal, Some(class), 0), None);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        let strict = Breaker::new(
+            "t",
+            BreakerConfig {
+                count_429: true,
+                ..config(1, 1)
+            },
+        );
+        assert!(strict
+            .record(Admission::Normal, Some(ErrorClass::Status(429)), 0)
+            .is_some());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_a_cancelled_probe_is_returned() {
+        let b = Breaker::new("t", config(1, 1));
+        b.record(Admission::Normal, Some(ErrorClass::Transport), 0);
+        let (probe, _) = b.admit(30_000);
+        b.cancel(probe);
+        let (again, _) = b.admit(30_001);
+        assert_eq!(again, probe, "the returned slot is admitted again");
+        let t = b
+            .record(again, Some(ErrorClass::Status(500)), 30_002)
+            .unwrap();
+        assert_eq!(t.to, BreakerState::Open);
+        assert!(matches!(b.admit(30_003).0, Admission::Rejected { .. }));
+    }
+
+    #[test]
+    fn a_stale_probe_result_is_ignored() {
+        let b = Breaker::new("t", config(1, 1));
+        b.record(Admission::Normal, Some(ErrorClass::Transport), 0);
+        let (old, _) = b.admit(30_000);
+        b.record(old, Some(ErrorClass::Transport), 30_001); // re-open
+        let (new, _) = b.admit(60_001);
+        assert_ne!(old, new);
+        assert_eq!(
+            b.record(old, None, 60_002),
+            None,
+            "old epoch's success ignored"
+        );
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.cancel(old); // also ignored
+        assert!(matches!(b.admit(60_003).0, Admission::Rejected { .. }));
+    }
+}

@@ -1,0 +1,445 @@
+//! Run-time configuration: what the attribute cannot know at compile time, such as how many
+//! failures open the `openai` breaker.
+//!
+//! ```toml
+//! [breaker.openai]
+//! failures = 5             # outage-class failures inside `window` that open the breaker
+//! window = "60s"
+//! cooldown = "30s"         # how long an open breaker rejects before probing
+//! probes = 1               # calls admitted while half-open
+//! count_429 = false        # a rate limit means "slow down", not "down"
+//! retry_ratio = 0.2        # retries allowed per first attempt (also "20%")
+//! min_retries_per_sec = 1  # floor of the retry budget
+//! ```
+//!
+//! Set it once at startup with [`configure`], or name a TOML file in the environment variable
+//! `RETRY_RUNTIME_CONFIG` (read when the first breaker is created). Names never configured get
+//! the defaults above.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// The environment variable naming a TOML configuration file.
+pub const CONFIG_ENV: &str = "RETRY_RUNTIME_CONFIG";
+
+/// One breaker's settings (and its retry budget's). `Default` gives DESIGN §4's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Outage-class failures inside `window` that open the breaker (1..=1000).
+    pub failures: u32,
+    /// The sliding window failures are counted in.
+    pub window: Duration,
+    /// How long an open breaker rejects before admitting probes.
+    pub cooldown: Duration,
+    /// Probe calls admitted while half-open (1..=1000).
+    pub probes: u32,
+    /// Whether a 429 counts as an outage failure.
+    pub count_429: bool,
+    /// Retries allowed per first attempt, in parts per million (200 000 = 20%).
+    pub retry_ratio_ppm: u64,
+    /// Floor of the retry budget: retries per second always allowed.
+    pub min_retries_per_sec: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+            probes: 1,
+            count_429: false,
+            retry_ratio_ppm: 200_000,
+            min_retries_per_sec: 1,
+        }
+    }
+}
+
+/// The run-time configuration.
+///
+/// ```
+/// use retry_runtime::config::Config;
+///
+/// let config = Config::from_toml_str(r#"
+///     [breaker.openai]
+///     failures = 3
+///     cooldown = "10s"
+///     retry_ratio = "10%"
+/// "#).unwrap();
+/// let openai = config.breaker("openai");
+/// assert_eq!(openai.failures, 3);
+/// assert_eq!(openai.retry_ratio_ppm, 100_000);
+/// assert_eq!(config.breaker("anthropic"), Default::default());
+///
+/// let error = Config::from_toml_str("[breaker.openai]\nfailurez = 3\n").unwrap_err();
+/// assert!(error.to_string().contains("line 2"), "{error}");
+/// assert!(error.to_string().contains("failurez"), "{error}");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    breakers: BTreeMap<String, BreakerConfig>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML is malformed, has an unknown key, or a value out of range.
+    #[error("invalid retry-runtime configuration{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Invalid {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// What is wrong, with the key and line.
+        message: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read retry-runtime configuration {}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `configure` was already called (or the configuration was already loaded from
+    /// `RETRY_RUNTIME_CONFIG`); it is set once, never silently replaced.
+    #[error("retry-runtime is already configured; configure() may be called once, before the first call")]
+    AlreadyConfigured,
+    /// Breakers were created with the defaults before `configure` ran.
+    #[error("configure() ran after these breakers were created with default settings: {}; call it at startup, before the first #[resilient] call", .names.join(", "))]
+    TooLate {
+        /// The breakers already created.
+        names: Vec<&'static str>,
+    },
+}
+
+impl Config {
+    /// Parse a TOML configuration. Unknown keys and out-of-range values are errors that name
+    /// the key and its line.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text).map_err(|message| ConfigError::Invalid {
+            path: None,
+            message,
+        })
+    }
+
+    /// Read and parse a TOML file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&text).map_err(|message| ConfigError::Invalid {
+            path: Some(path.to_owned()),
+            message,
+        })
+    }
+
+    /// Set (or replace) one breaker's settings.
+    pub fn with_breaker(mut self, name: &str, config: BreakerConfig) -> Self {
+        self.breakers.insert(name.to_owned(), config);
+        self
+    }
+
+    /// The settings of the breaker `name`: configured, or the defaults.
+    pub fn breaker(&self, name: &str) -> BreakerConfig {
+        self.breakers.get(name).cloned().unwrap_or_default()
+    }
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// Install the process-wide configuration. Call once, at startup, before the first
+/// `#[resilient]` call that uses a breaker.
+///
+/// A second call is an error, not a silent overwrite; so is a call after breakers were
+/// already created with default settings.
+pub fn configure(config: Config) -> Result<(), ConfigError> {
+    if CONFIG.get().is_some() {
+        return Err(ConfigError::AlreadyConfigured);
+    }
+    let created = crate::breaker::created_names();
+    if !created.is_empty() {
+        return Err(ConfigError::TooLate { names: created });
+    }
+    CONFIG
+        .set(config)
+        .map_err(|_| ConfigError::AlreadyConfigured)
+}
+
+/// Load the file named by `RETRY_RUNTIME_CONFIG`, if set, and install it.
+///
+/// Call it at startup to see a bad file's error; otherwise the first breaker loads it, and a
+/// bad file is reported as an ERROR event (target `retry_runtime`) and the defaults are used.
+pub fn configure_from_env() -> Result<(), ConfigError> {
+    match std::env::var_os(CONFIG_ENV) {
+        Some(path) => configure(Config::from_path(PathBuf::from(path))?),
+        None => Ok(()),
+    }
+}
+
+fn current() -> &'static Config {
+    CONFIG.get_or_init(|| match std::env::var_os(CONFIG_ENV) {
+        None => Config::default(),
+        Some(path) => Config::from_path(PathBuf::from(path)).unwrap_or_else(|error| {
+            tracing::error!(target: "retry_runtime", %error, "ignoring {CONFIG_ENV}; using the defaults");
+            Config::default()
+        }),
+    })
+}
+
+pub(crate) fn breaker_config(name: &str) -> BreakerConfig {
+    current().breaker(name)
+}
+
+// ---- parsing ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    breaker: BTreeMap<String, RawBreaker>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failures: Option<Count>,
+    window: Option<Dur>,
+    cooldown: Option<Dur>,
+    probes: Option<Count>,
+    count_429: Option<bool>,
+    retry_ratio: Option<Ratio>,
+    min_retries_per_sec: Option<u32>,
+}
+
+fn parse(text: &str) -> Result<Config, String> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut config = Config::default();
+    for (name, raw) in raw.breaker {
+        if !valid_name(&name) {
+            let line = text
+                .lines()
+                .position(|l| l.contains(&format!("breaker.{name}")) || l.contains(&name))
+                .map(|i| format!(" (line {})", i + 1))
+                .unwrap_or_default();
+            return Err(format!(
+                "breaker name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most 64 characters)"
+            ));
+        }
+        let d = BreakerConfig::default();
+        config.breakers.insert(
+            name,
+            BreakerConfig {
+                failures: raw.failures.map_or(d.failures, |c| c.0),
+                window: raw.window.map_or(d.window, |w| w.0),
+                cooldown: raw.cooldown.map_or(d.cooldown, |c| c.0),
+                probes: raw.probes.map_or(d.probes, |c| c.0),
+                count_429: raw.count_429.unwrap_or(d.count_429),
+                retry_ratio_ppm: raw.retry_ratio.map_or(d.retry_ratio_ppm, |r| r.0),
+                min_retries_per_sec: raw.min_retries_per_sec.unwrap_or(d.min_retries_per_sec),
+            },
+        );
+    }
+    Ok(config)
+}
+
+/// Breaker names as the attribute accepts them: `[a-z0-9_-]{1,64}`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A count in 1..=1000.
+struct Count(u32);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if (1..=1000).contains(&n) {
+            Ok(Count(n as u32))
+        } else {
+            Err(de::Error::custom(format!(
+                "{n} is out of range: use a whole number from 1 to 1000"
+            )))
+        }
+    }
+}
+
+/// A positive duration written like `"30s"`.
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match parse_duration(&text) {
+            Ok(d) if !d.is_zero() => Ok(Dur(d)),
+            Ok(_) => Err(de::Error::custom("must be longer than zero")),
+            Err(why) => Err(de::Error::custom(format!(
+                "`{text}`: {why}; write a number and a unit: \"250ms\", \"2s\", \"1.5s\", \"1m\" or \"1h\""
+            ))),
+        }
+    }
+}
+
+/// A ratio written as `0.2` or `"20%"`, held in parts per million; 0 to 10 (1000%).
+struct Ratio(u64);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Ratio;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a ratio such as 0.2 or \"20%\"")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ratio, E> {
+                ratio_ppm(v).map(Ratio).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ratio, E> {
+                ratio_ppm(v as f64).map(Ratio).map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ratio, E> {
+                let pct = v
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .ok_or_else(|| {
+                        E::custom(format!("`{v}` is not a ratio: write 0.2 or \"20%\""))
+                    })?;
+                ratio_ppm(pct / 100.0).map(Ratio).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn ratio_ppm(v: f64) -> Result<u64, String> {
+    if v.is_finite() && (0.0..=10.0).contains(&v) {
+        // Converted once, here; all budget arithmetic after this is integer.
+        Ok((v * 1e6).round() as u64)
+    } else {
+        Err(format!(
+            "{v} is out of range: a retry ratio lies between 0 and 10"
+        ))
+    }
+}
+
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`; at most a day. The same grammar the
+/// attribute accepts (the macro crate has its own copy: a proc-macro cannot share runtime
+/// code).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| "no unit".to_string())?;
+    let (number, unit) = text.split_at(split);
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ if unit.trim().is_empty() => return Err("no unit".into()),
+        other => return Err(format!("unknown unit `{}`", other.trim())),
+    };
+    if number.is_empty() {
+        return Err("no number".into());
+    }
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || frac.contains('.') || (number.contains('.') && frac.is_empty()) {
+        return Err(format!("`{number}` is not a number"));
+    }
+    if frac.len() > 9 {
+        return Err("more than nine decimal places".into());
+    }
+    let whole: u128 = whole.parse().map_err(|_| "the number is too large")?;
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().map_err(|_| "bad decimals")? * 10u128.pow(9 - frac.len() as u32)
+    };
+    let nanos = whole
+        .checked_mul(unit_nanos)
+        .and_then(|w| w.checked_add(frac_value * unit_nanos / 1_000_000_000))
+        .ok_or("the number is too large")?;
+    if nanos > 24 * 3_600_000_000_000 {
+        return Err("longer than the limit of one day".into());
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_section() {
+        let c = Config::from_toml_str(
+            r#"
+            [breaker.openai]
+            failures = 3
+            window = "10s"
+            cooldown = "1m"
+            probes = 2
+            count_429 = true
+            retry_ratio = 0.1
+            min_retries_per_sec = 0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.breaker("openai"),
+            BreakerConfig {
+                failures: 3,
+                window: Duration::from_secs(10),
+                cooldown: Duration::from_secs(60),
+                probes: 2,
+                count_429: true,
+                retry_ratio_ppm: 100_000,
+                min_retries_per_sec: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        for (text, wants) in [
+            ("[breaker.a]\nfailures = 0\n", "line 2"),
+            ("[breaker.a]\n\nwindow = \"5 parsecs\"\n", "line 3"),
+            ("[breaker.a]\ncooldown = \"0s\"\n", "longer than zero"),
+            ("[breaker.a]\nretry_ratio = -1.0\n", "out of range"),
+            ("[breaker.a]\nretry_ratio = \"lots\"\n", "not a ratio"),
+            ("[breakers.a]\nfailures = 1\n", "breakers"),
+            ("[breaker.a]\nprobes = \"2\"\n", "line 2"),
+            ("[breaker.\"Open AI\"]\n", "Open AI"),
+            ("[breaker.a\n", "line 1"),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.contains(wants), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("openai"));
+        assert!(valid_name("azure-gpt4_eu"));
+        assert!(!valid_name("OpenAI"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("parsecs"));
+        assert!(parse_duration("10").is_err());
+    }
+}
