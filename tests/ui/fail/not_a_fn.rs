@@ -1,0 +1,15 @@
+use retry_runtime::{resilient, Classify, ErrorClass};
+
+#[derive(Debug)]
+struct ApiError(u16);
+
+impl Classify for ApiError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Status(self.0)
+    }
+}
+
+#[resilient]
+struct Client;
+
+fn main() {}

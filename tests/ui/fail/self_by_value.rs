@@ -1,0 +1,21 @@
+use retry_runtime::{resilient, Classify, ErrorClass};
+
+#[derive(Debug)]
+struct ApiError(u16);
+
+impl Classify for ApiError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Status(self.0)
+    }
+}
+
+struct Client;
+
+impl Client {
+    #[resilient]
+    async fn complete(self) -> Result<String, ApiError> {
+        Ok("hi".to_string())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,18 @@
+use retry_runtime::{resilient, Classify, ErrorClass};
+
+#[derive(Debug)]
+struct ApiError(u16);
+
+impl Classify for ApiError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Status(self.0)
+    }
+}
+
+// Three mistakes in one attribute: all three are reported, in order.
+#[resilient(max = 0, backoff = "fibonacci", retries = 3)]
+async fn complete() -> Result<String, ApiError> {
+    Ok("hi".to_string())
+}
+
+fn main() {}
