@@ -7,7 +7,6 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprRange, Ident, Lit, LitInt, LitStr, RangeLimits, Token};
 
 /// The keys `#[resilient]` accepts, in the order the docs list them.
@@ -20,6 +19,8 @@ pub const KEYS: &[&str] = &[
     "deadline",
     "max_retry_after",
     "breaker",
+    "budget",
+    "pool",
     "crate",
 ];
 
@@ -55,9 +56,36 @@ impl Parse for Pair {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         // `crate` is a keyword; `parse_any` accepts it as a key.
         let key = Ident::parse_any(input)?;
+        if !input.peek(Token![=]) {
+            return Err(syn::Error::new(
+                key.span(),
+                format!(
+                    "`{key}` needs a value, e.g. `{}`",
+                    example(&key.to_string())
+                ),
+            ));
+        }
         input.parse::<Token![=]>()?;
         let value = input.parse()?;
         Ok(Pair { key, value })
+    }
+}
+
+/// How each key is written, for messages.
+fn example(key: &str) -> &'static str {
+    match key {
+        "backoff" => "backoff = \"exp_jitter\"",
+        "max" => "max = 5",
+        "base" => "base = \"500ms\"",
+        "cap" => "cap = \"30s\"",
+        "timeout" => "timeout = \"20s\"",
+        "deadline" => "deadline = \"2m\"",
+        "max_retry_after" => "max_retry_after = \"60s\"",
+        "breaker" => "breaker = \"openai\"",
+        "budget" => "budget = \"0.10usd\"",
+        "pool" => "pool = \"openai-hourly\"",
+        "crate" => "crate = \"::retry_runtime\"",
+        _ => "key = value",
     }
 }
 
@@ -92,6 +120,11 @@ pub struct Policy {
     pub max_retry_after: Dur,
     pub krate: Option<syn::Path>,
     pub breaker: Option<String>,
+    pub budget: Option<BudgetLit>,
+    pub pool: Option<String>,
+    /// Where `budget`/`pool` were written: their need for a `Metered` success type is
+    /// reported there.
+    pub metered_span: Option<Span>,
     /// Where `timeout`/`deadline`/`breaker` were written: the executor's `From<Rejected>`
     /// requirement is reported there.
     pub reject_span: Option<Span>,
@@ -141,6 +174,9 @@ impl Policy {
             max_retry_after: dur(60_000_000_000),
             krate: None,
             breaker: None,
+            budget: None,
+            pool: None,
+            metered_span: None,
             reject_span: None,
         };
         let mut seen: Vec<String> = Vec::new();
@@ -232,17 +268,35 @@ impl Policy {
                         ));
                     }
                 }
-                "breaker" => {
+                "breaker" | "pool" => {
                     if let Some(s) = string(&pair.value, &key, "\"openai\"", errors) {
                         let name = s.value();
-                        if valid_breaker_name(&name) {
-                            policy.breaker = Some(name);
+                        if valid_name(&name) {
                             policy.reject_span.get_or_insert(pair.key.span());
+                            if key == "pool" {
+                                policy.pool = Some(name);
+                                policy.metered_span.get_or_insert(pair.key.span());
+                            } else {
+                                policy.breaker = Some(name);
+                            }
                         } else {
                             errors.at(
                                 &s,
-                                format!("breaker name `{name}` may use only lowercase letters, digits, `_` and `-` (1 to 64 characters), e.g. `breaker = \"openai\"`"),
+                                format!("{key} name `{name}` may use only lowercase letters, digits, `_` and `-` (1 to 64 characters), e.g. `{}`", example(&key)),
                             );
+                        }
+                    }
+                }
+                "budget" => {
+                    if let Some(s) = string(&pair.value, &key, "\"0.10usd\"", errors) {
+                        match parse_budget(&s.value()) {
+                            Ok(b) => {
+                                policy.budget = Some(b);
+                                policy.metered_span.get_or_insert(pair.key.span());
+                            }
+                            Err(why) => {
+                                errors.at(&s, format!("`budget = \"{}\"`: {why}", s.value()))
+                            }
                         }
                     }
                 }
@@ -292,8 +346,76 @@ impl Policy {
     }
 }
 
-/// `[a-z0-9_-]{1,64}`: the same rule as the run-time config's `[breaker.NAME]` sections.
-fn valid_breaker_name(name: &str) -> bool {
+/// A per-call budget: micro-dollars or tokens.
+#[derive(Clone, Copy)]
+pub struct BudgetLit {
+    pub amount: u64,
+    pub tokens: bool,
+}
+
+/// Largest budget: $1,000 per call, or 100 million tokens. A per-call cap above that is no cap.
+const MAX_CALL_MICROS: u64 = 1_000 * 1_000_000;
+const MAX_CALL_TOKENS: u64 = 100_000_000;
+
+/// `"0.10usd"`, `"5usd"`, `"20000tok"`.
+pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
+    let forms = "write dollars as \"0.10usd\" or tokens as \"20000tok\"";
+    let (number, tokens) = if let Some(n) = text.strip_suffix("usd") {
+        (n, false)
+    } else if let Some(n) = text.strip_suffix("tok") {
+        (n, true)
+    } else {
+        let unit = text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
+        return Err(if unit.is_empty() {
+            format!("no unit; {forms}")
+        } else {
+            format!("unknown unit `{unit}`; {forms}")
+        });
+    };
+    if number.starts_with('-') {
+        return Err(format!("a budget cannot be negative; {forms}"));
+    }
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (number.contains('.') && !digits(frac)) {
+        return Err(format!("`{number}` is not a plain decimal amount; {forms}"));
+    }
+    let out_of_range =
+        || "out of range: a per-call budget is at most \"1000usd\" or \"100000000tok\"".to_string();
+    let amount = if tokens {
+        if !frac.is_empty() {
+            return Err("tokens are whole numbers, e.g. \"20000tok\"".into());
+        }
+        whole
+            .parse::<u64>()
+            .ok()
+            .filter(|&t| t <= MAX_CALL_TOKENS)
+            .ok_or_else(out_of_range)?
+    } else {
+        if frac.len() > 6 {
+            return Err("more than six decimals: dollars are counted in micro-dollars".into());
+        }
+        let whole = whole.parse::<u64>().map_err(|_| out_of_range())?;
+        let frac: u64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<6}").parse().map_err(|_| out_of_range())?
+        };
+        whole
+            .checked_mul(1_000_000)
+            .and_then(|w| w.checked_add(frac))
+            .filter(|&m| m <= MAX_CALL_MICROS)
+            .ok_or_else(out_of_range)?
+    };
+    if amount == 0 {
+        return Err("a zero budget would forbid every retry; use `max = 1` for no retries".into());
+    }
+    Ok(BudgetLit { amount, tokens })
+}
+
+/// `[a-z0-9_-]{1,64}`: the same rule as the run-time config's `[breaker.NAME]` and
+/// `[pool.NAME]` sections.
+fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -398,10 +520,10 @@ pub struct RetryOn {
     pub transport: bool,
 }
 
-/// Parse and check the tokens inside `#[retry_on(...)]`.
-pub fn retry_on(tokens: proc_macro2::TokenStream, errors: &mut Errors) -> Option<RetryOn> {
+/// Parse and check the list inside `#[retry_on(...)]`.
+pub fn retry_on(list: &syn::MetaList, errors: &mut Errors) -> Option<RetryOn> {
     let parser = Punctuated::<Expr, Token![,]>::parse_terminated;
-    let items = match syn::parse::Parser::parse2(parser, tokens.clone()) {
+    let items = match syn::parse::Parser::parse2(parser, list.tokens.clone()) {
         Ok(items) => items,
         Err(e) => {
             errors.push(e);
@@ -409,8 +531,8 @@ pub fn retry_on(tokens: proc_macro2::TokenStream, errors: &mut Errors) -> Option
         }
     };
     if items.is_empty() {
-        errors.push(syn::Error::new(
-            tokens.span(),
+        errors.push(syn::Error::new_spanned(
+            list,
             "#[retry_on()] lists nothing: name codes (`429`), ranges (`500..=599`), `timeout` or `transport`, or remove it to use the default set",
         ));
         return None;
@@ -438,7 +560,8 @@ pub fn retry_on(tokens: proc_macro2::TokenStream, errors: &mut Errors) -> Option
                 let (Some(a), Some(b)) = (lit_int(start, errors), lit_int(end, errors)) else {
                     continue;
                 };
-                let (Some(a), Some(b)) = (status_code(&a, errors), status_code(&b, errors)) else {
+                // The ends must be error codes; caller faults are checked over the whole range.
+                let (Some(a), Some(b)) = (error_code(&a, errors), error_code(&b, errors)) else {
                     continue;
                 };
                 if a > b {
@@ -492,7 +615,18 @@ fn lit_int(e: &Expr, errors: &mut Errors) -> Option<LitInt> {
     }
 }
 
+/// A single listed code: an error code that is not a caller fault.
 fn status_code(n: &LitInt, errors: &mut Errors) -> Option<u16> {
+    let code = error_code(n, errors)?;
+    if let Some((_, why)) = CALLER_FAULTS.iter().find(|(c, _)| *c == code) {
+        errors.at(n, format!("`{code}` is {why}; {CALLER_FAULT_WHY}"));
+        return None;
+    }
+    Some(code)
+}
+
+/// A 4xx or 5xx code.
+fn error_code(n: &LitInt, errors: &mut Errors) -> Option<u16> {
     let code = match n.base10_parse::<u16>() {
         Ok(code) if (100..=599).contains(&code) => code,
         _ => {
@@ -513,10 +647,6 @@ fn status_code(n: &LitInt, errors: &mut Errors) -> Option<u16> {
             n,
             format!("`{code}` is {kind}, not a failure: only 4xx and 5xx codes can be retried"),
         );
-        return None;
-    }
-    if let Some((_, why)) = CALLER_FAULTS.iter().find(|(c, _)| *c == code) {
-        errors.at(n, format!("`{code}` is {why}; {CALLER_FAULT_WHY}"));
         return None;
     }
     Some(code)

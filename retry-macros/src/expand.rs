@@ -5,8 +5,8 @@
 //! names nothing but `<crate>::__private::…`, so it survives user code that shadows `Result`,
 //! `Ok`, `core` and friends.
 
-use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, ToTokens};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Pat, Type};
 
@@ -34,7 +34,8 @@ pub fn check_fn(item: &ItemFn, errors: &mut Errors) {
     if let Some(c) = &sig.constness {
         errors.at(c, "#[resilient] cannot be used on a `const fn`: retrying means waiting, which needs an `async fn`");
     }
-    if sig.asyncness.is_none() {
+    // A `const fn` already has its own error; "not async" would only repeat it.
+    if sig.asyncness.is_none() && sig.constness.is_none() {
         errors.at(
             sig.fn_token,
             "#[resilient] needs an `async fn`: retries wait between attempts, and waiting must not block a thread",
@@ -65,20 +66,65 @@ pub fn check_fn(item: &ItemFn, errors: &mut Errors) {
     }
 }
 
+/// `use <path> as _;`, spanned at the user's `retry_on` path: `#[retry_on]` is consumed before
+/// name resolution sees it, and naming its path keeps the user's `use …::retry_on` from being
+/// reported as unused (and a missing import is reported at the path).
+pub fn use_retry_on(path: Option<&syn::Path>) -> TokenStream {
+    let Some(path) = path else {
+        return TokenStream::new();
+    };
+    respan(
+        quote! {
+            #[allow(unused_imports)]
+            use #path as _;
+        },
+        path.span(),
+    )
+}
+
+/// Move every token of `tokens` to the location of `span` (errors then point there), keeping
+/// each token's own hygiene, so internal names stay invisible to user code.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let TokenTree::Group(g) = &tt {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(g.span().located_at(span));
+                tt = TokenTree::Group(group);
+            } else {
+                tt.set_span(tt.span().located_at(span));
+            }
+            tt
+        })
+        .collect()
+}
+
 /// The whole rewritten function.
 pub fn expand(
     mut item: ItemFn,
     policy: &Policy,
-    retry_on: Option<(&syn::Path, &RetryOn)>,
+    retry_on: Option<&RetryOn>,
+    use_retry_on: TokenStream,
 ) -> TokenStream {
     let krate = match &policy.krate {
         Some(path) => path.to_token_stream(),
         None => quote!(::retry_runtime),
     };
-    let p = quote!(#krate::__private);
+    // Internal names: locals are mixed-site (invisible to the body); items cannot be hidden
+    // that way, so the statics live in a block the body is not in.
+    let rt = syn::Ident::new("__resilient_rt", Span::mixed_site());
+    let policy_ident = syn::Ident::new("__RESILIENT_POLICY", Span::mixed_site());
+    let site = syn::Ident::new("__RESILIENT_SITE", Span::mixed_site());
+    let call = syn::Ident::new("__resilient_call", Span::mixed_site());
+    let outcome = syn::Ident::new("__resilient_outcome", Span::mixed_site());
+    let result = syn::Ident::new("__resilient_result", Span::mixed_site());
+    let error = syn::Ident::new("__resilient_error", Span::mixed_site());
+    let spend_of = syn::Ident::new("__resilient_spend_of", Span::mixed_site());
     let name = item.sig.ident.to_string();
 
-    // Owned arguments: a fresh copy per attempt, made inside the attempt so the body may move it.
+    // Owned arguments: a fresh copy per attempt, made inside the attempt so the body may move
+    // it. The statement is spanned at the argument's type, where a missing `Clone` is reported.
     let mut copies = Vec::new();
     for arg in item.sig.inputs.iter_mut() {
         let FnArg::Typed(t) = arg else { continue };
@@ -90,20 +136,21 @@ pub fn expand(
         }
         let ident = pat.ident.clone();
         let mutability = pat.mutability.take();
-        let ty_span = t.ty.span();
-        let clone = quote_spanned!(ty_span=> #p::CloneForAttempt::clone_for_attempt);
-        copies.push(quote! { let #mutability #ident = #clone(&#ident); });
+        copies.push(respan(
+            quote! { let #mutability #ident = #rt::CloneForAttempt::clone_for_attempt(&#ident); },
+            t.ty.span(),
+        ));
     }
 
     let backoff = format_ident!("{}", policy.backoff);
     let max = policy.max;
-    let nanos = |n: u64| quote!(#p::Duration::from_nanos(#n));
+    let nanos = |n: u64| quote!(#rt::Duration::from_nanos(#n));
     let base = nanos(policy.base.nanos);
     let cap = nanos(policy.cap.nanos);
     let max_retry_after = nanos(policy.max_retry_after.nanos);
     let mut builder = quote! {
-        #p::Policy::new(#p::concat!(#p::module_path!(), "::", #name))
-            .with_backoff(#p::Backoff::#backoff)
+        #rt::Policy::new(#rt::concat!(#rt::module_path!(), "::", #name))
+            .with_backoff(#rt::Backoff::#backoff)
             .with_max_attempts(#max)
             .with_base(#base)
             .with_cap(#cap)
@@ -113,62 +160,84 @@ pub fn expand(
         let t = nanos(t.nanos);
         builder.extend(quote!(.with_timeout(#t)));
     }
-    if let Some(name) = &policy.breaker {
-        builder.extend(quote!(.with_breaker(#name)));
-    }
     if let Some(d) = policy.deadline {
         let d = nanos(d.nanos);
         builder.extend(quote!(.with_deadline(#d)));
     }
-    // `#[retry_on]` is consumed here before name resolution sees it; naming its path keeps
-    // the user's `use retry_runtime::retry_on` from being reported as unused.
-    let retry_on_use = retry_on.map(|(path, _)| {
-        quote! {
-            #[allow(unused_imports)]
-            use #path as _;
-        }
-    });
-    if let Some((_, on)) = retry_on {
+    if let Some(name) = &policy.breaker {
+        builder.extend(quote!(.with_breaker(#name)));
+    }
+    if let Some(budget) = &policy.budget {
+        let amount = budget.amount;
+        let ctor = format_ident!("{}", if budget.tokens { "tokens" } else { "micros" });
+        builder.extend(quote!(.with_budget(#rt::Budget::#ctor(#amount))));
+    }
+    if let Some(name) = &policy.pool {
+        builder.extend(quote!(.with_pool(#name)));
+    }
+    if let Some(on) = retry_on {
         let ranges = on
             .ranges
             .iter()
-            .map(|(a, b)| quote!(#p::CodeRange::range(#a, #b)));
+            .map(|(a, b)| quote!(#rt::CodeRange::range(#a, #b)));
         let (timeout, transport) = (on.timeout, on.transport);
         builder.extend(quote! {
-            .with_retry_on(#p::RetryOn::new(&[#(#ranges),*], #timeout, #transport))
+            .with_retry_on(#rt::RetryOn::new(&[#(#ranges),*], #timeout, #transport))
         });
     }
 
-    // Internal names are def-site-ish (mixed_site) so the user's body cannot see or clash with them.
-    let policy_ident = syn::Ident::new("__RESILIENT_POLICY", Span::mixed_site());
-    let site = syn::Ident::new("__RESILIENT_SITE", Span::mixed_site());
-    let call = syn::Ident::new("__resilient_call", Span::mixed_site());
-    let outcome = syn::Ident::new("__resilient_outcome", Span::mixed_site());
-    let result = syn::Ident::new("__resilient_result", Span::mixed_site());
+    let ret = match &item.sig.output {
+        syn::ReturnType::Type(_, ty) => Some(&**ty),
+        syn::ReturnType::Default => None,
+    };
+    let ret_span = ret.map_or_else(Span::call_site, |t| t.span());
+
+    // What a success cost: `Metered` is required where a budget or pool counts it (reported
+    // at that key); elsewhere it is used when the success type has it, so workflows see it.
+    let spend_fn = match (policy.metered_span, ret) {
+        (Some(span), _) => respan(quote!(#rt::spend_of_metered), span),
+        (None, Some(ty)) if !mentions_impl(ty) => {
+            quote!((&&#rt::SpendProbe::<#ty>(#rt::PhantomData)).spend_fn())
+        }
+        _ => quote!(#rt::no_spend),
+    };
 
     // Guarded attempts need `E: From<Rejected>`; a missing impl is reported at the key
-    // (`timeout`, `deadline`, `breaker`) that made the policy able to refuse or cut one.
-    let attempt = match policy.reject_span {
-        Some(span) => quote_spanned!(span=> attempt_guarded),
-        None => quote!(attempt),
-    };
-    // A missing `Classify` impl is reported at the return type.
-    let settle = quote_spanned!(item.sig.output.span()=> settle);
-
+    // (`timeout`, `deadline`, `breaker`, `pool`) that made the policy able to refuse or cut one.
     let body = &item.block;
+    let attempt_body = quote!(async { #(#copies)* #body });
+    let run_attempt = match policy.reject_span {
+        Some(span) => {
+            let head = respan(quote!(#call.attempt_guarded), span);
+            let tail = respan(quote!(.await), span);
+            quote!(#head(#attempt_body)#tail)
+        }
+        None => quote!(#call.attempt(#attempt_body).await),
+    };
+    // A missing `Classify` impl, or a return type that is not a `Result`, is reported at the
+    // return type.
+    let settle = respan(quote!(#call.settle), ret_span);
+
     let new_body = quote! {{
-        #retry_on_use
-        static #policy_ident: #p::Policy = #builder;
-        static #site: #p::CallSite<'static> = #p::CallSite::new(&#policy_ident);
-        let mut #call = #p::Call::start(&#site);
+        #use_retry_on
+        use #krate::__private as #rt;
+        #[allow(unused_imports)]
+        use #rt::{ProbeAny as _, ProbeMetered as _};
+        let #spend_of = #spend_fn;
+        let mut #call = {
+            static #policy_ident: #rt::Policy = #builder;
+            static #site: #rt::CallSite<'static> = #rt::CallSite::new(&#policy_ident);
+            #rt::Call::start(&#site)
+        };
         loop {
-            let #outcome = #call.#attempt(async {
-                #(#copies)*
-                #body
-            }).await;
-            match #call.#settle(#outcome).await {
-                #p::Step::Retry => {}
-                #p::Step::Return(#result) => return #result,
+            let #outcome = #run_attempt;
+            match #settle(#outcome, #spend_of) {
+                #rt::Settled::Return(#result) => return #result,
+                #rt::Settled::Retry(#error) => {
+                    if let #rt::Step::Return(#result) = #call.wait(#error).await {
+                        return #result;
+                    }
+                }
             }
         }
     }};
@@ -176,4 +245,16 @@ pub fn expand(
     let vis = &item.vis;
     let sig = &item.sig;
     quote!(#(#attrs)* #vis #sig #new_body)
+}
+
+/// Whether a type mentions `impl Trait` (which cannot be named inside the body).
+fn mentions_impl(ty: &Type) -> bool {
+    fn walk(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|tt| match tt {
+            TokenTree::Ident(i) => i == "impl",
+            TokenTree::Group(g) => walk(g.stream()),
+            _ => false,
+        })
+    }
+    walk(ty.to_token_stream())
 }

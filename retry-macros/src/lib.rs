@@ -39,6 +39,7 @@ pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     let policy = args.map(|args| attr::Policy::from_args(&args, &mut errors));
 
     let retry_on_attrs = expand::take_retry_on(&mut item);
+    let retry_on_path = retry_on_attrs.first().map(|a| a.path().clone());
     let mut retry_on = None;
     for (i, a) in retry_on_attrs.iter().enumerate() {
         if i > 0 {
@@ -46,20 +47,19 @@ pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
             continue;
         }
         match &a.meta {
-            syn::Meta::List(list) => {
-                retry_on = attr::retry_on(list.tokens.clone(), &mut errors)
-                    .map(|on| (list.path.clone(), on))
-            }
-            other => errors.at(other, "write #[retry_on(429, 500..=599, timeout)]"),
+            syn::Meta::List(list) => retry_on = attr::retry_on(list, &mut errors),
+            other => errors.at(
+                other,
+                "#[retry_on] needs the list of what to retry, e.g. #[retry_on(429, 500..=599, timeout)]",
+            ),
         }
     }
     expand::check_fn(&item, &mut errors);
 
+    let used = expand::use_retry_on(retry_on_path.as_ref());
     match (errors.finish(), policy) {
-        (Ok(()), Some(policy)) => {
-            expand::expand(item, &policy, retry_on.as_ref().map(|(p, on)| (p, on))).into()
-        }
-        (Err(e), _) => with_error(item, e),
+        (Ok(()), Some(policy)) => expand::expand(item, &policy, retry_on.as_ref(), used).into(),
+        (Err(e), _) => with_error(item, e, used),
         (Ok(()), None) => item.into_token_stream().into(),
     }
 }
@@ -86,7 +86,7 @@ pub fn retry_on(args: TokenStream, item: TokenStream) -> TokenStream {
         );
         // Strip any further #[retry_on] so that one mistake gives one error.
         expand::take_retry_on(&mut item);
-        return with_error(item, error);
+        return with_error(item, error, quote!());
     };
     // Re-emit as `#[resilient(..)] #[retry_on(..)]`: attribute macros expand in order, so
     // `#[resilient]` now runs next and reads (and removes) this list.
@@ -97,8 +97,10 @@ pub fn retry_on(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The errors, plus the function unchanged (minus our attributes), so that the user sees
 /// only the errors we report and the IDE still knows the function.
-fn with_error(mut item: ItemFn, error: syn::Error) -> TokenStream {
+fn with_error(mut item: ItemFn, error: syn::Error, used: proc_macro2::TokenStream) -> TokenStream {
     expand::take_retry_on(&mut item);
     let error = error.into_compile_error();
-    quote!(#error #item).into()
+    // `used` keeps the user's `use …::retry_on` counted as used, as the expansion does.
+    let (attrs, vis, sig, block) = (&item.attrs, &item.vis, &item.sig, &item.block);
+    quote!(#error #(#attrs)* #vis #sig { #used #block }).into()
 }

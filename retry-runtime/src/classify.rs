@@ -61,26 +61,30 @@ impl fmt::Display for ErrorClass {
     }
 }
 
+/// The codes a provider actually sends get their own name; others their class's.
+const STATUS_NAMES: &[(u16, &str)] = &[
+    (400, "status_400"),
+    (401, "status_401"),
+    (403, "status_403"),
+    (404, "status_404"),
+    (408, "status_408"),
+    (409, "status_409"),
+    (413, "status_413"),
+    (422, "status_422"),
+    (429, "status_429"),
+    (500, "status_500"),
+    (502, "status_502"),
+    (503, "status_503"),
+    (504, "status_504"),
+    (529, "status_529"),
+];
+
 fn status_name(code: u16) -> &'static str {
-    // The codes a provider actually sends; anything else gets its class's name.
-    match code {
-        400 => "status_400",
-        401 => "status_401",
-        403 => "status_403",
-        404 => "status_404",
-        408 => "status_408",
-        409 => "status_409",
-        413 => "status_413",
-        422 => "status_422",
-        429 => "status_429",
-        500 => "status_500",
-        502 => "status_502",
-        503 => "status_503",
-        504 => "status_504",
-        529 => "status_529",
-        400..=499 => "status_4xx",
-        500..=599 => "status_5xx",
-        _ => "status_other",
+    match STATUS_NAMES.iter().find(|(c, _)| *c == code) {
+        Some((_, name)) => name,
+        None if (400..500).contains(&code) => "status_4xx",
+        None if (500..600).contains(&code) => "status_5xx",
+        None => "status_other",
     }
 }
 
@@ -134,6 +138,12 @@ pub trait Classify {
     fn should_retry(&self) -> Option<bool> {
         None
     }
+
+    /// What this failed attempt was billed (a timeout after streaming started, say).
+    /// Counted against budgets and pools; zero by default.
+    fn spend(&self) -> crate::Spend {
+        crate::Spend::ZERO
+    }
 }
 
 impl Classify for std::io::Error {
@@ -156,6 +166,8 @@ impl Classify for crate::Rejected {
             // The breaker just said no: an outer policy retrying at once would only be
             // refused again.
             crate::Rejected::CircuitOpen { .. } => ErrorClass::Other,
+            // A spent budget will not come back in seconds.
+            crate::Rejected::BudgetExhausted { .. } => ErrorClass::Permanent,
         }
     }
 }

@@ -10,6 +10,10 @@
 //! count_429 = false        # a rate limit means "slow down", not "down"
 //! retry_ratio = 0.2        # retries allowed per first attempt (also "20%")
 //! min_retries_per_sec = 1  # floor of the retry budget
+//!
+//! [pool.openai-hourly]
+//! limit = "5.00usd"        # or "2000000tok"; calls naming the pool are refused past it
+//! window = "1h"            # the pool refills when the window rolls over
 //! ```
 //!
 //! Set it once at startup with [`configure`], or name a TOML file in the environment variable
@@ -23,6 +27,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
+
+use crate::budget::Budget;
 use serde::Deserialize;
 
 /// The environment variable naming a TOML configuration file.
@@ -84,6 +90,16 @@ impl Default for BreakerConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     breakers: BTreeMap<String, BreakerConfig>,
+    pools: BTreeMap<String, PoolConfig>,
+}
+
+/// A spend pool's settings: `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The most that calls naming the pool may spend in one window.
+    pub limit: Budget,
+    /// The window: the pool refills when it rolls over. Default one hour.
+    pub window: Duration,
 }
 
 /// Why a configuration was refused.
@@ -147,6 +163,17 @@ impl Config {
         self
     }
 
+    /// Set (or replace) one pool's settings.
+    pub fn with_pool(mut self, name: &str, config: PoolConfig) -> Self {
+        self.pools.insert(name.to_owned(), config);
+        self
+    }
+
+    /// The settings of the pool `name`, if configured (an unconfigured pool limits nothing).
+    pub fn pool(&self, name: &str) -> Option<PoolConfig> {
+        self.pools.get(name).copied()
+    }
+
     /// The settings of the breaker `name`: configured, or the defaults.
     pub fn breaker(&self, name: &str) -> BreakerConfig {
         self.breakers.get(name).cloned().unwrap_or_default()
@@ -197,6 +224,10 @@ pub(crate) fn breaker_config(name: &str) -> BreakerConfig {
     current().breaker(name)
 }
 
+pub(crate) fn pool_config(name: &str) -> Option<PoolConfig> {
+    current().pool(name)
+}
+
 // ---- parsing ----
 
 #[derive(Deserialize)]
@@ -204,6 +235,25 @@ pub(crate) fn breaker_config(name: &str) -> BreakerConfig {
 struct RawConfig {
     #[serde(default)]
     breaker: BTreeMap<String, RawBreaker>,
+    #[serde(default)]
+    pool: BTreeMap<String, RawPool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    limit: Limit,
+    window: Option<Dur>,
+}
+
+/// A spend limit written like `"5.00usd"` or `"20000tok"`.
+struct Limit(Budget);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<Budget>().map(Limit).map_err(de::Error::custom)
+    }
 }
 
 #[derive(Deserialize)]
@@ -221,17 +271,31 @@ struct RawBreaker {
 fn parse(text: &str) -> Result<Config, String> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut config = Config::default();
-    for (name, raw) in raw.breaker {
-        if !valid_name(&name) {
-            let line = text
-                .lines()
-                .position(|l| l.contains(&format!("breaker.{name}")) || l.contains(&name))
-                .map(|i| format!(" (line {})", i + 1))
-                .unwrap_or_default();
-            return Err(format!(
-                "breaker name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most 64 characters)"
-            ));
+    let check_name = |kind: &str, name: &str| {
+        if valid_name(name) {
+            return Ok(());
         }
+        let line = text
+            .lines()
+            .position(|l| l.contains(name))
+            .map(|i| format!(" (line {})", i + 1))
+            .unwrap_or_default();
+        Err(format!(
+            "{kind} name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most 64 characters)"
+        ))
+    };
+    for (name, raw) in raw.pool {
+        check_name("pool", &name)?;
+        config.pools.insert(
+            name,
+            PoolConfig {
+                limit: raw.limit.0,
+                window: raw.window.map_or(Duration::from_secs(3600), |w| w.0),
+            },
+        );
+    }
+    for (name, raw) in raw.breaker {
+        check_name("breaker", &name)?;
         let d = BreakerConfig::default();
         config.breakers.insert(
             name,
@@ -419,6 +483,9 @@ mod tests {
             ("[breakers.a]\nfailures = 1\n", "breakers"),
             ("[breaker.a]\nprobes = \"2\"\n", "line 2"),
             ("[breaker.\"Open AI\"]\n", "Open AI"),
+            ("[pool.p]\nlimit = \"5eur\"\n", "line 2"),
+            ("[pool.p]\nwindow = \"1h\"\n", "limit"),
+            ("[pool.p]\nlimit = \"1usd\"\nsize = 3\n", "size"),
             ("[breaker.a\n", "line 1"),
         ] {
             let e = Config::from_toml_str(text).unwrap_err().to_string();

@@ -3,12 +3,14 @@
 //! `#[resilient]` rewrites a function body into a loop that drives a [`Call`]:
 //!
 //! ```text
-//! let mut call = Call::start(&POLICY);
+//! let mut call = { static POLICY: Policy = …; static SITE: CallSite = …; Call::start(&SITE) };
 //! loop {
 //!     let outcome = call.attempt(async { <the original body> }).await;
-//!     match call.settle(outcome).await {
-//!         Step::Retry => {}
-//!         Step::Return(result) => return result,
+//!     match call.settle(outcome, spend_of) {
+//!         Settled::Return(result) => return result,
+//!         Settled::Retry(error) => {
+//!             if let Step::Return(result) = call.wait(error).await { return result; }
+//!         }
 //!     }
 //! }
 //! ```
@@ -25,15 +27,29 @@ use tokio::time::Instant;
 
 use crate::backoff::Jitter;
 use crate::breaker::{now_ms, Admission, Breaker, BreakerSlot, BreakerState, Transition};
+use crate::budget::{
+    current_workflow, Budget, BudgetScope, Held, Ledgers, PoolSlot, SpendEstimate,
+};
 use crate::classify::{Classify, ErrorClass};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
+use crate::spend::Spend;
 
-/// What the generated loop does next.
+/// What [`Call::settle`] decided.
+#[derive(Debug)]
+pub enum Settled<T, E> {
+    /// Return this from the function.
+    Return(Result<T, E>),
+    /// Wait ([`Call::wait`]) and make another attempt; the error is kept in case the wait
+    /// ends in a refusal, when it is what the caller gets.
+    Retry(E),
+}
+
+/// What the generated loop does after a wait.
 #[derive(Debug)]
 pub enum Step<R> {
-    /// Make another attempt (the wait before it has already happened).
+    /// Make another attempt.
     Retry,
     /// Return this from the function.
     Return(R),
@@ -117,12 +133,14 @@ enum Cut {
     Deadline,
 }
 
-/// A call site: its policy and the shared state it resolves once (its breaker). The macro
-/// emits one as a `static` per function.
+/// A call site: its policy and the shared state it resolves once (breaker, pool) or learns
+/// (the expected cost of an attempt). The macro emits one as a `static` per function.
 #[derive(Debug)]
 pub struct CallSite<'p> {
     policy: &'p Policy,
     breaker: BreakerSlot,
+    pool: PoolSlot,
+    estimate: SpendEstimate,
 }
 
 impl<'p> CallSite<'p> {
@@ -131,12 +149,67 @@ impl<'p> CallSite<'p> {
         Self {
             policy,
             breaker: BreakerSlot::new(policy.breaker()),
+            pool: PoolSlot::new(policy.pool()),
+            estimate: SpendEstimate::new(),
         }
     }
 
     /// The policy.
     pub fn policy(&self) -> &'p Policy {
         self.policy
+    }
+
+    /// What one more attempt here is expected to cost (see [`crate::budget`]).
+    pub fn expected_spend(&self) -> Spend {
+        self.estimate.expected()
+    }
+}
+
+/// Why the runtime refused to start an attempt.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Circuit {
+        breaker: &'static str,
+        retry_in: Duration,
+    },
+    Budget {
+        scope: BudgetScope,
+        spent: Spend,
+        limit: Budget,
+    },
+}
+
+impl Refusal {
+    fn rejected(self) -> Rejected {
+        match self {
+            Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
+            Refusal::Budget {
+                scope,
+                spent,
+                limit,
+            } => Rejected::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            },
+        }
+    }
+
+    /// Why the call stops: before its first attempt, or between retries.
+    fn stop(self, first: bool) -> StopReason {
+        match self {
+            Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
+            Refusal::Circuit { .. } => StopReason::BreakerOpened,
+            Refusal::Budget {
+                scope,
+                spent,
+                limit,
+            } => StopReason::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            },
+        }
     }
 }
 
@@ -145,12 +218,19 @@ impl<'p> CallSite<'p> {
 /// Not part of the stable API: use `#[resilient]`, or [`retry`] to drive a policy by hand.
 #[derive(Debug)]
 pub struct Call<'p> {
+    site: &'p CallSite<'p>,
     policy: &'p Policy,
     breaker: Option<&'static Breaker>,
-    // The breaker's admission of the attempt in flight, until its result is recorded.
+    ledgers: Ledgers,
+    // The breaker's admission and the ledger reservations of the attempt in flight, until
+    // its result is recorded (or given back, if the call is dropped).
     admission: Option<Admission>,
-    // Set when the breaker refused the first attempt.
-    refused: Option<Duration>,
+    held: Option<Held>,
+    // Set when the first attempt was refused.
+    refused: Option<Refusal>,
+    spent: Spend,
+    // The class of the failure being retried, for the report if the wait ends the call.
+    last_class: Option<ErrorClass>,
     transitions: Vec<Transition>,
     started: Instant,
     attempt_started: Instant,
@@ -170,10 +250,18 @@ impl<'p> Call<'p> {
         let now = Instant::now();
         let policy = site.policy;
         Self {
+            site,
             policy,
             breaker: site.breaker.get(),
+            ledgers: Ledgers {
+                pool: site.pool.get(),
+                workflow: current_workflow(),
+            },
             admission: None,
+            held: None,
             refused: None,
+            spent: Spend::ZERO,
+            last_class: None,
             transitions: Vec::new(),
             started: now,
             attempt_started: now,
@@ -187,38 +275,43 @@ impl<'p> Call<'p> {
         }
     }
 
-    /// Run one attempt with no time limit of the executor's own.
+    /// Run one attempt with no limit of the executor's own: for policies that can neither
+    /// refuse nor cut an attempt, so the error type needs no `From<Rejected>`.
+    ///
+    /// Inside a [`workflow`](crate::workflow) whose cap is already reached, such a call cannot
+    /// be refused (there is no error to refuse it with): it runs, is counted, and a WARN
+    /// event says the cap was overrun. Its retries are still stopped by the cap.
     pub async fn attempt<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
     {
+        if self.attempts == 0 && !self.ledgers.is_empty() {
+            if let Err(refusal) = self.admit() {
+                tracing::warn!(
+                    target: "retry_runtime",
+                    function = self.policy.name(),
+                    reason = ?refusal,
+                    "a call that cannot be refused (its policy has no timeout, deadline, breaker or pool) started past its workflow budget"
+                );
+            }
+        }
         self.begin_attempt();
         attempt.await
     }
 
-    /// Run one attempt through the breaker (the first attempt is admitted here, retries in
-    /// `settle`), bounded by the per-attempt `timeout` and what is left of the `deadline`.
-    /// A refused call becomes `E::from(Rejected::CircuitOpen)` without polling `attempt`; an
-    /// attempt cut short becomes `E::from(Rejected::…)` and is classified as a timeout.
+    /// Run one attempt through the breaker and the spend ledgers (the first attempt is
+    /// admitted here, retries in `settle`), bounded by the per-attempt `timeout` and what is
+    /// left of the `deadline`. A refused call becomes `E::from(Rejected::…)` without polling
+    /// `attempt`; an attempt cut short becomes `E::from(Rejected::…)`, classified as a timeout.
     pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
     {
         if self.attempts == 0 {
-            if let Some(breaker) = self.breaker {
-                let now = now_ms();
-                let (admission, transition) = breaker.admit(now);
-                self.note(transition);
-                if let Admission::Rejected { retry_in } = admission {
-                    self.refused = Some(retry_in);
-                    return Err(E::from(Rejected::CircuitOpen {
-                        breaker: breaker.name(),
-                        retry_in,
-                    }));
-                }
-                self.admission = Some(admission);
-                breaker.retry_budget().deposit(now);
+            if let Err(refusal) = self.admit() {
+                self.refused = Some(refusal);
+                return Err(E::from(refusal.rejected()));
             }
         }
         self.begin_attempt();
@@ -251,28 +344,73 @@ impl<'p> Call<'p> {
         }
     }
 
+    /// Ask the shared state for the next attempt: reserve its expected cost in the pool and
+    /// workflow ledgers, then pass the breaker. All or nothing.
+    fn admit(&mut self) -> Result<(), Refusal> {
+        let now = now_ms();
+        if !self.ledgers.is_empty() {
+            match self.ledgers.reserve(self.site.estimate.expected(), now) {
+                Ok(held) => self.held = Some(held),
+                Err((scope, spent, limit)) => {
+                    return Err(Refusal::Budget {
+                        scope,
+                        spent,
+                        limit,
+                    })
+                }
+            }
+        }
+        if let Some(breaker) = self.breaker {
+            let (admission, transition) = breaker.admit(now);
+            self.note(transition);
+            if let Admission::Rejected { retry_in } = admission {
+                if let Some(held) = self.held.take() {
+                    self.ledgers.release(held);
+                }
+                return Err(Refusal::Circuit {
+                    breaker: breaker.name(),
+                    retry_in,
+                });
+            }
+            self.admission = Some(admission);
+            if self.attempts == 0 {
+                breaker.retry_budget().deposit(now);
+            }
+        }
+        Ok(())
+    }
+
     fn begin_attempt(&mut self) {
         self.attempts += 1;
         self.cut = None;
         self.attempt_started = Instant::now();
     }
 
-    /// Classify the attempt's outcome, then either wait and ask for a retry or hand back
-    /// what the function returns.
-    pub async fn settle<T, E>(&mut self, outcome: Result<T, E>) -> Step<Result<T, E>>
+    /// Classify the attempt's outcome and decide: return it, or retry after a wait.
+    /// `spend_of` tells what a success cost (zero where the success type is not
+    /// [`Metered`](crate::Metered)). Synchronous, so that the one `E: Classify` bound is
+    /// checked (and reported) in one place.
+    pub fn settle<T, E>(
+        &mut self,
+        outcome: Result<T, E>,
+        spend_of: fn(&T) -> Spend,
+    ) -> Settled<T, E>
     where
         E: Classify,
     {
-        if let Some(retry_in) = self.refused.take() {
-            self.finish(StopReason::CircuitOpen { retry_in }, None);
-            return Step::Return(outcome);
+        if let Some(refusal) = self.refused.take() {
+            self.finish(refusal.stop(true), None);
+            return Settled::Return(outcome);
         }
         let error = match outcome {
             Ok(value) => {
+                let spend = spend_of(&value);
+                self.site.estimate.observe(spend);
+                self.charge(spend);
                 self.record_breaker(None);
-                self.record(None, None);
+                self.record(None, None, spend);
                 self.finish(StopReason::Success, None);
-                return Step::Return(Ok(value));
+                return Settled::Return(Ok(value));
             }
             Err(error) => error,
         };
@@ -290,8 +428,15 @@ impl<'p> Call<'p> {
                 cut_by_deadline: false,
             },
         };
+        // A cut attempt's bill is unknown to us; the error says what a failure was billed.
+        let spend = if self.cut.is_some() {
+            Spend::ZERO
+        } else {
+            error.spend()
+        };
+        self.charge(spend);
         self.record_breaker(Some(failure.class));
-        self.record(Some(failure.class), failure.retry_after);
+        self.record(Some(failure.class), failure.retry_after, spend);
 
         let backoff = self.next_backoff();
         let elapsed = self.started.elapsed();
@@ -303,6 +448,7 @@ impl<'p> Call<'p> {
             Decision::Retry { delay } => {
                 self.prev_backoff = backoff;
                 self.delay_before = delay;
+                self.last_class = Some(failure.class);
                 report::retrying(
                     self.policy.name(),
                     self.attempts,
@@ -310,29 +456,57 @@ impl<'p> Call<'p> {
                     delay,
                     failure.retry_after,
                 );
-                tokio::time::sleep(delay).await;
-                if let Some(breaker) = self.breaker {
-                    // The breaker may have opened while we slept.
-                    let (admission, transition) = breaker.admit(now_ms());
-                    self.note(transition);
-                    if let Admission::Rejected { .. } = admission {
-                        self.finish(StopReason::BreakerOpened, Some(failure.class));
-                        return Step::Return(Err(error));
-                    }
-                    self.admission = Some(admission);
-                }
-                Step::Retry
+                Settled::Retry(error)
             }
             Decision::Stop(reason) => {
                 self.finish(reason, Some(failure.class));
-                Step::Return(Err(error))
+                Settled::Return(Err(error))
             }
         }
     }
 
-    /// What the shared state says about a retry the policy allows: an open breaker stops the
-    /// call rather than sleeping on, and the retry budget caps a fleet's extra load.
+    /// Wait the delay `settle` chose, then ask the shared state for the next attempt. The
+    /// breaker may have opened, or a pool filled, while we slept: then the call ends with the
+    /// last attempt's `error`.
+    pub async fn wait<T, E>(&mut self, error: E) -> Step<Result<T, E>> {
+        tokio::time::sleep(self.delay_before).await;
+        if let Err(refusal) = self.admit() {
+            self.finish(refusal.stop(false), self.last_class);
+            return Step::Return(Err(error));
+        }
+        Step::Retry
+    }
+
+    /// Count an attempt's real cost: in this call, and in the ledgers it reserved in.
+    fn charge(&mut self, spend: Spend) {
+        self.spent += spend;
+        if let Some(held) = self.held.take() {
+            self.ledgers.settle(held, spend, now_ms());
+        }
+    }
+
+    /// What the shared state and the budgets say about a retry the policy allows: an open
+    /// breaker stops the call rather than sleeping on; a retry that would not fit a budget is
+    /// not started; the retry budget caps a fleet's extra load.
     fn fleet_allows_retry(&mut self, delay: Duration) -> Decision {
+        let expected = self.site.estimate.expected();
+        if let Some(limit) = self.policy.budget() {
+            let spent = self.spent.amount(limit.unit());
+            if spent.saturating_add(expected.amount(limit.unit())) > limit.amount() {
+                return Decision::Stop(StopReason::BudgetExhausted {
+                    scope: BudgetScope::Call,
+                    spent: self.spent,
+                    limit,
+                });
+            }
+        }
+        if let Err((scope, spent, limit)) = self.ledgers.has_room(expected, now_ms()) {
+            return Decision::Stop(StopReason::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            });
+        }
         let Some(breaker) = self.breaker else {
             return Decision::Retry { delay };
         };
@@ -373,7 +547,7 @@ impl<'p> Call<'p> {
         )
     }
 
-    fn record(&mut self, class: Option<ErrorClass>, retry_after: Option<Duration>) {
+    fn record(&mut self, class: Option<ErrorClass>, retry_after: Option<Duration>, spend: Spend) {
         if let Some(attempts) = &mut self.observed {
             attempts.push(AttemptReport {
                 number: self.attempts,
@@ -381,6 +555,7 @@ impl<'p> Call<'p> {
                 elapsed: self.attempt_started.elapsed(),
                 class,
                 retry_after,
+                spend,
             });
         }
     }
@@ -397,6 +572,7 @@ impl<'p> Call<'p> {
                 elapsed,
                 breaker: self.breaker.map(|b| b.name()),
                 transitions: std::mem::take(&mut self.transitions),
+                spent: self.spent,
             });
         }
     }
@@ -408,6 +584,10 @@ impl Drop for Call<'_> {
             // A probe dropped mid-attempt gives its slot back, or the breaker would stay
             // half-open with no probe to decide it.
             breaker.cancel(admission);
+        }
+        if let Some(held) = self.held.take() {
+            // A dropped attempt's bill is unknown: give back what it reserved.
+            self.ledgers.release(held);
         }
         if !self.finished {
             // Dropped mid-call: the caller gave up on us. Say so rather than vanish.
@@ -456,9 +636,13 @@ where
     let mut call = Call::start(site);
     loop {
         let outcome = call.attempt_guarded(op()).await;
-        match call.settle(outcome).await {
-            Step::Retry => {}
-            Step::Return(result) => return result,
+        match call.settle(outcome, |_| Spend::ZERO) {
+            Settled::Return(result) => return result,
+            Settled::Retry(error) => {
+                if let Step::Return(result) = call.wait(error).await {
+                    return result;
+                }
+            }
         }
     }
 }

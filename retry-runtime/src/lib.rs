@@ -49,6 +49,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod executor;
@@ -56,16 +57,19 @@ pub mod policy;
 pub mod rejected;
 pub mod report;
 pub mod retry_budget;
+pub mod spend;
 pub mod testing;
 
 pub use backoff::{Backoff, Jitter};
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
+pub use budget::{pool, workflow, Budget, BudgetScope, Pool, Workflow};
 pub use classify::{Classify, ErrorClass};
-pub use config::{configure, BreakerConfig, Config, ConfigError};
+pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};
 pub use executor::{decide, retry, CallSite, Decision, Failure};
 pub use policy::{CodeRange, Policy, RetryOn};
 pub use rejected::{CanReject, Rejected};
 pub use report::{observe, AttemptReport, CallReport, StopReason};
+pub use spend::{Metered, Price, Spend, Unit, Usage};
 
 /// Retry an async function under a policy checked at compile time.
 ///
@@ -85,9 +89,12 @@ pub use retry_macros::retry_on;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::backoff::Backoff;
-    pub use crate::executor::{Call, CallSite, Step};
+    pub use crate::budget::Budget;
+    pub use crate::executor::{Call, CallSite, Settled, Step};
     pub use crate::policy::{CodeRange, Policy, RetryOn};
+    pub use crate::spend::{Metered, Spend};
     pub use core::concat;
+    pub use core::marker::PhantomData;
     pub use core::module_path;
     pub use core::time::Duration;
 
@@ -107,6 +114,45 @@ pub mod __private {
         fn clone_for_attempt(&self) -> Self {
             self.clone()
         }
+    }
+
+    /// What a success cost, for call sites with a `budget` or `pool` (which need `Metered`).
+    pub fn spend_of_metered<T: Metered>(value: &T) -> Spend {
+        value.spend()
+    }
+
+    /// Autoref specialization: `(&&SpendProbe::<R>(PhantomData)).spend_fn()` picks
+    /// `Metered::spend` when the success type of `R = Result<T, E>` is `Metered`, and "zero"
+    /// otherwise, so workflow scopes count what every call site can tell them.
+    pub struct SpendProbe<R>(pub PhantomData<R>);
+
+    /// The `Metered` arm of [`SpendProbe`].
+    pub trait ProbeMetered<T> {
+        /// `Metered::spend` for `T`.
+        fn spend_fn(self) -> fn(&T) -> Spend;
+    }
+
+    impl<T: Metered, E> ProbeMetered<T> for &&SpendProbe<Result<T, E>> {
+        fn spend_fn(self) -> fn(&T) -> Spend {
+            spend_of_metered::<T>
+        }
+    }
+
+    /// The fallback arm of [`SpendProbe`].
+    pub trait ProbeAny<T> {
+        /// Zero: the success type does not say what it cost.
+        fn spend_fn(self) -> fn(&T) -> Spend;
+    }
+
+    impl<T, E> ProbeAny<T> for &SpendProbe<Result<T, E>> {
+        fn spend_fn(self) -> fn(&T) -> Spend {
+            no_spend::<T>
+        }
+    }
+
+    /// Zero, for success types that are not `Metered`.
+    pub fn no_spend<T>(_: &T) -> Spend {
+        Spend::ZERO
     }
 }
 

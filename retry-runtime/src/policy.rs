@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::budget::Budget;
 use crate::classify::ErrorClass;
 
 /// An inclusive range of HTTP status codes that a policy retries, such as `500..=599`.
@@ -138,6 +139,8 @@ pub struct Policy {
     pub(crate) max_retry_after: Duration,
     pub(crate) retry_on: RetryOn,
     pub(crate) breaker: Option<&'static str>,
+    pub(crate) budget: Option<Budget>,
+    pub(crate) pool: Option<&'static str>,
 }
 
 impl Policy {
@@ -159,6 +162,8 @@ impl Policy {
             max_retry_after: Duration::from_secs(60),
             retry_on: RetryOn::DEFAULT,
             breaker: None,
+            budget: None,
+            pool: None,
         }
     }
 
@@ -221,6 +226,28 @@ impl Policy {
     pub const fn with_breaker(mut self, name: &'static str) -> Self {
         self.breaker = Some(name);
         self
+    }
+
+    /// Cap what one call may spend: a retry whose expected cost would not fit is not made.
+    pub const fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Charge every attempt to the named spend pool (configured at run time).
+    pub const fn with_pool(mut self, name: &'static str) -> Self {
+        self.pool = Some(name);
+        self
+    }
+
+    /// The per-call spend cap, if any.
+    pub const fn budget(&self) -> Option<Budget> {
+        self.budget
+    }
+
+    /// The spend pool's name, if any.
+    pub const fn pool(&self) -> Option<&'static str> {
+        self.pool
     }
 
     /// The circuit breaker's name, if any.

@@ -3,10 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::budget::{Budget, BudgetScope};
+use crate::spend::Spend;
+
 /// An error produced by the runtime rather than the provider: an attempt cut at its
-/// `timeout`, a call cut at its `deadline`, or a call its circuit breaker refused.
+/// `timeout`, a call cut at its `deadline`, or a call its circuit breaker or a spend limit
+/// refused.
 ///
-/// A policy that can produce one (it has `timeout`, `deadline` or `breaker`) requires the function's
+/// A policy that can produce one (it has `timeout`, `deadline`, `breaker` or `pool`) requires the function's
 /// error type to implement `From<Rejected>`; the macro checks this at compile time.
 ///
 /// ```
@@ -53,6 +57,15 @@ pub enum Rejected {
         /// Time until the breaker admits a probe; zero while half-open probes decide.
         retry_in: Duration,
     },
+    /// A spend limit (a pool's window, or a workflow's cap) has no room for this call.
+    BudgetExhausted {
+        /// Which limit.
+        scope: BudgetScope,
+        /// What is committed against it (in its unit).
+        spent: Spend,
+        /// The limit.
+        limit: Budget,
+    },
 }
 
 impl fmt::Display for Rejected {
@@ -70,6 +83,11 @@ impl fmt::Display for Rejected {
                     "circuit breaker `{breaker}` is open (retry in {retry_in:?})"
                 )
             }
+            Rejected::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            } => write!(f, "{scope} exhausted: {spent} of {limit} committed"),
         }
     }
 }
@@ -77,11 +95,11 @@ impl fmt::Display for Rejected {
 impl std::error::Error for Rejected {}
 
 /// Implemented for every error type that is `From<Rejected>`. It exists for its compile
-/// error: a policy with `timeout`, `deadline` or `breaker` whose error type lacks `From<Rejected>` is
+/// error: a policy with `timeout`, `deadline`, `breaker` or `pool` whose error type lacks `From<Rejected>` is
 /// told exactly what to add.
 #[diagnostic::on_unimplemented(
     message = "this policy can cut or refuse an attempt, so the error type `{Self}` must implement `From<retry_runtime::Rejected>`",
-    label = "`timeout`, `deadline` and `breaker` need `From<Rejected>` for the error type",
+    label = "`timeout`, `deadline`, `breaker` and `pool` need `From<Rejected>` for the error type",
     note = "add `impl From<retry_runtime::Rejected> for {Self}` (e.g. a `Runtime(Rejected)` variant) and classify it with `Rejected::class`"
 )]
 pub trait CanReject: From<Rejected> {}

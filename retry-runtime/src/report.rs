@@ -14,7 +14,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::breaker::{BreakerState, Transition};
+use crate::budget::{Budget, BudgetScope};
 use crate::classify::ErrorClass;
+use crate::spend::Spend;
 
 /// Why a call ended. Every way out of the executor has its own reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,16 @@ pub enum StopReason {
     BreakerOpened,
     /// The breaker's retry budget had no room for another retry (a fleet-wide storm guard).
     RetryBudgetExhausted,
+    /// A spend limit had no room: the per-call `budget` for a retry, or a pool or workflow
+    /// (refusing the first attempt, or stopping a retry).
+    BudgetExhausted {
+        /// Which limit.
+        scope: BudgetScope,
+        /// What was spent (per call) or committed (pool, workflow) against it.
+        spent: Spend,
+        /// The limit.
+        limit: Budget,
+    },
 }
 
 impl StopReason {
@@ -64,6 +76,7 @@ impl StopReason {
             StopReason::CircuitOpen { .. } => "circuit_open",
             StopReason::BreakerOpened => "breaker_opened",
             StopReason::RetryBudgetExhausted => "retry_budget_exhausted",
+            StopReason::BudgetExhausted { .. } => "budget_exhausted",
         }
     }
 
@@ -80,6 +93,11 @@ impl fmt::Display for StopReason {
                 f,
                 "retry_after_too_long (server asked {requested:?}, policy allows {max:?})"
             ),
+            StopReason::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            } => write!(f, "budget_exhausted ({scope}: {spent} of {limit})"),
             other => f.write_str(other.as_str()),
         }
     }
@@ -98,6 +116,8 @@ pub struct AttemptReport {
     pub class: Option<ErrorClass>,
     /// The server's requested wait, if the failure carried one.
     pub retry_after: Option<Duration>,
+    /// What the attempt cost (`Metered` for a success, `Classify::spend` for a failure).
+    pub spend: Spend,
 }
 
 impl AttemptReport {
@@ -143,6 +163,7 @@ pub struct CallReport {
     pub(crate) elapsed: Duration,
     pub(crate) breaker: Option<&'static str>,
     pub(crate) transitions: Vec<Transition>,
+    pub(crate) spent: Spend,
 }
 
 impl CallReport {
@@ -176,6 +197,19 @@ impl CallReport {
         &self.transitions
     }
 
+    /// What all attempts together cost.
+    pub fn spent(&self) -> Spend {
+        self.spent
+    }
+
+    /// The limit that ended the call, if a budget did.
+    pub fn budget_stop(&self) -> Option<BudgetScope> {
+        match &self.stop {
+            Some(StopReason::BudgetExhausted { scope, .. }) => Some(*scope),
+            _ => None,
+        }
+    }
+
     /// Number of retries (attempts after the first).
     pub fn retries(&self) -> u32 {
         (self.attempts.len() as u32).saturating_sub(1)
@@ -195,11 +229,12 @@ impl fmt::Display for CallReport {
         };
         writeln!(
             f,
-            "{}: {} after {} attempt(s) in {:?}",
+            "{}: {} after {} attempt(s) in {:?}, spent {}",
             self.function,
             stop,
             self.attempts.len(),
-            self.elapsed
+            self.elapsed,
+            self.spent
         )?;
         for a in &self.attempts {
             let outcome = match a.class {
@@ -213,6 +248,9 @@ impl fmt::Display for CallReport {
             )?;
             if let Some(ra) = a.retry_after {
                 write!(f, " (retry-after {ra:?})")?;
+            }
+            if !a.spend.is_zero() {
+                write!(f, " [{}]", a.spend)?;
             }
             writeln!(f)?;
         }

@@ -1,0 +1,669 @@
+//! Spend limits: per call (`budget = "0.10usd"`), per workflow ([`workflow`]) and per time
+//! window (`pool = "openai-hourly"`), hard and logged.
+//!
+//! Workflows and pools are [`Ledger`]s: a limit and one `AtomicU64` holding the window and
+//! the *committed* amount (settled spend plus reservations in flight). An attempt reserves
+//! its expected cost before it starts and settles its real cost after, so concurrent callers
+//! cannot all see room for the last dollar: a ledger exceeds its limit only by what attempts
+//! in flight cost beyond what they reserved.
+//!
+//! **The expected cost of an attempt** is a running estimate per call site: an exponentially
+//! weighted moving average of what successful attempts there cost (weight 1/8 on the newest,
+//! integer arithmetic). Successes, because the attempt about to be made may well succeed and
+//! cost a full answer. Before the first success at a call site the estimate is zero: the
+//! first attempts are limited only by what has actually been spent.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::spend::{write_tokens, write_usd, Spend, Unit};
+
+/// A spend limit in dollars or tokens.
+///
+/// ```
+/// use retry_runtime::Budget;
+///
+/// assert_eq!(Budget::usd(1.00).to_string(), "$1.00");
+/// assert_eq!(Budget::tokens(20_000).to_string(), "20,000 tok");
+/// assert_eq!("0.10usd".parse::<Budget>().unwrap(), Budget::micros(100_000));
+/// assert!("0.10eur".parse::<Budget>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Budget {
+    unit: Unit,
+    amount: u64,
+}
+
+impl Budget {
+    /// A dollar limit. Negative or non-finite amounts are zero (nothing may be spent).
+    pub fn usd(dollars: f64) -> Self {
+        let micros = if dollars.is_finite() && dollars > 0.0 {
+            (dollars * 1e6).round().min(u64::MAX as f64) as u64
+        } else {
+            0
+        };
+        Self::micros(micros)
+    }
+
+    /// A limit in micro-dollars.
+    pub const fn micros(micros: u64) -> Self {
+        Self {
+            unit: Unit::Usd,
+            amount: micros,
+        }
+    }
+
+    /// A limit in tokens.
+    pub const fn tokens(tokens: u64) -> Self {
+        Self {
+            unit: Unit::Tokens,
+            amount: tokens,
+        }
+    }
+
+    /// The unit.
+    pub const fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The limit in its unit (micro-dollars or tokens).
+    pub const fn amount(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.unit {
+            Unit::Usd => write_usd(f, self.amount),
+            Unit::Tokens => write_tokens(f, self.amount),
+        }
+    }
+}
+
+/// Largest budget accepted: $1,000,000 or 10^12 tokens (the ledger holds 40 bits).
+pub const MAX_MICROS: u64 = 1_000_000 * 1_000_000;
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+
+    /// `"0.10usd"`, `"5usd"`, `"20000tok"`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let forms = "write dollars as \"0.10usd\" or tokens as \"20000tok\"";
+        let (number, unit) = if let Some(n) = text.strip_suffix("usd") {
+            (n, Unit::Usd)
+        } else if let Some(n) = text.strip_suffix("tok") {
+            (n, Unit::Tokens)
+        } else {
+            return Err(format!("`{text}` has no known unit; {forms}"));
+        };
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || (number.contains('.') && !digits(frac)) {
+            return Err(format!("`{text}` is not a plain amount; {forms}"));
+        }
+        let too_big =
+            || format!("`{text}` is too large: at most $1,000,000 or 1,000,000,000,000 tokens");
+        let amount = match unit {
+            Unit::Usd => {
+                if frac.len() > 6 {
+                    return Err(format!(
+                        "`{text}` has more than six decimals (micro-dollars)"
+                    ));
+                }
+                let whole: u64 = whole.parse().map_err(|_| too_big())?;
+                let frac: u64 = if frac.is_empty() {
+                    0
+                } else {
+                    format!("{frac:0<6}").parse().map_err(|_| too_big())?
+                };
+                whole
+                    .checked_mul(1_000_000)
+                    .and_then(|w| w.checked_add(frac))
+                    .filter(|&m| m <= MAX_MICROS)
+                    .ok_or_else(too_big)?
+            }
+            Unit::Tokens => {
+                if !frac.is_empty() {
+                    return Err(format!("`{text}`: tokens are whole numbers"));
+                }
+                whole
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&t| t <= MAX_MICROS)
+                    .ok_or_else(too_big)?
+            }
+        };
+        if amount == 0 {
+            return Err(format!("`{text}` is zero: nothing could ever be spent"));
+        }
+        Ok(Budget { unit, amount })
+    }
+}
+
+/// Which limit a call ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetScope {
+    /// The attribute's per-call `budget`.
+    Call,
+    /// A [`workflow`] scope the call ran inside.
+    Workflow,
+    /// The named pool (`pool = "…"`).
+    Pool(&'static str),
+}
+
+impl fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetScope::Call => f.write_str("call budget"),
+            BudgetScope::Workflow => f.write_str("workflow budget"),
+            BudgetScope::Pool(name) => write!(f, "pool `{name}`"),
+        }
+    }
+}
+
+// Ledger word: [window:24][committed:40].
+const COMMITTED_BITS: u32 = 40;
+const COMMITTED_MASK: u64 = (1 << COMMITTED_BITS) - 1;
+const WINDOW_MASK: u64 = (1 << (64 - COMMITTED_BITS)) - 1;
+
+fn pack(window: u64, committed: u64) -> u64 {
+    ((window & WINDOW_MASK) << COMMITTED_BITS) | committed.min(COMMITTED_MASK)
+}
+
+fn unpack(bits: u64) -> (u64, u64) {
+    (bits >> COMMITTED_BITS, bits & COMMITTED_MASK)
+}
+
+/// A reservation held by an attempt in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    window: u64,
+    amount: u64,
+}
+
+/// A limit with lock-free reserve / settle. Pools roll over each `window`; a workflow's
+/// ledger has no window.
+#[derive(Debug)]
+pub struct Ledger {
+    limit: Option<Budget>,
+    window_ms: Option<u64>,
+    state: AtomicU64,
+    total_micros: AtomicU64,
+    total_tokens: AtomicU64,
+    warned_window: AtomicU64,
+}
+
+impl Ledger {
+    /// A ledger with an optional limit (none: it only counts) and an optional window.
+    pub fn new(limit: Option<Budget>, window: Option<Duration>) -> Self {
+        Self {
+            limit,
+            window_ms: window.map(|w| (w.as_millis() as u64).max(1)),
+            state: AtomicU64::new(pack(0, 0)),
+            total_micros: AtomicU64::new(0),
+            total_tokens: AtomicU64::new(0),
+            warned_window: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The limit, if any.
+    pub fn limit(&self) -> Option<Budget> {
+        self.limit
+    }
+
+    fn window_at(&self, now_ms: u64) -> u64 {
+        self.window_ms.map_or(0, |w| (now_ms / w) & WINDOW_MASK)
+    }
+
+    /// Reserve `expected` (in the limit's unit) for an attempt. Refused, with what is
+    /// committed in the current window, when it would not fit or the limit is already reached.
+    pub fn reserve(&self, expected: u64, now_ms: u64) -> Result<Reservation, u64> {
+        let window = self.window_at(now_ms);
+        let Some(limit) = self.limit else {
+            return Ok(Reservation { window, amount: 0 });
+        };
+        let mut bits = self.state.load(Ordering::Acquire);
+        loop {
+            let (at, committed) = unpack(bits);
+            let committed = if at == window { committed } else { 0 }; // a new window starts empty
+            if committed >= limit.amount || committed.saturating_add(expected) > limit.amount {
+                return Err(committed);
+            }
+            let next = pack(window, committed + expected);
+            match self
+                .state
+                .compare_exchange_weak(bits, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        window,
+                        amount: expected,
+                    })
+                }
+                Err(actual) => bits = actual,
+            }
+        }
+    }
+
+    /// Replace a reservation by the real cost.
+    pub fn settle(&self, reservation: Reservation, real: Spend, now_ms: u64) {
+        self.total_micros.fetch_add(real.micros(), Ordering::AcqRel);
+        self.total_tokens.fetch_add(real.tokens(), Ordering::AcqRel);
+        let Some(limit) = self.limit else { return };
+        let real = real.amount(limit.unit);
+        let window = self.window_at(now_ms);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let (at, committed) = unpack(bits);
+                Some(if at == window && at == reservation.window {
+                    pack(
+                        at,
+                        committed
+                            .saturating_sub(reservation.amount)
+                            .saturating_add(real),
+                    )
+                } else if at == window {
+                    // Reserved in an earlier window (already rolled over): charge this one.
+                    pack(at, committed.saturating_add(real))
+                } else {
+                    pack(window, real)
+                })
+            });
+    }
+
+    /// Give a reservation back (the attempt never ran, or was dropped).
+    pub fn release(&self, reservation: Reservation) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let (at, committed) = unpack(bits);
+                (at == reservation.window)
+                    .then(|| pack(at, committed.saturating_sub(reservation.amount)))
+            });
+    }
+
+    /// Committed (settled plus reserved) in the current window, in the limit's unit.
+    pub fn committed(&self, now_ms: u64) -> u64 {
+        let (at, committed) = unpack(self.state.load(Ordering::Acquire));
+        if at == self.window_at(now_ms) {
+            committed
+        } else {
+            0
+        }
+    }
+
+    /// Everything ever settled here (all windows).
+    pub fn total(&self) -> Spend {
+        Spend::new(
+            self.total_micros.load(Ordering::Acquire),
+            self.total_tokens.load(Ordering::Acquire),
+        )
+    }
+
+    /// True once per window: the first time the limit is hit in it.
+    fn first_hit_in_window(&self, now_ms: u64) -> bool {
+        let window = self.window_at(now_ms);
+        self.warned_window.swap(window, Ordering::AcqRel) != window
+    }
+}
+
+/// A named spend pool shared by every call site that names it, configured at run time with
+/// `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
+#[derive(Debug)]
+pub struct Pool {
+    name: &'static str,
+    ledger: Ledger,
+}
+
+impl Pool {
+    /// The pool's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its ledger: limit, committed amount, total spend.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Log the first refusal of each window (one WARN event, not one per call).
+    pub(crate) fn refused(&self, committed: u64, now_ms: u64) {
+        if self.ledger.first_hit_in_window(now_ms) {
+            let limit = self.ledger.limit.map(|l| l.to_string()).unwrap_or_default();
+            tracing::warn!(
+                target: "retry_runtime",
+                pool = self.name,
+                limit = %limit,
+                committed,
+                "spend pool exhausted: calls are refused until the window rolls over"
+            );
+        }
+    }
+}
+
+/// The process-wide pool with this name, created on first use from the run-time config. An
+/// unconfigured pool counts spend but limits nothing, and says so once.
+pub fn pool(name: &str) -> &'static Pool {
+    static REGISTRY: OnceLock<Mutex<Vec<&'static Pool>>> = OnceLock::new();
+    let mut all = REGISTRY
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = all.iter().find(|p| p.name == name) {
+        return p;
+    }
+    let config = crate::config::pool_config(name);
+    if config.is_none() {
+        tracing::warn!(target: "retry_runtime", pool = name, "pool is not configured: it counts spend but limits nothing; add [pool.{name}] to the configuration");
+    }
+    let (limit, window) = match config {
+        Some(c) => (Some(c.limit), Some(c.window)),
+        None => (None, None),
+    };
+    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let created: &'static Pool = Box::leak(Box::new(Pool {
+        name,
+        ledger: Ledger::new(limit, window),
+    }));
+    all.push(created);
+    created
+}
+
+/// A call site's pool, resolved once.
+#[derive(Debug)]
+pub struct PoolSlot {
+    name: Option<&'static str>,
+    resolved: OnceLock<&'static Pool>,
+}
+
+impl PoolSlot {
+    /// A slot for `name`, or an empty one.
+    pub const fn new(name: Option<&'static str>) -> Self {
+        Self {
+            name,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// The pool, if the call site names one.
+    #[inline]
+    pub fn get(&self) -> Option<&'static Pool> {
+        let name = self.name?;
+        Some(*self.resolved.get_or_init(|| pool(name)))
+    }
+}
+
+/// Running estimate of one attempt's cost at a call site (see the module docs).
+#[derive(Debug, Default)]
+pub struct SpendEstimate {
+    // EWMA scaled by 8: est = scaled / 8; update scaled += x - scaled / 8.
+    micros8: AtomicU64,
+    tokens8: AtomicU64,
+}
+
+impl SpendEstimate {
+    /// No observations yet.
+    pub const fn new() -> Self {
+        Self {
+            micros8: AtomicU64::new(0),
+            tokens8: AtomicU64::new(0),
+        }
+    }
+
+    /// Learn from a successful attempt's cost.
+    pub fn observe(&self, spend: Spend) {
+        fn update(cell: &AtomicU64, x: u64) {
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(if s == 0 {
+                    x.saturating_mul(8)
+                } else {
+                    (s - s / 8).saturating_add(x)
+                })
+            });
+        }
+        if !spend.is_zero() {
+            update(&self.micros8, spend.micros());
+            update(&self.tokens8, spend.tokens());
+        }
+    }
+
+    /// The expected cost of one more attempt.
+    pub fn expected(&self) -> Spend {
+        Spend::new(
+            self.micros8.load(Ordering::Acquire) / 8,
+            self.tokens8.load(Ordering::Acquire) / 8,
+        )
+    }
+}
+
+// ---- workflows ----
+
+/// One workflow scope: its ledger, and the scope it is nested in.
+#[derive(Debug)]
+pub struct WorkflowScope {
+    ledger: Ledger,
+    parent: Option<Arc<WorkflowScope>>,
+}
+
+impl WorkflowScope {
+    /// This scope and every scope it is nested in, innermost first.
+    pub(crate) fn chain(self: &Arc<Self>) -> impl Iterator<Item = &WorkflowScope> {
+        std::iter::successors(Some(&**self), |s| s.parent.as_deref())
+    }
+}
+
+tokio::task_local! {
+    static WORKFLOW: Arc<WorkflowScope>;
+}
+
+/// A handle to the workflow the current task runs in; carry it into spawned tasks.
+///
+/// Spawned tasks do not inherit a workflow silently (task-locals do not cross `spawn`).
+/// To keep a spawned task's calls inside the cap, take the handle and scope the task:
+///
+/// ```
+/// use retry_runtime::{workflow, Budget, Workflow};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let ((), spent) = workflow(Budget::usd(1.00), async {
+///     let scope = Workflow::current().expect("inside a workflow");
+///     tokio::spawn(scope.scope(async { /* #[resilient] calls here count too */ }))
+///         .await
+///         .unwrap();
+/// })
+/// .await;
+/// assert!(spent.is_zero());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Workflow(Arc<WorkflowScope>);
+
+impl Workflow {
+    /// The workflow of the current task, if any.
+    pub fn current() -> Option<Workflow> {
+        WORKFLOW.try_with(|w| Workflow(w.clone())).ok()
+    }
+
+    /// Run `fut` inside this workflow (e.g. a spawned task's body).
+    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        WORKFLOW.scope(self.0, fut)
+    }
+
+    /// What calls in this scope have spent so far.
+    pub fn spent(&self) -> Spend {
+        self.0.ledger.total()
+    }
+
+    /// This scope's own limit.
+    pub fn limit(&self) -> Option<Budget> {
+        self.0.ledger.limit
+    }
+}
+
+pub(crate) fn current_workflow() -> Option<Arc<WorkflowScope>> {
+    WORKFLOW.try_with(Arc::clone).ok()
+}
+
+/// Run `fut` with `budget` capping everything `#[resilient]` calls spend inside it; returns
+/// the output and what was spent.
+///
+/// A call that would start past the cap is refused with `Rejected::BudgetExhausted`; a
+/// retry that would not fit stops its call with `StopReason::BudgetExhausted`. Scopes nest,
+/// and a nested scope can only tighten: each call is charged to every enclosing scope and
+/// must fit in all of them.
+///
+/// ```
+/// use retry_runtime::{workflow, Budget};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (answer, spent) = workflow(Budget::usd(1.00), async { 42 }).await;
+/// assert_eq!((answer, spent.micros()), (42, 0));
+/// # }
+/// ```
+pub async fn workflow<F: Future>(budget: Budget, fut: F) -> (F::Output, Spend) {
+    let scope = Arc::new(WorkflowScope {
+        ledger: Ledger::new(Some(budget), None),
+        parent: current_workflow(),
+    });
+    let output = WORKFLOW.scope(scope.clone(), fut).await;
+    (output, scope.ledger.total())
+}
+
+/// The reservations an attempt holds in its pool and workflow scopes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Held {
+    pool: Option<Reservation>,
+    // Workflow ledgers have no window; each scope reserved `expected` in its own unit.
+    workflow: Option<Spend>,
+}
+
+/// The ledgers a call charges: its pool and its workflow chain.
+#[derive(Debug, Default)]
+pub(crate) struct Ledgers {
+    pub(crate) pool: Option<&'static Pool>,
+    pub(crate) workflow: Option<Arc<WorkflowScope>>,
+}
+
+fn reservation_in(ledger: &Ledger, expected: Spend) -> Reservation {
+    Reservation {
+        window: 0,
+        amount: ledger.limit.map_or(0, |l| expected.amount(l.unit)),
+    }
+}
+
+impl Ledgers {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pool.is_none() && self.workflow.is_none()
+    }
+
+    /// Reserve `expected` everywhere, or nowhere: on refusal, what was reserved is released.
+    pub(crate) fn reserve(
+        &self,
+        expected: Spend,
+        now_ms: u64,
+    ) -> Result<Held, (BudgetScope, Spend, Budget)> {
+        let mut held = Held::default();
+        if let Some(pool) = self.pool {
+            let unit_amount = pool.ledger.limit.map_or(0, |l| expected.amount(l.unit));
+            match pool.ledger.reserve(unit_amount, now_ms) {
+                Ok(r) => held.pool = Some(r),
+                Err(committed) => {
+                    pool.refused(committed, now_ms);
+                    let limit = pool.ledger.limit.unwrap_or(Budget::micros(0));
+                    let spent = amount(limit.unit, committed);
+                    return Err((BudgetScope::Pool(pool.name), spent, limit));
+                }
+            }
+        }
+        if let Some(scope) = &self.workflow {
+            for (i, s) in scope.chain().enumerate() {
+                let want = reservation_in(&s.ledger, expected);
+                if let Err(committed) = s.ledger.reserve(want.amount, now_ms) {
+                    for undo in scope.chain().take(i) {
+                        undo.ledger.release(reservation_in(&undo.ledger, expected));
+                    }
+                    if let (Some(pool), Some(r)) = (self.pool, held.pool) {
+                        pool.ledger.release(r);
+                    }
+                    let limit = s.ledger.limit.unwrap_or(Budget::micros(0));
+                    return Err((BudgetScope::Workflow, amount(limit.unit, committed), limit));
+                }
+            }
+            held.workflow = Some(expected);
+        }
+        Ok(held)
+    }
+
+    /// Replace the reservations by the attempt's real cost.
+    pub(crate) fn settle(&self, held: Held, real: Spend, now_ms: u64) {
+        if let (Some(pool), Some(r)) = (self.pool, held.pool) {
+            pool.ledger.settle(r, real, now_ms);
+        }
+        if let (Some(scope), Some(expected)) = (&self.workflow, held.workflow) {
+            for s in scope.chain() {
+                s.ledger
+                    .settle(reservation_in(&s.ledger, expected), real, now_ms);
+            }
+        }
+    }
+
+    /// Give the reservations back (the attempt was dropped).
+    pub(crate) fn release(&self, held: Held) {
+        if let (Some(pool), Some(r)) = (self.pool, held.pool) {
+            pool.ledger.release(r);
+        }
+        if let (Some(scope), Some(expected)) = (&self.workflow, held.workflow) {
+            for s in scope.chain() {
+                s.ledger.release(reservation_in(&s.ledger, expected));
+            }
+        }
+    }
+
+    /// Would one more attempt costing `expected` fit everywhere? (Checked before a retry's
+    /// wait, so a call does not sleep for an attempt it could not afford.)
+    pub(crate) fn has_room(
+        &self,
+        expected: Spend,
+        now_ms: u64,
+    ) -> Result<(), (BudgetScope, Spend, Budget)> {
+        if let Some(pool) = self.pool {
+            if let Some(limit) = pool.ledger.limit {
+                let committed = pool.ledger.committed(now_ms);
+                if committed >= limit.amount
+                    || committed.saturating_add(expected.amount(limit.unit)) > limit.amount
+                {
+                    return Err((
+                        BudgetScope::Pool(pool.name),
+                        amount(limit.unit, committed),
+                        limit,
+                    ));
+                }
+            }
+        }
+        if let Some(scope) = &self.workflow {
+            for s in scope.chain() {
+                if let Some(limit) = s.ledger.limit {
+                    let committed = s.ledger.committed(now_ms);
+                    if committed >= limit.amount
+                        || committed.saturating_add(expected.amount(limit.unit)) > limit.amount
+                    {
+                        return Err((BudgetScope::Workflow, amount(limit.unit, committed), limit));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn amount(unit: Unit, value: u64) -> Spend {
+    match unit {
+        Unit::Usd => Spend::from_micros(value),
+        Unit::Tokens => Spend::from_tokens(value),
+    }
+}
