@@ -216,7 +216,7 @@ pub fn expand(
     };
     // A missing `Classify` impl, or a return type that is not a `Result`, is reported at the
     // return type.
-    let settle = respan(quote!(#call.settle), ret_span);
+    let settle = respan(quote!(#call.settle(#outcome, #spend_of)), ret_span);
 
     let new_body = quote! {{
         #use_retry_on
@@ -231,7 +231,7 @@ pub fn expand(
         };
         loop {
             let #outcome = #run_attempt;
-            match #settle(#outcome, #spend_of) {
+            match #settle {
                 #rt::Settled::Return(#result) => return #result,
                 #rt::Settled::Retry(#error) => {
                     if let #rt::Step::Return(#result) = #call.wait(#error).await {

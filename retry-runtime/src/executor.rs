@@ -36,14 +36,44 @@ use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
 use crate::spend::Spend;
 
+/// What a `#[resilient]` function returns: a `Result`. A trait, so that the one place a
+/// non-`Result` return type is reported is the return type itself.
+#[diagnostic::on_unimplemented(
+    message = "a #[resilient] fn must return `Result<T, E>`, not `{Self}`",
+    label = "the error is what decides whether to retry: return `Result<T, E>` with `E: Classify`"
+)]
+pub trait Outcome: Sized {
+    /// The success type.
+    type Ok;
+    /// The error type.
+    type Err;
+    /// As a `Result`.
+    fn into_result(self) -> Result<Self::Ok, Self::Err>;
+    /// From a `Result`.
+    fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
+}
+
+impl<T, E> Outcome for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+    #[inline(always)]
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+    #[inline(always)]
+    fn from_result(result: Result<T, E>) -> Self {
+        result
+    }
+}
+
 /// What [`Call::settle`] decided.
 #[derive(Debug)]
-pub enum Settled<T, E> {
+pub enum Settled<R: Outcome> {
     /// Return this from the function.
-    Return(Result<T, E>),
+    Return(R),
     /// Wait ([`Call::wait`]) and make another attempt; the error is kept in case the wait
     /// ends in a refusal, when it is what the caller gets.
-    Retry(E),
+    Retry(R::Err),
 }
 
 /// What the generated loop does after a wait.
@@ -281,9 +311,9 @@ impl<'p> Call<'p> {
     /// Inside a [`workflow`](crate::workflow) whose cap is already reached, such a call cannot
     /// be refused (there is no error to refuse it with): it runs, is counted, and a WARN
     /// event says the cap was overrun. Its retries are still stopped by the cap.
-    pub async fn attempt<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    pub async fn attempt<R, Fut>(&mut self, attempt: Fut) -> R
     where
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = R>,
     {
         if self.attempts == 0 && !self.ledgers.is_empty() {
             if let Err(refusal) = self.admit() {
@@ -303,15 +333,16 @@ impl<'p> Call<'p> {
     /// admitted here, retries in `settle`), bounded by the per-attempt `timeout` and what is
     /// left of the `deadline`. A refused call becomes `E::from(Rejected::…)` without polling
     /// `attempt`; an attempt cut short becomes `E::from(Rejected::…)`, classified as a timeout.
-    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    pub async fn attempt_guarded<R, Fut>(&mut self, attempt: Fut) -> R
     where
-        Fut: Future<Output = Result<T, E>>,
-        E: CanReject,
+        Fut: Future<Output = R>,
+        R: Outcome,
+        R::Err: CanReject,
     {
         if self.attempts == 0 {
             if let Err(refusal) = self.admit() {
                 self.refused = Some(refusal);
-                return Err(E::from(refusal.rejected()));
+                return R::from_result(Err(refusal.rejected().into()));
             }
         }
         self.begin_attempt();
@@ -332,14 +363,15 @@ impl<'p> Call<'p> {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.cut = Some(cut);
-                Err(E::from(match cut {
+                let rejected = match cut {
                     Cut::Timeout => Rejected::AttemptTimedOut {
                         timeout: self.policy.timeout().unwrap_or_default(),
                     },
                     Cut::Deadline => Rejected::DeadlineExceeded {
                         deadline: self.policy.deadline().unwrap_or_default(),
                     },
-                }))
+                };
+                R::from_result(Err(rejected.into()))
             }
         }
     }
@@ -390,27 +422,24 @@ impl<'p> Call<'p> {
     /// `spend_of` tells what a success cost (zero where the success type is not
     /// [`Metered`](crate::Metered)). Synchronous, so that the one `E: Classify` bound is
     /// checked (and reported) in one place.
-    pub fn settle<T, E>(
-        &mut self,
-        outcome: Result<T, E>,
-        spend_of: fn(&T) -> Spend,
-    ) -> Settled<T, E>
+    pub fn settle<R>(&mut self, outcome: R, spend_of: fn(&R) -> Spend) -> Settled<R>
     where
-        E: Classify,
+        R: Outcome,
+        R::Err: Classify,
     {
         if let Some(refusal) = self.refused.take() {
             self.finish(refusal.stop(true), None);
             return Settled::Return(outcome);
         }
-        let error = match outcome {
+        let spend = spend_of(&outcome);
+        let error = match outcome.into_result() {
             Ok(value) => {
-                let spend = spend_of(&value);
                 self.site.estimate.observe(spend);
                 self.charge(spend);
                 self.record_breaker(None);
                 self.record(None, None, spend);
                 self.finish(StopReason::Success, None);
-                return Settled::Return(Ok(value));
+                return Settled::Return(R::from_result(Ok(value)));
             }
             Err(error) => error,
         };
@@ -460,7 +489,7 @@ impl<'p> Call<'p> {
             }
             Decision::Stop(reason) => {
                 self.finish(reason, Some(failure.class));
-                Settled::Return(Err(error))
+                Settled::Return(R::from_result(Err(error)))
             }
         }
     }
@@ -468,11 +497,11 @@ impl<'p> Call<'p> {
     /// Wait the delay `settle` chose, then ask the shared state for the next attempt. The
     /// breaker may have opened, or a pool filled, while we slept: then the call ends with the
     /// last attempt's `error`.
-    pub async fn wait<T, E>(&mut self, error: E) -> Step<Result<T, E>> {
+    pub async fn wait<R: Outcome>(&mut self, error: R::Err) -> Step<R> {
         tokio::time::sleep(self.delay_before).await;
         if let Err(refusal) = self.admit() {
             self.finish(refusal.stop(false), self.last_class);
-            return Step::Return(Err(error));
+            return Step::Return(R::from_result(Err(error)));
         }
         Step::Retry
     }

@@ -90,7 +90,7 @@ pub use retry_macros::retry_on;
 pub mod __private {
     pub use crate::backoff::Backoff;
     pub use crate::budget::Budget;
-    pub use crate::executor::{Call, CallSite, Settled, Step};
+    pub use crate::executor::{Call, CallSite, Outcome, Settled, Step};
     pub use crate::policy::{CodeRange, Policy, RetryOn};
     pub use crate::spend::{Metered, Spend};
     pub use core::concat;
@@ -117,41 +117,44 @@ pub mod __private {
     }
 
     /// What a success cost, for call sites with a `budget` or `pool` (which need `Metered`).
-    pub fn spend_of_metered<T: Metered>(value: &T) -> Spend {
-        value.spend()
+    pub fn spend_of_metered<T: Metered, E>(outcome: &Result<T, E>) -> Spend {
+        match outcome {
+            Ok(value) => value.spend(),
+            Err(_) => Spend::ZERO,
+        }
     }
 
     /// Autoref specialization: `(&&SpendProbe::<R>(PhantomData)).spend_fn()` picks
-    /// `Metered::spend` when the success type of `R = Result<T, E>` is `Metered`, and "zero"
-    /// otherwise, so workflow scopes count what every call site can tell them.
+    /// `Metered::spend` when `R = Result<T, E>` with `T: Metered`, and "zero" otherwise, so
+    /// workflow scopes count what every call site can tell them.
     pub struct SpendProbe<R>(pub PhantomData<R>);
 
     /// The `Metered` arm of [`SpendProbe`].
-    pub trait ProbeMetered<T> {
-        /// `Metered::spend` for `T`.
-        fn spend_fn(self) -> fn(&T) -> Spend;
+    pub trait ProbeMetered<R> {
+        /// `Metered::spend` of a success.
+        fn spend_fn(self) -> fn(&R) -> Spend;
     }
 
-    impl<T: Metered, E> ProbeMetered<T> for &&SpendProbe<Result<T, E>> {
-        fn spend_fn(self) -> fn(&T) -> Spend {
-            spend_of_metered::<T>
+    impl<T: Metered, E> ProbeMetered<Result<T, E>> for &&SpendProbe<Result<T, E>> {
+        fn spend_fn(self) -> fn(&Result<T, E>) -> Spend {
+            spend_of_metered::<T, E>
         }
     }
 
     /// The fallback arm of [`SpendProbe`].
-    pub trait ProbeAny<T> {
+    pub trait ProbeAny<R> {
         /// Zero: the success type does not say what it cost.
-        fn spend_fn(self) -> fn(&T) -> Spend;
+        fn spend_fn(self) -> fn(&R) -> Spend;
     }
 
-    impl<T, E> ProbeAny<T> for &SpendProbe<Result<T, E>> {
-        fn spend_fn(self) -> fn(&T) -> Spend {
-            no_spend::<T>
+    impl<R> ProbeAny<R> for &SpendProbe<R> {
+        fn spend_fn(self) -> fn(&R) -> Spend {
+            no_spend::<R>
         }
     }
 
     /// Zero, for success types that are not `Metered`.
-    pub fn no_spend<T>(_: &T) -> Spend {
+    pub fn no_spend<R>(_: &R) -> Spend {
         Spend::ZERO
     }
 }
