@@ -127,3 +127,89 @@ impl ScriptedProvider {
         step.outcome
     }
 }
+
+/// A `tracing` layer that records every event from the runtime (target `retry_runtime`):
+/// level, message and fields, for assertions.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    events: std::sync::Arc<Mutex<Vec<Event>>>,
+}
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub level: tracing::Level,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Event {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl EventLog {
+    /// Install as this thread's default subscriber until the guard drops (current-thread
+    /// runtimes run every task on this thread).
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Events whose message contains `text`.
+    pub fn with_message(&self, text: &str) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.message.contains(text))
+            .collect()
+    }
+}
+
+struct FieldVisitor<'a>(&'a mut Event);
+
+impl tracing::field::Visit for FieldVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let value = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = value;
+        } else {
+            self.0.fields.push((field.name().to_string(), value));
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.message = value.to_string();
+        } else {
+            self.0
+                .fields
+                .push((field.name().to_string(), value.to_string()));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLog {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() != "retry_runtime" {
+            return;
+        }
+        let mut e = Event {
+            level: *event.metadata().level(),
+            message: String::new(),
+            fields: Vec::new(),
+        };
+        event.record(&mut FieldVisitor(&mut e));
+        self.events.lock().unwrap().push(e);
+    }
+}
