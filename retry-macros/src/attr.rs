@@ -375,13 +375,22 @@ pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
     if number.starts_with('-') {
         return Err(format!("a budget cannot be negative; {forms}"));
     }
+    let out_of_range =
+        || "out of range: a per-call budget is at most \"1000usd\" or \"100000000tok\"".to_string();
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || (number.contains('.') && !digits(frac)) {
-        return Err(format!("`{number}` is not a plain decimal amount; {forms}"));
+        // `1e9usd`: say what is wrong with the value, not only with its spelling.
+        let limit = if tokens {
+            MAX_CALL_TOKENS as f64
+        } else {
+            1_000.0
+        };
+        return Err(match number.parse::<f64>() {
+            Ok(v) if v > limit => format!("{}; {forms}", out_of_range()),
+            _ => format!("`{number}` is not a plain decimal amount; {forms}"),
+        });
     }
-    let out_of_range =
-        || "out of range: a per-call budget is at most \"1000usd\" or \"100000000tok\"".to_string();
     let amount = if tokens {
         if !frac.is_empty() {
             return Err("tokens are whole numbers, e.g. \"20000tok\"".into());

@@ -333,16 +333,17 @@ impl<'p> Call<'p> {
     /// admitted here, retries in `settle`), bounded by the per-attempt `timeout` and what is
     /// left of the `deadline`. A refused call becomes `E::from(Rejected::…)` without polling
     /// `attempt`; an attempt cut short becomes `E::from(Rejected::…)`, classified as a timeout.
-    pub async fn attempt_guarded<R, Fut>(&mut self, attempt: Fut) -> R
+    // `E: CanReject` on a plain type parameter (not `R::Err`) makes rustc report the
+    // trait's own message ("must implement From<Rejected>") rather than the bare `From` bound.
+    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
     where
-        Fut: Future<Output = R>,
-        R: Outcome,
-        R::Err: CanReject,
+        Fut: Future<Output = Result<T, E>>,
+        E: CanReject,
     {
         if self.attempts == 0 {
             if let Err(refusal) = self.admit() {
                 self.refused = Some(refusal);
-                return R::from_result(Err(refusal.rejected().into()));
+                return Err(E::from(refusal.rejected()));
             }
         }
         self.begin_attempt();
@@ -371,7 +372,7 @@ impl<'p> Call<'p> {
                         deadline: self.policy.deadline().unwrap_or_default(),
                     },
                 };
-                R::from_result(Err(rejected.into()))
+                Err(E::from(rejected))
             }
         }
     }
