@@ -188,12 +188,20 @@ async fn a_pool_refuses_when_spent_warns_once_per_window_and_refills() {
                     Err(Billed::Runtime(Rejected::BudgetExhausted {
                         scope: BudgetScope::Pool("hourly"),
                         limit,
-                        ..
-                    })) => assert_eq!(limit, Budget::usd(0.10)),
+                        spent,
+                    })) => {
+                        eprintln!("refused: {spent}");
+                        assert_eq!(limit, Budget::usd(0.10))
+                    }
                     Err(other) => panic!("unexpected {other:?}"),
                 }
             }
-            assert_eq!(ok, expect_ok);
+            assert_eq!(
+                ok,
+                expect_ok,
+                "calls that fit in this window ({:?})",
+                tokio::time::Instant::now()
+            );
             log.with_message("spend pool exhausted").len()
         }
     };

@@ -7,6 +7,7 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprRange, Ident, Lit, LitInt, LitStr, RangeLimits, Token};
 
 /// The keys `#[resilient]` accepts, in the order the docs list them.
@@ -21,6 +22,10 @@ pub const KEYS: &[&str] = &[
     "breaker",
     "budget",
     "pool",
+    "fallback",
+    "stale_for",
+    "queue_wait",
+    "key",
     "crate",
 ];
 
@@ -84,6 +89,10 @@ fn example(key: &str) -> &'static str {
         "breaker" => "breaker = \"openai\"",
         "budget" => "budget = \"0.10usd\"",
         "pool" => "pool = \"openai-hourly\"",
+        "fallback" => "fallback = cached",
+        "stale_for" => "stale_for = \"1h\"",
+        "queue_wait" => "queue_wait = \"60s\"",
+        "key" => "key = prompt.to_string()",
         "crate" => "crate = \"::retry_runtime\"",
         _ => "key = value",
     }
@@ -125,6 +134,12 @@ pub struct Policy {
     /// Where `budget`/`pool` were written: their need for a `Metered` success type is
     /// reported there.
     pub metered_span: Option<Span>,
+    /// The fallback chain, in order.
+    pub fallback: Vec<Fallback>,
+    pub stale_for: Option<Dur>,
+    pub queue_wait: Option<Dur>,
+    /// `key = <expr>`.
+    pub key: Option<Expr>,
     /// Where `timeout`/`deadline`/`breaker` were written: the executor's `From<Rejected>`
     /// requirement is reported there.
     pub reject_span: Option<Span>,
@@ -177,6 +192,10 @@ impl Policy {
             budget: None,
             pool: None,
             metered_span: None,
+            fallback: Vec::new(),
+            stale_for: None,
+            queue_wait: None,
+            key: None,
             reject_span: None,
         };
         let mut seen: Vec<String> = Vec::new();
@@ -234,6 +253,22 @@ impl Policy {
                             ),
                             Ok(v) => policy.max = v as u32,
                             Err(e) => errors.push(e),
+                        }
+                    }
+                }
+                "fallback" => policy.fallback = fallback_chain(&pair.value, errors),
+                "key" => policy.key = Some(pair.value.clone()),
+                "stale_for" | "queue_wait" => {
+                    if let Some(d) = duration(&pair.value, &key, errors) {
+                        if d.nanos == 0 {
+                            errors.push(syn::Error::new(
+                                d.span,
+                                format!("`{key}` must be longer than zero"),
+                            ));
+                        } else if key == "stale_for" {
+                            policy.stale_for = Some(d);
+                        } else {
+                            policy.queue_wait = Some(d);
                         }
                     }
                 }
@@ -334,6 +369,7 @@ impl Policy {
                 format!("{what}: the backoff could never reach its base; make `base` <= `cap`"),
             ));
         }
+        policy.check_fallbacks(args, errors);
         if let (Some(t), Some(d)) = (policy.timeout, policy.deadline) {
             if t.nanos > d.nanos {
                 errors.push(syn::Error::new(
@@ -344,6 +380,68 @@ impl Policy {
         }
         policy
     }
+}
+
+/// One step of a fallback chain.
+pub enum Fallback {
+    /// The last good answer for the same key.
+    Cached(Span),
+    /// Wait in the breaker's queue.
+    Queue(Span),
+    /// Another async fn with the same arguments.
+    Function(syn::Path),
+}
+
+impl Fallback {
+    fn same_as(&self, other: &Fallback) -> bool {
+        match (self, other) {
+            (Fallback::Cached(_), Fallback::Cached(_))
+            | (Fallback::Queue(_), Fallback::Queue(_)) => true,
+            (Fallback::Function(a), Fallback::Function(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// `cached`, `queue`, `path::to_fn`, or a list of them.
+fn fallback_chain(value: &Expr, errors: &mut Errors) -> Vec<Fallback> {
+    let items: Vec<&Expr> = match value {
+        Expr::Array(array) => array.elems.iter().collect(),
+        single => vec![single],
+    };
+    if items.is_empty() {
+        errors.at(
+            value,
+            "an empty fallback chain: name `cached`, `queue` or a function, or drop `fallback`",
+        );
+    }
+    let mut chain: Vec<Fallback> = Vec::new();
+    for item in items {
+        let step = match item {
+            Expr::Path(p) if p.path.is_ident("cached") => Fallback::Cached(p.span()),
+            Expr::Path(p) if p.path.is_ident("queue") => Fallback::Queue(p.span()),
+            Expr::Path(p) if p.qself.is_none() => Fallback::Function(p.path.clone()),
+            other => {
+                errors.at(
+                    other,
+                    "a fallback is `cached`, `queue`, a path to an async fn with the same arguments (`cheaper_model`, `Self::backup`), or a list of them: `[cached, backup]`",
+                );
+                continue;
+            }
+        };
+        if chain.iter().any(|s| s.same_as(&step)) {
+            errors.at(item, "this fallback is already in the chain");
+            continue;
+        }
+        if let Some(Fallback::Queue(span)) = chain.last() {
+            errors.push(syn::Error::new(
+                *span,
+                "`queue` must be the last fallback: it waits for recovery, so nothing after it would run",
+            ));
+        }
+        chain.push(step);
+    }
+    chain
 }
 
 /// A per-call budget: micro-dollars or tokens.
@@ -430,6 +528,49 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl Policy {
+    /// Combinations that cannot work: `queue` needs a breaker; `stale_for` and `key` need
+    /// `cached`; `queue_wait` needs `queue`.
+    fn check_fallbacks(&self, args: &Args, errors: &mut Errors) {
+        let key_of = |name: &str| args.pairs.iter().find(|p| p.key == name).map(|p| &p.key);
+        let has_cached = self
+            .fallback
+            .iter()
+            .any(|f| matches!(f, Fallback::Cached(_)));
+        let has_queue = self
+            .fallback
+            .iter()
+            .any(|f| matches!(f, Fallback::Queue(_)));
+        for step in &self.fallback {
+            if let Fallback::Queue(span) = step {
+                if self.breaker.is_none() {
+                    errors.push(syn::Error::new(
+                        *span,
+                        "`fallback = queue` waits for a circuit breaker to admit again: add `breaker = \"name\"`",
+                    ));
+                }
+            }
+        }
+        if let (Some(k), false) = (key_of("stale_for"), has_cached) {
+            errors.at(k, "`stale_for` only applies to `fallback = cached`");
+        }
+        if let (Some(k), false) = (key_of("key"), has_cached) {
+            errors.at(k, "`key` only applies to `fallback = cached`");
+        }
+        if let (Some(k), false) = (key_of("queue_wait"), has_queue) {
+            errors.at(k, "`queue_wait` only applies to `fallback = queue`");
+        }
+    }
+
+    /// Whether the chain has `cached`, and where.
+    pub fn cached_span(&self) -> Option<Span> {
+        self.fallback.iter().find_map(|f| match f {
+            Fallback::Cached(span) => Some(*span),
+            _ => None,
+        })
+    }
 }
 
 fn string(value: &Expr, key: &str, example: &str, errors: &mut Errors) -> Option<LitStr> {

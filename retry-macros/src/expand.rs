@@ -10,7 +10,7 @@ use quote::{format_ident, quote, ToTokens};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Pat, Type};
 
-use crate::attr::{Errors, Policy, RetryOn};
+use crate::attr::{Errors, Fallback, Policy, RetryOn};
 
 /// Remove our helper attributes (`#[retry_on]`) from the fn, returning them.
 pub fn take_retry_on(item: &mut ItemFn) -> Vec<syn::Attribute> {
@@ -25,6 +25,70 @@ pub fn take_retry_on(item: &mut ItemFn) -> Vec<syn::Attribute> {
 /// Whether an attribute path is ours by its last segment (`retry_on`, `retry_runtime::retry_on`).
 pub fn is_named(path: &syn::Path, name: &str) -> bool {
     path.segments.last().is_some_and(|s| s.ident == name)
+}
+
+/// Remove `#[key]` from the parameters, returning the marked names and the attributes' spans.
+pub fn take_keys(item: &mut ItemFn, errors: &mut Errors) -> Vec<(syn::Ident, Span)> {
+    let mut keys = Vec::new();
+    for arg in item.sig.inputs.iter_mut() {
+        let FnArg::Typed(t) = arg else { continue };
+        let before = t.attrs.len();
+        let mut span = None;
+        t.attrs.retain(|a| {
+            let ours = a.path().is_ident("key");
+            if ours {
+                span = Some(a.span());
+            }
+            !ours
+        });
+        if t.attrs.len() == before {
+            continue;
+        }
+        match (&*t.pat, span) {
+            (Pat::Ident(p), Some(span)) => keys.push((p.ident.clone(), span)),
+            (other, _) => errors.at(other, "#[key] needs a named parameter"),
+        }
+    }
+    keys
+}
+
+/// The cache key expression for `fallback = cached`, checking that there is exactly one way
+/// to form it.
+pub fn cache_key(
+    policy: &Policy,
+    keys: &[(syn::Ident, Span)],
+    errors: &mut Errors,
+) -> Option<TokenStream> {
+    let Some(cached) = policy.cached_span() else {
+        for (_, span) in keys {
+            errors.push(syn::Error::new(
+                *span,
+                "#[key] only matters with `fallback = cached`: remove it, or add the fallback",
+            ));
+        }
+        return None;
+    };
+    match (&policy.key, keys.is_empty()) {
+        (Some(expr), true) => Some(quote!(&(#expr))),
+        (Some(expr), false) => {
+            errors.at(
+                expr,
+                "the cache key is given twice: use `key = <expr>` or #[key] on parameters, not both",
+            );
+            None
+        }
+        (None, false) => {
+            let names = keys.iter().map(|(ident, _)| ident);
+            Some(quote!(&(#(&#names,)*)))
+        }
+        (None, true) => {
+            errors.push(syn::Error::new(
+                cached,
+                "`fallback = cached` needs a cache key: mark the parameters that identify the answer with #[key] (`#[key] prompt: &str`), or give `key = <expr>`",
+            ));
+            None
+        }
+    }
 }
 
 /// Checks on the function itself (not the attribute): async, not const, a return type,
@@ -106,6 +170,7 @@ pub fn expand(
     policy: &Policy,
     retry_on: Option<&RetryOn>,
     use_retry_on: TokenStream,
+    cache_key: Option<TokenStream>,
 ) -> TokenStream {
     let krate = match &policy.krate {
         Some(path) => path.to_token_stream(),
@@ -175,6 +240,14 @@ pub fn expand(
     if let Some(name) = &policy.pool {
         builder.extend(quote!(.with_pool(#name)));
     }
+    if let Some(d) = policy.stale_for {
+        let d = nanos(d.nanos);
+        builder.extend(quote!(.with_stale_for(#d)));
+    }
+    if let Some(d) = policy.queue_wait {
+        let d = nanos(d.nanos);
+        builder.extend(quote!(.with_queue_wait(#d)));
+    }
     if let Some(on) = retry_on {
         let ranges = on
             .ranges
@@ -218,33 +291,127 @@ pub fn expand(
     // return type.
     let settle = respan(quote!(#call.settle(#outcome, #spend_of)), ret_span);
 
+    let attempts = quote! {
+        loop {
+            let #outcome = #run_attempt;
+            match #settle {
+                #rt::Settled::Return(#result) => break #result,
+                #rt::Settled::Retry(#error) => {
+                    if let #rt::Step::Return(#result) = #call.wait(#error).await {
+                        break #result;
+                    }
+                }
+            }
+        }
+    };
+
+    let key = syn::Ident::new("__resilient_key", Span::mixed_site());
+    let key_stmt = cache_key.map(|k| quote!(let #key: u64 = #rt::cache_key(#k);));
+    let again = syn::Lifetime::new("'__resilient_again", Span::mixed_site());
+    let chain_label = syn::Lifetime::new("'__resilient_chain", Span::mixed_site());
+    let has_queue = policy
+        .fallback
+        .iter()
+        .any(|f| matches!(f, Fallback::Queue(_)));
+
+    let body = if policy.fallback.is_empty() {
+        quote! {
+            let #result = #attempts;
+            #call.done(#result)
+        }
+    } else {
+        // Remember good answers (a missing `Clone` is reported at the return type).
+        let store = key_stmt.as_ref().map(|_| {
+            let store = respan(quote!(#call.cache_store(#key, &#result)), ret_span);
+            quote!(#store;)
+        });
+        let args = fallback_args(&item.sig, &rt);
+        let steps = policy.fallback.iter().map(|step| match step {
+            Fallback::Cached(_) => quote! {
+                if let #rt::Some(#outcome) = #call.serve_cached(#key) {
+                    #result = #outcome;
+                    break #chain_label;
+                }
+            },
+            Fallback::Function(path) => {
+                let name = path.to_token_stream().to_string().replace(' ', "");
+                // Spanned at the path: a signature mismatch is reported there.
+                let call_fn = respan(
+                    quote!(#call.serve_fn(#name, #path(#(#args),*))),
+                    path.span(),
+                );
+                quote! {
+                    #result = #call_fn.await;
+                    if #rt::Outcome::is_ok(&#result) {
+                        break #chain_label;
+                    }
+                }
+            }
+            Fallback::Queue(_) => quote! {
+                match #call.park(#result).await {
+                    #rt::Step::Retry => continue #again,
+                    #rt::Step::Return(#outcome) => #result = #outcome,
+                }
+            },
+        });
+        let run = quote! {
+            let mut #result = #attempts;
+            #store
+            if #call.falls_back(&#result) {
+                #chain_label: {
+                    #(#steps)*
+                }
+            }
+            #call.done(#result)
+        };
+        if has_queue {
+            quote!(#again: loop { return { #run }; })
+        } else {
+            run
+        }
+    };
+
     let new_body = quote! {{
         #use_retry_on
         use #krate::__private as #rt;
         #[allow(unused_imports)]
         use #rt::{ProbeAny as _, ProbeMetered as _};
+        #key_stmt
         let #spend_of = #spend_fn;
         let mut #call = {
             static #policy_ident: #rt::Policy = #builder;
             static #site: #rt::CallSite<'static> = #rt::CallSite::new(&#policy_ident);
-            #rt::Call::start(&#site)
+            #rt::Call::start_static(&#site)
         };
-        loop {
-            let #outcome = #run_attempt;
-            match #settle {
-                #rt::Settled::Return(#result) => return #result,
-                #rt::Settled::Retry(#error) => {
-                    if let #rt::Step::Return(#result) = #call.wait(#error).await {
-                        return #result;
-                    }
-                }
-            }
-        }
+        #body
     }};
     let attrs = &item.attrs;
     let vis = &item.vis;
     let sig = &item.sig;
     quote!(#(#attrs)* #vis #sig #new_body)
+}
+
+/// The arguments a fallback function is called with: the same ones, re-borrowed, or copied
+/// when owned (the call may go on after the fallback, e.g. from the queue).
+fn fallback_args(sig: &syn::Signature, rt: &syn::Ident) -> Vec<TokenStream> {
+    sig.inputs
+        .iter()
+        .map(|arg| match arg {
+            FnArg::Receiver(r) if r.mutability.is_some() => quote!(&mut *self),
+            FnArg::Receiver(_) => quote!(self),
+            FnArg::Typed(t) => {
+                let Pat::Ident(p) = &*t.pat else {
+                    return quote!(_);
+                };
+                let ident = &p.ident;
+                match &*t.ty {
+                    Type::Reference(r) if r.mutability.is_some() => quote!(&mut *#ident),
+                    Type::Reference(_) => quote!(#ident),
+                    _ => quote!(#rt::CloneForAttempt::clone_for_attempt(&#ident)),
+                }
+            }
+        })
+        .collect()
 }
 
 /// Whether a type mentions `impl Trait` (which cannot be named inside the body).

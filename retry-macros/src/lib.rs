@@ -54,11 +54,17 @@ pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
             ),
         }
     }
+    let keys = expand::take_keys(&mut item, &mut errors);
+    let cache_key = policy
+        .as_ref()
+        .and_then(|policy| expand::cache_key(policy, &keys, &mut errors));
     expand::check_fn(&item, &mut errors);
 
     let used = expand::use_retry_on(retry_on_path.as_ref());
     match (errors.finish(), policy) {
-        (Ok(()), Some(policy)) => expand::expand(item, &policy, retry_on.as_ref(), used).into(),
+        (Ok(()), Some(policy)) => {
+            expand::expand(item, &policy, retry_on.as_ref(), used, cache_key).into()
+        }
         (Err(e), _) => with_error(item, e, used),
         (Ok(()), None) => item.into_token_stream().into(),
     }

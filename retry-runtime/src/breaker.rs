@@ -17,18 +17,24 @@ use std::time::Duration;
 
 use crate::classify::ErrorClass;
 use crate::config::BreakerConfig;
+use crate::fallback::Queue;
 use crate::retry_budget::RetryBudget;
 
 /// Milliseconds on the runtime's clock (`tokio::time`, so paused time in tests).
+///
+/// Counted from the first call in the process, plus a day: a runtime whose (paused) clock
+/// started slightly before that first call still gets distinct, correctly ordered times
+/// instead of all saturating to zero.
 pub(crate) fn now_ms() -> u64 {
+    const OFFSET_MS: u64 = 86_400_000;
     static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
-    u64::try_from(
-        tokio::time::Instant::now()
-            .saturating_duration_since(epoch)
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
+    let now = tokio::time::Instant::now();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    match now.checked_duration_since(epoch) {
+        Some(after) => OFFSET_MS.saturating_add(ms(after)),
+        None => OFFSET_MS.saturating_sub(ms(epoch.saturating_duration_since(now))),
+    }
 }
 
 /// A breaker's state, as seen by a caller.
@@ -238,6 +244,7 @@ pub struct Breaker {
     ring: Box<[AtomicU64]>,
     next: AtomicUsize,
     retry_budget: RetryBudget,
+    queue: Queue,
 }
 
 impl fmt::Debug for Breaker {
@@ -265,6 +272,7 @@ impl Breaker {
             ring: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             next: AtomicUsize::new(0),
             retry_budget: RetryBudget::new(&config),
+            queue: Queue::new(config.queue_len as usize, config.queue_release_per_sec),
             config,
         }
     }
@@ -283,6 +291,23 @@ impl Breaker {
     /// next call turns it half-open.
     pub fn state(&self) -> BreakerState {
         self.load().state
+    }
+
+    /// The line that `fallback = queue` callers wait in for this breaker to admit again.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// How long until this breaker may admit a call: the rest of an open breaker's cooldown,
+    /// a short poll while half-open probes decide, zero when closed (or cooled down).
+    pub fn wait_hint(&self, now_ms: u64) -> Duration {
+        let s = self.load();
+        match s.state {
+            BreakerState::Closed => Duration::ZERO,
+            BreakerState::Open => Duration::from_millis(s.until_ms.saturating_sub(now_ms)),
+            BreakerState::HalfOpen if u32::from(s.probes) < self.config.probes => Duration::ZERO,
+            BreakerState::HalfOpen => Duration::from_millis(50),
+        }
     }
 
     /// The retry budget shared by every call through this breaker.

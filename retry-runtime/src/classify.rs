@@ -168,6 +168,9 @@ impl Classify for crate::Rejected {
             crate::Rejected::CircuitOpen { .. } => ErrorClass::Other,
             // A spent budget will not come back in seconds.
             crate::Rejected::BudgetExhausted { .. } => ErrorClass::Permanent,
+            crate::Rejected::QueueFull { .. } | crate::Rejected::QueueTimeout { .. } => {
+                ErrorClass::Other
+            }
         }
     }
 }

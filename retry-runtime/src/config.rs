@@ -11,6 +11,12 @@
 //! retry_ratio = 0.2        # retries allowed per first attempt (also "20%")
 //! min_retries_per_sec = 1  # floor of the retry budget
 //!
+//! queue_len = 100         # callers that may wait in line (`fallback = queue`)
+//! queue_release_per_sec = 10  # released at most this fast once it admits again
+//!
+//! [fallback]
+//! cache_capacity = 1024    # answers each `fallback = cached` call site keeps
+//!
 //! [pool.openai-hourly]
 //! limit = "5.00usd"        # or "2000000tok"; calls naming the pool are refused past it
 //! window = "1h"            # the pool refills when the window rolls over
@@ -51,6 +57,10 @@ pub struct BreakerConfig {
     pub retry_ratio_ppm: u64,
     /// Floor of the retry budget: retries per second always allowed.
     pub min_retries_per_sec: u32,
+    /// Most callers that may wait in this breaker's queue (`fallback = queue`) at once.
+    pub queue_len: u32,
+    /// Most queued callers released per second once the breaker admits again.
+    pub queue_release_per_sec: u32,
 }
 
 impl Default for BreakerConfig {
@@ -63,6 +73,8 @@ impl Default for BreakerConfig {
             count_429: false,
             retry_ratio_ppm: 200_000,
             min_retries_per_sec: 1,
+            queue_len: 100,
+            queue_release_per_sec: 10,
         }
     }
 }
@@ -91,6 +103,7 @@ impl Default for BreakerConfig {
 pub struct Config {
     breakers: BTreeMap<String, BreakerConfig>,
     pools: BTreeMap<String, PoolConfig>,
+    cache_capacity: Option<usize>,
 }
 
 /// A spend pool's settings: `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
@@ -163,6 +176,12 @@ impl Config {
         self
     }
 
+    /// How many answers each `fallback = cached` call site keeps (default 1024).
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache_capacity = Some(capacity.max(1));
+        self
+    }
+
     /// Set (or replace) one pool's settings.
     pub fn with_pool(mut self, name: &str, config: PoolConfig) -> Self {
         self.pools.insert(name.to_owned(), config);
@@ -228,6 +247,12 @@ pub(crate) fn pool_config(name: &str) -> Option<PoolConfig> {
     current().pool(name)
 }
 
+pub(crate) fn cache_capacity() -> usize {
+    current()
+        .cache_capacity
+        .unwrap_or(crate::fallback::DEFAULT_CACHE_CAPACITY)
+}
+
 // ---- parsing ----
 
 #[derive(Deserialize)]
@@ -237,6 +262,13 @@ struct RawConfig {
     breaker: BTreeMap<String, RawBreaker>,
     #[serde(default)]
     pool: BTreeMap<String, RawPool>,
+    fallback: Option<RawFallback>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    cache_capacity: Option<Count>,
 }
 
 #[derive(Deserialize)]
@@ -266,11 +298,19 @@ struct RawBreaker {
     count_429: Option<bool>,
     retry_ratio: Option<Ratio>,
     min_retries_per_sec: Option<u32>,
+    queue_len: Option<Count>,
+    queue_release_per_sec: Option<Count>,
 }
 
 fn parse(text: &str) -> Result<Config, String> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-    let mut config = Config::default();
+    let mut config = Config {
+        cache_capacity: raw
+            .fallback
+            .and_then(|f| f.cache_capacity)
+            .map(|c| c.0 as usize),
+        ..Config::default()
+    };
     let check_name = |kind: &str, name: &str| {
         if valid_name(name) {
             return Ok(());
@@ -307,6 +347,10 @@ fn parse(text: &str) -> Result<Config, String> {
                 count_429: raw.count_429.unwrap_or(d.count_429),
                 retry_ratio_ppm: raw.retry_ratio.map_or(d.retry_ratio_ppm, |r| r.0),
                 min_retries_per_sec: raw.min_retries_per_sec.unwrap_or(d.min_retries_per_sec),
+                queue_len: raw.queue_len.map_or(d.queue_len, |c| c.0),
+                queue_release_per_sec: raw
+                    .queue_release_per_sec
+                    .map_or(d.queue_release_per_sec, |c| c.0),
             },
         );
     }
@@ -468,6 +512,7 @@ mod tests {
                 count_429: true,
                 retry_ratio_ppm: 100_000,
                 min_retries_per_sec: 0,
+                ..BreakerConfig::default()
             }
         );
     }

@@ -31,6 +31,7 @@ use crate::budget::{
     current_workflow, Budget, BudgetScope, Held, Ledgers, PoolSlot, SpendEstimate,
 };
 use crate::classify::{Classify, ErrorClass};
+use crate::fallback::{FallbackCache, FallbackKind, FallbackReport, Place};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
@@ -51,6 +52,12 @@ pub trait Outcome: Sized {
     fn into_result(self) -> Result<Self::Ok, Self::Err>;
     /// From a `Result`.
     fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
+    /// The success value, if this is one.
+    fn ok_ref(&self) -> Option<&Self::Ok>;
+    /// Whether this is a success.
+    fn is_ok(&self) -> bool {
+        self.ok_ref().is_some()
+    }
 }
 
 impl<T, E> Outcome for Result<T, E> {
@@ -63,6 +70,10 @@ impl<T, E> Outcome for Result<T, E> {
     #[inline(always)]
     fn from_result(result: Result<T, E>) -> Self {
         result
+    }
+    #[inline(always)]
+    fn ok_ref(&self) -> Option<&T> {
+        self.as_ref().ok()
     }
 }
 
@@ -171,6 +182,8 @@ pub struct CallSite<'p> {
     breaker: BreakerSlot,
     pool: PoolSlot,
     estimate: SpendEstimate,
+    cache: FallbackCache,
+    labels: report::metered::SiteLabels,
 }
 
 impl<'p> CallSite<'p> {
@@ -181,6 +194,8 @@ impl<'p> CallSite<'p> {
             breaker: BreakerSlot::new(policy.breaker()),
             pool: PoolSlot::new(policy.pool()),
             estimate: SpendEstimate::new(),
+            cache: FallbackCache::new(),
+            labels: report::metered::SiteLabels::new(policy.name()),
         }
     }
 
@@ -249,6 +264,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Call<'p> {
     site: &'p CallSite<'p>,
+    // The site's compile-time metric labels, when the site is a `static` (the macro's).
+    labels: Option<&'static report::metered::SiteLabels>,
     policy: &'p Policy,
     breaker: Option<&'static Breaker>,
     ledgers: Ledgers,
@@ -272,15 +289,31 @@ pub struct Call<'p> {
     // `Some` only under `observe`, so an unobserved call never allocates for its report.
     observed: Option<Vec<AttemptReport>>,
     finished: bool,
+    stop: Option<StopReason>,
+    fallback: Option<FallbackReport>,
+    // `fallback = queue`: when the call joined the line, its place, and (at the head) the
+    // line itself.
+    parked_at: Option<Instant>,
+    place: Option<Place<'static>>,
+    line_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl<'p> Call<'p> {
+    /// Start a call at a `static` call site (what the macro emits): the clock for `deadline`
+    /// starts now, and metrics use the site's compile-time labels.
+    pub fn start_static(site: &'static CallSite<'static>) -> Call<'static> {
+        let mut call = Call::start(site);
+        call.labels = Some(&site.labels);
+        call
+    }
+
     /// Start a call: the clock for `deadline` starts now.
     pub fn start(site: &'p CallSite<'p>) -> Self {
         let now = Instant::now();
         let policy = site.policy;
         Self {
             site,
+            labels: None,
             policy,
             breaker: site.breaker.get(),
             ledgers: Ledgers {
@@ -302,6 +335,11 @@ impl<'p> Call<'p> {
             cut: None,
             observed: report::claim_observer().then(Vec::new),
             finished: false,
+            stop: None,
+            fallback: None,
+            parked_at: None,
+            place: None,
+            line_guard: None,
         }
     }
 
@@ -479,6 +517,7 @@ impl<'p> Call<'p> {
                 self.prev_backoff = backoff;
                 self.delay_before = delay;
                 self.last_class = Some(failure.class);
+                report::metered::retry(self.labels, self.policy.name());
                 report::retrying(
                     self.policy.name(),
                     self.attempts,
@@ -579,8 +618,9 @@ impl<'p> Call<'p> {
 
     fn record(&mut self, class: Option<ErrorClass>, retry_after: Option<Duration>, spend: Spend) {
         if let Some(attempts) = &mut self.observed {
+            let number = attempts.len() as u32 + 1;
             attempts.push(AttemptReport {
-                number: self.attempts,
+                number,
                 delay_before: self.delay_before,
                 elapsed: self.attempt_started.elapsed(),
                 class,
@@ -590,21 +630,178 @@ impl<'p> Call<'p> {
         }
     }
 
+    /// The attempts are over: say why. The report is delivered by [`Call::done`] (after any
+    /// fallback), or when the call is dropped.
     fn finish(&mut self, stop: StopReason, class: Option<ErrorClass>) {
         self.finished = true;
         let elapsed = self.started.elapsed();
         report::finished(self.policy.name(), self.attempts, &stop, class, elapsed);
+        report::metered::call_ended(
+            self.labels,
+            self.policy.name(),
+            stop.as_str(),
+            u64::from(self.attempts),
+            self.spent.micros(),
+            self.spent.tokens(),
+        );
+        if let Some(reason) = refusal_reason(&stop) {
+            report::metered::rejection(self.policy.name(), reason);
+        }
+        self.stop = Some(stop);
+    }
+
+    /// The call is over: deliver its report, leave any queue, and hand back what the function
+    /// returns.
+    pub fn done<R>(&mut self, result: R) -> R {
+        self.deliver();
+        result
+    }
+
+    fn deliver(&mut self) {
+        self.line_guard = None;
+        self.place = None;
         if let Some(attempts) = self.observed.take() {
             report::deliver(CallReport {
                 function: self.policy.name(),
                 attempts,
-                stop: Some(stop),
-                elapsed,
+                stop: self.stop.clone(),
+                elapsed: self.started.elapsed(),
                 breaker: self.breaker.map(|b| b.name()),
                 transitions: std::mem::take(&mut self.transitions),
                 spent: self.spent,
+                fallback: self.fallback.take(),
             });
         }
+    }
+
+    // ---- fallbacks ----
+
+    /// Whether this result should go to the fallbacks: a failure that ended in an outage.
+    pub fn falls_back<R: Outcome>(&self, result: &R) -> bool {
+        !result.is_ok() && self.stop.as_ref().is_some_and(StopReason::is_outage)
+    }
+
+    /// Remember a good answer for `fallback = cached`.
+    pub fn cache_store<R>(&self, key: u64, result: &R)
+    where
+        R: Outcome,
+        R::Ok: Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = result.ok_ref() {
+            self.site.cache.store(key, value);
+        }
+    }
+
+    /// `fallback = cached`: the last good answer for `key`, if it is no older than the
+    /// policy's `stale_for`.
+    pub fn serve_cached<R>(&mut self, key: u64) -> Option<R>
+    where
+        R: Outcome,
+        R::Ok: Clone + Send + Sync + 'static,
+    {
+        let (value, age) = self
+            .site
+            .cache
+            .fetch::<R::Ok>(key, self.policy.stale_for())?;
+        self.served(FallbackKind::Cached, Some(age), None);
+        Some(R::from_result(Ok(value)))
+    }
+
+    /// `fallback = path::to_fn`: run the other function; if it answers, it served the call.
+    pub async fn serve_fn<R, F>(&mut self, path: &'static str, call: F) -> R
+    where
+        R: Outcome,
+        F: Future<Output = R>,
+    {
+        let result = call.await;
+        if result.is_ok() {
+            self.served(FallbackKind::Function(path), None, None);
+        }
+        result
+    }
+
+    fn served(&mut self, kind: FallbackKind, age: Option<Duration>, waited: Option<Duration>) {
+        let because = self.stop.clone().unwrap_or(StopReason::Cancelled);
+        let fallback = FallbackReport {
+            kind,
+            age,
+            waited,
+            because,
+        };
+        report::degraded(self.policy.name(), &fallback);
+        self.fallback = Some(fallback);
+    }
+
+    /// `fallback = queue`: wait in the breaker's line (first in, first out) until the breaker
+    /// admits again and the release schedule lets this caller go, then ask for the attempts
+    /// to run again (`Step::Retry`). A full line, or a wait past `queue_wait`, ends the call
+    /// with `Rejected::QueueFull` / `Rejected::QueueTimeout`.
+    pub async fn park<T, E>(&mut self, result: Result<T, E>) -> Step<Result<T, E>>
+    where
+        E: CanReject,
+    {
+        let Some(breaker) = self.breaker else {
+            return Step::Return(result);
+        };
+        let queue = breaker.queue();
+        let parked_at = *self.parked_at.get_or_insert_with(Instant::now);
+        let give_up = parked_at + self.policy.queue_wait();
+        let timed_out = |call: &mut Self| {
+            let waited = parked_at.elapsed();
+            call.line_guard = None;
+            call.place = None;
+            call.finish(StopReason::QueueTimeout { waited }, None);
+            Step::Return(Err(E::from(Rejected::QueueTimeout {
+                breaker: breaker.name(),
+                waited,
+            })))
+        };
+        if self.line_guard.is_none() {
+            let Some(place) = queue.join() else {
+                self.finish(StopReason::QueueFull, None);
+                return Step::Return(Err(E::from(Rejected::QueueFull {
+                    breaker: breaker.name(),
+                })));
+            };
+            self.place = Some(place);
+            match tokio::time::timeout_at(give_up, queue.line().lock_owned()).await {
+                Ok(guard) => self.line_guard = Some(guard),
+                Err(_) => return timed_out(self),
+            }
+        }
+        // At the head of the line: wait for the breaker (this caller may be its probe).
+        loop {
+            let wait = breaker.wait_hint(now_ms());
+            if wait.is_zero() {
+                break;
+            }
+            if Instant::now() + wait > give_up {
+                tokio::time::sleep_until(give_up).await;
+                return timed_out(self);
+            }
+            tokio::time::sleep(wait).await;
+        }
+        queue.await_release_slot().await;
+        self.place = None;
+        if breaker.state() == BreakerState::Closed {
+            // No probe needed: let the next caller in line go (after its own release slot).
+            self.line_guard = None;
+        }
+        let waited = parked_at.elapsed();
+        self.rerun(waited);
+        self.served(FallbackKind::Queue, None, Some(waited));
+        Step::Retry
+    }
+
+    /// A new round of attempts under the same policy, after waiting in the queue.
+    fn rerun(&mut self, waited: Duration) {
+        self.attempts = 0;
+        self.refused = None;
+        self.cut = None;
+        self.stop = None;
+        self.finished = false;
+        self.delay_before = waited;
+        self.prev_backoff = self.policy.base();
     }
 }
 
@@ -623,6 +820,20 @@ impl Drop for Call<'_> {
             // Dropped mid-call: the caller gave up on us. Say so rather than vanish.
             self.finish(StopReason::Cancelled, None);
         }
+        self.deliver();
+    }
+}
+
+/// The `rejections_total` reason of a stop, if the runtime refused something.
+fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
+    match stop {
+        StopReason::CircuitOpen { .. }
+        | StopReason::BreakerOpened
+        | StopReason::RetryBudgetExhausted
+        | StopReason::BudgetExhausted { .. }
+        | StopReason::QueueFull
+        | StopReason::QueueTimeout { .. } => Some(stop.as_str()),
+        _ => None,
     }
 }
 

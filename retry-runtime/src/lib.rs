@@ -53,6 +53,7 @@ pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod executor;
+pub mod fallback;
 pub mod policy;
 pub mod rejected;
 pub mod report;
@@ -66,6 +67,7 @@ pub use budget::{pool, workflow, Budget, BudgetScope, Pool, Workflow};
 pub use classify::{Classify, ErrorClass};
 pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};
 pub use executor::{decide, retry, CallSite, Decision, Failure};
+pub use fallback::{FallbackKind, FallbackReport};
 pub use policy::{CodeRange, Policy, RetryOn};
 pub use rejected::{CanReject, Rejected};
 pub use report::{observe, AttemptReport, CallReport, StopReason};
@@ -91,11 +93,13 @@ pub mod __private {
     pub use crate::backoff::Backoff;
     pub use crate::budget::Budget;
     pub use crate::executor::{Call, CallSite, Outcome, Settled, Step};
+    pub use crate::fallback::cache_key;
     pub use crate::policy::{CodeRange, Policy, RetryOn};
     pub use crate::spend::{Metered, Spend};
     pub use core::concat;
     pub use core::marker::PhantomData;
     pub use core::module_path;
+    pub use core::option::Option::Some;
     pub use core::time::Duration;
 
     /// Owned arguments are cloned for each attempt, so each attempt sees the caller's value.

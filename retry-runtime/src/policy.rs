@@ -141,6 +141,8 @@ pub struct Policy {
     pub(crate) breaker: Option<&'static str>,
     pub(crate) budget: Option<Budget>,
     pub(crate) pool: Option<&'static str>,
+    pub(crate) stale_for: Duration,
+    pub(crate) queue_wait: Duration,
 }
 
 impl Policy {
@@ -164,6 +166,8 @@ impl Policy {
             breaker: None,
             budget: None,
             pool: None,
+            stale_for: Duration::from_secs(3600),
+            queue_wait: Duration::from_secs(60),
         }
     }
 
@@ -238,6 +242,28 @@ impl Policy {
     pub const fn with_pool(mut self, name: &'static str) -> Self {
         self.pool = Some(name);
         self
+    }
+
+    /// Oldest cached answer `fallback = cached` may serve (default one hour).
+    pub const fn with_stale_for(mut self, stale_for: Duration) -> Self {
+        self.stale_for = stale_for;
+        self
+    }
+
+    /// Longest a `fallback = queue` caller waits for its breaker (default 60 s).
+    pub const fn with_queue_wait(mut self, queue_wait: Duration) -> Self {
+        self.queue_wait = queue_wait;
+        self
+    }
+
+    /// Oldest cached answer that may be served.
+    pub const fn stale_for(&self) -> Duration {
+        self.stale_for
+    }
+
+    /// Longest wait in the breaker's queue.
+    pub const fn queue_wait(&self) -> Duration {
+        self.queue_wait
     }
 
     /// The per-call spend cap, if any.

@@ -57,6 +57,18 @@ pub enum Rejected {
         /// Time until the breaker admits a probe; zero while half-open probes decide.
         retry_in: Duration,
     },
+    /// `fallback = queue`: the breaker's line was full.
+    QueueFull {
+        /// The breaker whose line it is.
+        breaker: &'static str,
+    },
+    /// `fallback = queue`: the call waited its `queue_wait` and was not released.
+    QueueTimeout {
+        /// The breaker whose line it is.
+        breaker: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// A spend limit (a pool's window, or a workflow's cap) has no room for this call.
     BudgetExhausted {
         /// Which limit.
@@ -88,6 +100,13 @@ impl fmt::Display for Rejected {
                 spent,
                 limit,
             } => write!(f, "{scope} exhausted: {spent} of {limit} committed"),
+            Rejected::QueueFull { breaker } => {
+                write!(f, "the queue of breaker `{breaker}` is full")
+            }
+            Rejected::QueueTimeout { breaker, waited } => write!(
+                f,
+                "waited {waited:?} in the queue of breaker `{breaker}` without being released"
+            ),
         }
     }
 }

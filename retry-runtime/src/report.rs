@@ -7,6 +7,8 @@
 //! | `retrying` | INFO | `function`, `attempt` (the one that failed, from 1), `class`, `status`, `delay_ms`, `retry_after_ms` |
 //! | `call finished` | DEBUG on success, WARN otherwise | `function`, `attempts`, `stop`, `class`, `status`, `elapsed_ms` |
 //! | `breaker transition` | WARN when opening, INFO otherwise | `function`, `breaker`, `from`, `to` |
+//! | `degraded answer served by a fallback` | WARN | `function`, `fallback` (`cached`, `function`, `queue`), `fallback_fn`, `age_ms`, `waited_ms`, `because` |
+//! | `spend pool exhausted` | WARN, once per window | `pool`, `limit`, `committed` |
 
 use std::cell::RefCell;
 use std::fmt;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use crate::breaker::{BreakerState, Transition};
 use crate::budget::{Budget, BudgetScope};
 use crate::classify::ErrorClass;
+use crate::fallback::{FallbackKind, FallbackReport};
 use crate::spend::Spend;
 
 /// Why a call ended. Every way out of the executor has its own reason.
@@ -50,6 +53,13 @@ pub enum StopReason {
     BreakerOpened,
     /// The breaker's retry budget had no room for another retry (a fleet-wide storm guard).
     RetryBudgetExhausted,
+    /// `fallback = queue`: the breaker's line was full.
+    QueueFull,
+    /// `fallback = queue`: the call waited `queue_wait` without being released.
+    QueueTimeout {
+        /// How long it waited.
+        waited: Duration,
+    },
     /// A spend limit had no room: the per-call `budget` for a retry, or a pool or workflow
     /// (refusing the first attempt, or stopping a retry).
     BudgetExhausted {
@@ -77,12 +87,30 @@ impl StopReason {
             StopReason::BreakerOpened => "breaker_opened",
             StopReason::RetryBudgetExhausted => "retry_budget_exhausted",
             StopReason::BudgetExhausted { .. } => "budget_exhausted",
+            StopReason::QueueFull => "queue_full",
+            StopReason::QueueTimeout { .. } => "queue_timeout",
         }
     }
 
     /// Whether the call ended in success.
     pub fn is_success(&self) -> bool {
         matches!(self, StopReason::Success)
+    }
+
+    /// Whether this ending is an outage (the provider could not serve us) rather than a
+    /// verdict on the request: only these run a fallback. Retries exhausted, breaker open,
+    /// retry budget spent, deadline, a `Retry-After` too long. Never a caller fault or a
+    /// `Permanent` error, never a spend limit.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            StopReason::AttemptsExhausted
+                | StopReason::CircuitOpen { .. }
+                | StopReason::BreakerOpened
+                | StopReason::RetryBudgetExhausted
+                | StopReason::DeadlineExceeded
+                | StopReason::RetryAfterTooLong { .. }
+        )
     }
 }
 
@@ -164,6 +192,7 @@ pub struct CallReport {
     pub(crate) breaker: Option<&'static str>,
     pub(crate) transitions: Vec<Transition>,
     pub(crate) spent: Spend,
+    pub(crate) fallback: Option<FallbackReport>,
 }
 
 impl CallReport {
@@ -195,6 +224,12 @@ impl CallReport {
     /// Breaker state changes this call caused, in order.
     pub fn transitions(&self) -> &[Transition] {
         &self.transitions
+    }
+
+    /// The fallback that served the answer, if the call degraded: its kind, and for a cached
+    /// answer its age. `stop()` still says why the call fell back.
+    pub fn fallback(&self) -> Option<&FallbackReport> {
+        self.fallback.as_ref()
     }
 
     /// What all attempts together cost.
@@ -256,6 +291,16 @@ impl fmt::Display for CallReport {
         }
         for t in &self.transitions {
             writeln!(f, "  breaker `{}`: {} -> {}", t.breaker, t.from, t.to)?;
+        }
+        if let Some(fb) = &self.fallback {
+            write!(f, "  served by fallback: {}", fb.kind)?;
+            if let Some(age) = fb.age {
+                write!(f, ", {age:?} old")?;
+            }
+            if let Some(waited) = fb.waited {
+                write!(f, ", after {waited:?} in the queue")?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
@@ -339,11 +384,31 @@ pub(crate) fn retrying(
 
 /// Emitted on each breaker state change.
 pub(crate) fn transition(function: &'static str, t: Transition) {
+    metered::transition(t.breaker, t.to.as_str());
     if t.to == BreakerState::Open {
         tracing::warn!(target: "retry_runtime", function, breaker = t.breaker, from = t.from.as_str(), to = t.to.as_str(), "breaker transition");
     } else {
         tracing::info!(target: "retry_runtime", function, breaker = t.breaker, from = t.from.as_str(), to = t.to.as_str(), "breaker transition");
     }
+}
+
+/// Emitted for every degraded answer: what served it, how old it is, and why.
+pub(crate) fn degraded(function: &'static str, fallback: &FallbackReport) {
+    metered::fallback(function, fallback.kind.as_str());
+    let path = match fallback.kind {
+        FallbackKind::Function(path) => Some(path),
+        _ => None,
+    };
+    tracing::warn!(
+        target: "retry_runtime",
+        function,
+        fallback = fallback.kind.as_str(),
+        fallback_fn = path,
+        age_ms = fallback.age.map(millis),
+        waited_ms = fallback.waited.map(millis),
+        because = fallback.because.as_str(),
+        "degraded answer served by a fallback"
+    );
 }
 
 /// Emitted once when a call ends, however it ends.
@@ -375,4 +440,156 @@ pub(crate) fn finished(
             "call finished"
         );
     }
+}
+
+/// Counters through the `metrics` facade (feature `metrics`, on by default). With no recorder
+/// installed each costs an atomic load; the per-call-site ones use keys built at compile time,
+/// so a successful call allocates nothing for them.
+///
+/// | metric | labels | counts |
+/// |---|---|---|
+/// | `retry_runtime_attempts_total` | `function` | attempts made (first attempts and retries) |
+/// | `retry_runtime_retries_total` | `function` | retries started |
+/// | `retry_runtime_calls_total` | `function`, `stop` | calls ended, by `StopReason::as_str` |
+/// | `retry_runtime_rejections_total` | `function`, `reason` | calls or retries refused by the runtime (`circuit_open`, `breaker_opened`, `retry_budget_exhausted`, `budget_exhausted`, `queue_full`, `queue_timeout`) |
+/// | `retry_runtime_fallbacks_total` | `function`, `kind` | degraded answers, by `cached`, `function`, `queue` |
+/// | `retry_runtime_spend_micros_total` | `function` | micro-dollars spent (successes and billed failures) |
+/// | `retry_runtime_spend_tokens_total` | `function` | tokens spent |
+/// | `retry_runtime_breaker_transitions_total` | `breaker`, `to` | breaker state changes |
+pub mod metric_names {
+    /// Attempts made.
+    pub const ATTEMPTS: &str = "retry_runtime_attempts_total";
+    /// Retries started.
+    pub const RETRIES: &str = "retry_runtime_retries_total";
+    /// Calls ended, by stop reason.
+    pub const CALLS: &str = "retry_runtime_calls_total";
+    /// Refusals, by reason.
+    pub const REJECTIONS: &str = "retry_runtime_rejections_total";
+    /// Degraded answers, by fallback kind.
+    pub const FALLBACKS: &str = "retry_runtime_fallbacks_total";
+    /// Micro-dollars spent.
+    pub const SPEND_MICROS: &str = "retry_runtime_spend_micros_total";
+    /// Tokens spent.
+    pub const SPEND_TOKENS: &str = "retry_runtime_spend_tokens_total";
+    /// Breaker state changes.
+    pub const BREAKER_TRANSITIONS: &str = "retry_runtime_breaker_transitions_total";
+}
+
+#[cfg(feature = "metrics")]
+pub(crate) mod metered {
+    use super::metric_names as names;
+    use metrics::{Key, Label, Level, Metadata};
+
+    static METADATA: Metadata<'static> =
+        Metadata::new("retry_runtime", Level::INFO, Some("retry_runtime"));
+
+    /// A call site's labels, built at compile time.
+    #[derive(Debug)]
+    pub struct SiteLabels {
+        function: [Label; 1],
+        success: [Label; 2],
+    }
+
+    impl SiteLabels {
+        pub const fn new(function: &'static str) -> Self {
+            Self {
+                function: [Label::from_static_parts("function", function)],
+                success: [
+                    Label::from_static_parts("function", function),
+                    Label::from_static_parts("stop", "success"),
+                ],
+            }
+        }
+    }
+
+    fn add(key: &Key, n: u64) {
+        if n > 0 {
+            metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(n));
+        }
+    }
+
+    fn site_key(name: &'static str, labels: &'static [Label]) -> Key {
+        Key::from_static_parts(name, labels)
+    }
+
+    /// Counters at the end of a call. `labels` is the call site's static label set (the
+    /// macro's call sites); without it (a hand-built, non-static call site) keys are built
+    /// at run time.
+    pub fn call_ended(
+        labels: Option<&'static SiteLabels>,
+        function: &'static str,
+        stop: &'static str,
+        attempts: u64,
+        micros: u64,
+        tokens: u64,
+    ) {
+        let Some(labels) = labels else {
+            let counter = |name: &'static str, n: u64| {
+                if n > 0 {
+                    metrics::counter!(name, "function" => function).increment(n);
+                }
+            };
+            counter(names::ATTEMPTS, attempts);
+            counter(names::SPEND_MICROS, micros);
+            counter(names::SPEND_TOKENS, tokens);
+            metrics::counter!(names::CALLS, "function" => function, "stop" => stop).increment(1);
+            return;
+        };
+        add(&site_key(names::ATTEMPTS, &labels.function), attempts);
+        add(&site_key(names::SPEND_MICROS, &labels.function), micros);
+        add(&site_key(names::SPEND_TOKENS, &labels.function), tokens);
+        if stop == "success" {
+            add(&site_key(names::CALLS, &labels.success), 1);
+        } else {
+            metrics::counter!(names::CALLS, "function" => function, "stop" => stop).increment(1);
+        }
+    }
+
+    pub fn retry(labels: Option<&'static SiteLabels>, function: &'static str) {
+        match labels {
+            Some(labels) => add(&site_key(names::RETRIES, &labels.function), 1),
+            None => metrics::counter!(names::RETRIES, "function" => function).increment(1),
+        }
+    }
+
+    pub fn rejection(function: &'static str, reason: &'static str) {
+        metrics::counter!(names::REJECTIONS, "function" => function, "reason" => reason)
+            .increment(1);
+    }
+
+    pub fn fallback(function: &'static str, kind: &'static str) {
+        metrics::counter!(names::FALLBACKS, "function" => function, "kind" => kind).increment(1);
+    }
+
+    pub fn transition(breaker: &'static str, to: &'static str) {
+        metrics::counter!(names::BREAKER_TRANSITIONS, "breaker" => breaker, "to" => to)
+            .increment(1);
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) mod metered {
+    //! Without the `metrics` feature every counter is a no-op.
+    #[derive(Debug)]
+    pub struct SiteLabels;
+
+    impl SiteLabels {
+        pub const fn new(_function: &'static str) -> Self {
+            Self
+        }
+    }
+
+    pub fn call_ended(
+        _: Option<&'static SiteLabels>,
+        _: &'static str,
+        _: &'static str,
+        _: u64,
+        _: u64,
+        _: u64,
+    ) {
+    }
+    pub fn retry(_: Option<&'static SiteLabels>, _: &'static str) {}
+    pub fn rejection(_: &'static str, _: &'static str) {}
+    pub fn fallback(_: &'static str, _: &'static str) {}
+    pub fn transition(_: &'static str, _: &'static str) {}
 }
