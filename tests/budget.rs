@@ -174,36 +174,35 @@ async fn hourly(cost: Spend) -> Result<Reply, Billed> {
 #[tokio::test(start_paused = true)]
 async fn a_pool_refuses_when_spent_warns_once_per_window_and_refills() {
     setup();
-    let log = EventLog::default();
-    let _guard = log.install();
+    let log = EventLog::global();
     let cost = Spend::from_micros(40_000);
 
-    let window = |expect_ok: usize| {
-        let log = log.clone();
-        async move {
-            let mut ok = 0;
-            for _ in 0..6 {
-                match hourly(cost).await {
-                    Ok(_) => ok += 1,
-                    Err(Billed::Runtime(Rejected::BudgetExhausted {
-                        scope: BudgetScope::Pool("hourly"),
-                        limit,
-                        spent,
-                    })) => {
-                        eprintln!("refused: {spent}");
-                        assert_eq!(limit, Budget::usd(0.10))
-                    }
-                    Err(other) => panic!("unexpected {other:?}"),
+    let window = |expect_ok: usize| async move {
+        let mut ok = 0;
+        for _ in 0..6 {
+            match hourly(cost).await {
+                Ok(_) => ok += 1,
+                Err(Billed::Runtime(Rejected::BudgetExhausted {
+                    scope: BudgetScope::Pool("hourly"),
+                    limit,
+                    spent,
+                })) => {
+                    eprintln!("refused: {spent}");
+                    assert_eq!(limit, Budget::usd(0.10))
                 }
+                Err(other) => panic!("unexpected {other:?}"),
             }
-            assert_eq!(
-                ok,
-                expect_ok,
-                "calls that fit in this window ({:?})",
-                tokio::time::Instant::now()
-            );
-            log.with_message("spend pool exhausted").len()
         }
+        assert_eq!(
+            ok,
+            expect_ok,
+            "calls that fit in this window ({:?})",
+            tokio::time::Instant::now()
+        );
+        log.with_message("spend pool exhausted")
+            .iter()
+            .filter(|e| e.field("pool") == Some("hourly"))
+            .count()
     };
     // $0.04 per call, $0.10 per hour: two calls fit, the third is refused, and so on.
     assert_eq!(window(2).await, 1, "one WARN in the first window, not four");

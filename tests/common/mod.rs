@@ -153,6 +153,23 @@ impl Event {
 }
 
 impl EventLog {
+    /// The process-wide log, installed as the global subscriber on first use. Prefer it to
+    /// `install`: with a global subscriber every callsite is always enabled, whereas scoped
+    /// subscribers race with callsites registered concurrently on other test threads. Filter
+    /// its events by a field that belongs to your test (`function`, `pool`, …).
+    pub fn global() -> &'static EventLog {
+        static LOG: std::sync::OnceLock<EventLog> = std::sync::OnceLock::new();
+        LOG.get_or_init(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            let log = EventLog::default();
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(log.clone()),
+            )
+            .expect("no other global subscriber in this test binary");
+            log
+        })
+    }
+
     /// Install as this thread's default subscriber until the guard drops (current-thread
     /// runtimes run every task on this thread).
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
