@@ -140,6 +140,8 @@ pub struct Policy {
     pub queue_wait: Option<Dur>,
     /// `key = <expr>`.
     pub key: Option<Expr>,
+    /// Whether `fallback = …` was written at all (even if it could not be read).
+    pub fallback_written: bool,
     /// Where `timeout`/`deadline`/`breaker` were written: the executor's `From<Rejected>`
     /// requirement is reported there.
     pub reject_span: Option<Span>,
@@ -196,6 +198,7 @@ impl Policy {
             stale_for: None,
             queue_wait: None,
             key: None,
+            fallback_written: false,
             reject_span: None,
         };
         let mut seen: Vec<String> = Vec::new();
@@ -256,7 +259,10 @@ impl Policy {
                         }
                     }
                 }
-                "fallback" => policy.fallback = fallback_chain(&pair.value, errors),
+                "fallback" => {
+                    policy.fallback_written = true;
+                    policy.fallback = fallback_chain(&pair.value, errors);
+                }
                 "key" => policy.key = Some(pair.value.clone()),
                 "stale_for" | "queue_wait" => {
                     if let Some(d) = duration(&pair.value, &key, errors) {
@@ -397,7 +403,11 @@ impl Fallback {
         match (self, other) {
             (Fallback::Cached(_), Fallback::Cached(_))
             | (Fallback::Queue(_), Fallback::Queue(_)) => true,
-            (Fallback::Function(a), Fallback::Function(b)) => a == b,
+            (Fallback::Function(a), Fallback::Function(b)) => {
+                // Compared as written (syn's `PartialEq` needs its `extra-traits` feature).
+                quote::ToTokens::to_token_stream(a).to_string()
+                    == quote::ToTokens::to_token_stream(b).to_string()
+            }
             _ => false,
         }
     }

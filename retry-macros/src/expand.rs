@@ -27,25 +27,25 @@ pub fn is_named(path: &syn::Path, name: &str) -> bool {
     path.segments.last().is_some_and(|s| s.ident == name)
 }
 
-/// Remove `#[key]` from the parameters, returning the marked names and the attributes' spans.
-pub fn take_keys(item: &mut ItemFn, errors: &mut Errors) -> Vec<(syn::Ident, Span)> {
+/// Remove `#[key]` from the parameters, returning the marked names and the attributes.
+pub fn take_keys(item: &mut ItemFn, errors: &mut Errors) -> Vec<(syn::Ident, TokenStream)> {
     let mut keys = Vec::new();
     for arg in item.sig.inputs.iter_mut() {
         let FnArg::Typed(t) = arg else { continue };
         let before = t.attrs.len();
-        let mut span = None;
+        let mut marker = None;
         t.attrs.retain(|a| {
             let ours = a.path().is_ident("key");
             if ours {
-                span = Some(a.span());
+                marker = Some(a.to_token_stream());
             }
             !ours
         });
         if t.attrs.len() == before {
             continue;
         }
-        match (&*t.pat, span) {
-            (Pat::Ident(p), Some(span)) => keys.push((p.ident.clone(), span)),
+        match (&*t.pat, marker) {
+            (Pat::Ident(p), Some(marker)) => keys.push((p.ident.clone(), marker)),
             (other, _) => errors.at(other, "#[key] needs a named parameter"),
         }
     }
@@ -56,15 +56,19 @@ pub fn take_keys(item: &mut ItemFn, errors: &mut Errors) -> Vec<(syn::Ident, Spa
 /// to form it.
 pub fn cache_key(
     policy: &Policy,
-    keys: &[(syn::Ident, Span)],
+    keys: &[(syn::Ident, TokenStream)],
     errors: &mut Errors,
 ) -> Option<TokenStream> {
     let Some(cached) = policy.cached_span() else {
-        for (_, span) in keys {
-            errors.push(syn::Error::new(
-                *span,
+        // An unreadable `fallback = …` has its own error; do not add one per #[key].
+        if policy.fallback_written {
+            return None;
+        }
+        for (_, marker) in keys {
+            errors.at(
+                marker,
                 "#[key] only matters with `fallback = cached`: remove it, or add the fallback",
-            ));
+            );
         }
         return None;
     };
@@ -327,12 +331,15 @@ pub fn expand(
         });
         let args = fallback_args(&item.sig, &rt);
         let steps = policy.fallback.iter().map(|step| match step {
-            Fallback::Cached(_) => quote! {
-                if let #rt::Some(#outcome) = #call.serve_cached(#key) {
+            Fallback::Cached(_) => {
+                let serve = respan(quote!(#call.serve_cached(#key)), ret_span);
+                quote! {
+                if let #rt::Some(#outcome) = #serve {
                     #result = #outcome;
                     break #chain_label;
                 }
-            },
+                }
+            }
             Fallback::Function(path) => {
                 let name = path.to_token_stream().to_string().replace(' ', "");
                 // Spanned at the path: a signature mismatch is reported there.
