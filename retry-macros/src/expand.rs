@@ -95,6 +95,24 @@ pub fn cache_key(
     }
 }
 
+/// A fallback function is called with the same arguments, so each needs a name.
+pub fn check_fallback_args(item: &ItemFn, policy: &Policy, errors: &mut Errors) {
+    if !policy
+        .fallback
+        .iter()
+        .any(|f| matches!(f, Fallback::Function(_)))
+    {
+        return;
+    }
+    for arg in &item.sig.inputs {
+        if let FnArg::Typed(t) = arg {
+            if let Pat::Wild(w) = &*t.pat {
+                errors.at(w, "a fallback function is called with the same arguments, so this one needs a name");
+            }
+        }
+    }
+}
+
 /// Checks on the function itself (not the attribute): async, not const, a return type,
 /// arguments we can re-run the body with.
 pub fn check_fn(item: &ItemFn, errors: &mut Errors) {

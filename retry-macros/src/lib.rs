@@ -59,6 +59,9 @@ pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
         .as_ref()
         .and_then(|policy| expand::cache_key(policy, &keys, &mut errors));
     expand::check_fn(&item, &mut errors);
+    if let Some(policy) = &policy {
+        expand::check_fallback_args(&item, policy, &mut errors);
+    }
 
     let used = expand::use_retry_on(retry_on_path.as_ref());
     match (errors.finish(), policy) {

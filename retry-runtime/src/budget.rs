@@ -178,6 +178,12 @@ fn unpack(bits: u64) -> (u64, u64) {
     (bits >> COMMITTED_BITS, bits & COMMITTED_MASK)
 }
 
+/// The ledger rule: `expected` more fits under `limit` with `committed` already taken. A
+/// reached limit refuses even a zero estimate.
+fn fits(committed: u64, expected: u64, limit: u64) -> bool {
+    committed < limit && committed.saturating_add(expected) <= limit
+}
+
 /// A reservation held by an attempt in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
@@ -230,7 +236,7 @@ impl Ledger {
         loop {
             let (at, committed) = unpack(bits);
             let committed = if at == window { committed } else { 0 }; // a new window starts empty
-            if committed >= limit.amount || committed.saturating_add(expected) > limit.amount {
+            if !fits(committed, expected, limit.amount) {
                 return Err(committed);
             }
             let next = pack(window, committed + expected);
@@ -285,6 +291,20 @@ impl Ledger {
                 (at == reservation.window)
                     .then(|| pack(at, committed.saturating_sub(reservation.amount)))
             });
+    }
+
+    /// Would an attempt expected to cost `expected` fit now? If not: what is committed, and
+    /// the limit (a ledger without a limit always has room).
+    pub fn room_for(&self, expected: Spend, now_ms: u64) -> Result<(), (Spend, Budget)> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let committed = self.committed(now_ms);
+        if fits(committed, expected.amount(limit.unit), limit.amount) {
+            Ok(())
+        } else {
+            Err((amount(limit.unit, committed), limit))
+        }
     }
 
     /// Committed (settled plus reserved) in the current window, in the limit's unit.
@@ -632,29 +652,15 @@ impl Ledgers {
         now_ms: u64,
     ) -> Result<(), (BudgetScope, Spend, Budget)> {
         if let Some(pool) = self.pool {
-            if let Some(limit) = pool.ledger.limit {
-                let committed = pool.ledger.committed(now_ms);
-                if committed >= limit.amount
-                    || committed.saturating_add(expected.amount(limit.unit)) > limit.amount
-                {
-                    return Err((
-                        BudgetScope::Pool(pool.name),
-                        amount(limit.unit, committed),
-                        limit,
-                    ));
-                }
-            }
+            pool.ledger
+                .room_for(expected, now_ms)
+                .map_err(|(spent, limit)| (BudgetScope::Pool(pool.name), spent, limit))?;
         }
         if let Some(scope) = &self.workflow {
             for s in scope.chain() {
-                if let Some(limit) = s.ledger.limit {
-                    let committed = s.ledger.committed(now_ms);
-                    if committed >= limit.amount
-                        || committed.saturating_add(expected.amount(limit.unit)) > limit.amount
-                    {
-                        return Err((BudgetScope::Workflow, amount(limit.unit, committed), limit));
-                    }
-                }
+                s.ledger
+                    .room_for(expected, now_ms)
+                    .map_err(|(spent, limit)| (BudgetScope::Workflow, spent, limit))?;
             }
         }
         Ok(())
