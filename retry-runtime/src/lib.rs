@@ -54,6 +54,7 @@ pub mod classify;
 pub mod config;
 pub mod executor;
 pub mod fallback;
+pub mod integrations;
 pub mod policy;
 pub mod rejected;
 pub mod report;

@@ -1,0 +1,28 @@
+//! Speaking the providers' language: their headers, their error shapes, their clients.
+//!
+//! Each integration is behind its own feature, none of them default, so the core stays light:
+//!
+//! | feature | module | what it gives | pulls in |
+//! |---|---|---|---|
+//! | `http` | `http` | `RateLimitHint` from `Retry-After`, `retry-after-ms`, `x-should-retry`, OpenAI's `x-ratelimit-*` and Anthropic's `anthropic-ratelimit-*` headers; `HttpError` with the providers' rules | `http`, `httpdate` |
+//! | `reqwest` | `reqwest` | `Classify` for `reqwest::Error`; `HttpError` from a failed `reqwest::Response`; a ready-made `CallError` | `reqwest` (no TLS backend of its own choosing), and `http` |
+//! | `async-openai` | `openai` | `Classify` for `OpenAIError`; `From<Rejected>` for it; a client that makes one HTTP request per call | `async-openai` (feature `middleware`), `tower-service`, `serde_json`, and `reqwest` |
+//!
+//! The providers' rules live in one place (`http::provider_class`): a 429 whose body says `insufficient_quota` is
+//! [`Permanent`](crate::ErrorClass::Permanent) (the quota will not come back in seconds); a 4xx
+//! about the context length or a content policy is `Permanent`; 529 "overloaded" stays a
+//! retryable 5xx. Garbage in a header is ignored with a DEBUG event (target `retry_runtime`),
+//! never a panic, and absurd waits are capped at a day (`http::MAX_HINTED_WAIT`) before the policy's own `max_retry_after` bound applies.
+//!
+//! async-openai retries 429s and 5xx by itself (three times, by default). Retrying at two
+//! layers multiplies attempts, so the `openai` module documents how to turn that off and offers
+//! a client that has it off.
+
+#[cfg(feature = "http")]
+pub mod http;
+
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
+
+#[cfg(feature = "async-openai")]
+pub mod openai;
