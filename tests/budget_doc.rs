@@ -173,7 +173,7 @@ fn usd(micros: u64) -> String {
 
 fn row(name: &str, f: &Figures) -> String {
     format!(
-        "| {name} | {} | {} | {} | {} | {} | {} |",
+        "| {name} | {} | {} | {} | {} | {} | {:.2} |",
         f.attempts,
         f.answered,
         usd(f.billed),
@@ -183,7 +183,7 @@ fn row(name: &str, f: &Figures) -> String {
         } else {
             format!("${:.4}", f.billed as f64 / 1e6 / f.answered as f64)
         },
-        format!("{:.2}", f.attempts as f64 / f.calls as f64),
+        f.attempts as f64 / f.calls as f64,
     )
 }
 

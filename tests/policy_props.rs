@@ -98,8 +98,10 @@ fn run(policy: &Policy, script: &[Scripted]) -> (Result<(), ApiError>, CallRepor
         .build()
         .unwrap();
     let calls = AtomicUsize::new(0);
-    let site = CallSite::new(policy);
-    let (out, report) = rt.block_on(observe(retry(&site, || {
+    // `retry` takes a `static` call site (as the macro's are); leak one per case.
+    let policy: &'static Policy = Box::leak(Box::new(*policy));
+    let site: &'static CallSite<'static> = Box::leak(Box::new(CallSite::new(policy)));
+    let (out, report) = rt.block_on(observe(retry(site, || {
         let n = calls.fetch_add(1, Ordering::SeqCst);
         let step = script.get(n).cloned().unwrap_or(Scripted {
             outcome: Ok(()),

@@ -868,13 +868,13 @@ fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
 /// assert_eq!(calls, 2);
 /// # }
 /// ```
-pub async fn retry<T, E, F, Fut>(site: &CallSite<'_>, mut op: F) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(site: &'static CallSite<'static>, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: Classify + CanReject,
 {
-    let mut call = Call::start(site);
+    let mut call = Call::start_static(site);
     loop {
         let outcome = call.attempt_guarded(op()).await;
         match call.settle(outcome, |_| Spend::ZERO) {

@@ -524,15 +524,12 @@ pub(crate) mod metered {
         tokens: u64,
     ) {
         let Some(labels) = labels else {
-            let counter = |name: &'static str, n: u64| {
-                if n > 0 {
-                    metrics::counter!(name, "function" => function).increment(n);
-                }
-            };
-            counter(names::ATTEMPTS, attempts);
-            counter(names::SPEND_MICROS, micros);
-            counter(names::SPEND_TOKENS, tokens);
-            metrics::counter!(names::CALLS, "function" => function, "stop" => stop).increment(1);
+            // A call site that is not a `static`: no compile-time labels, so count without the
+            // `function` label rather than allocate a label set on every call.
+            add(&Key::from_static_name(names::ATTEMPTS), attempts);
+            add(&Key::from_static_name(names::SPEND_MICROS), micros);
+            add(&Key::from_static_name(names::SPEND_TOKENS), tokens);
+            add(&Key::from_static_name(names::CALLS), 1);
             return;
         };
         add(&site_key(names::ATTEMPTS, &labels.function), attempts);
@@ -546,9 +543,10 @@ pub(crate) mod metered {
     }
 
     pub fn retry(labels: Option<&'static SiteLabels>, function: &'static str) {
+        let _ = function;
         match labels {
             Some(labels) => add(&site_key(names::RETRIES, &labels.function), 1),
-            None => metrics::counter!(names::RETRIES, "function" => function).increment(1),
+            None => add(&Key::from_static_name(names::RETRIES), 1),
         }
     }
 
