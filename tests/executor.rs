@@ -209,3 +209,36 @@ async fn unobserved_calls_still_work_and_observe_without_a_call_is_empty() {
     assert_eq!(report.stop(), None);
     assert!(report.attempts().is_empty());
 }
+
+#[resilient(max = 2, base = "250ms", backoff = "constant")]
+async fn logged(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_and_each_stop_is_an_event_a_log_search_can_filter_on() {
+    let log = common::EventLog::global();
+    let provider =
+        ScriptedProvider::new([fail(ApiError::status(503)), fail(ApiError::status(503))]);
+    assert!(logged(&provider).await.is_err());
+    let mine = |message: &str| -> Vec<common::Event> {
+        log.with_message(message)
+            .into_iter()
+            .filter(|e| e.field("function") == Some("executor::logged"))
+            .collect()
+    };
+    let retries = mine("retrying");
+    assert_eq!(retries.len(), 1);
+    let r = &retries[0];
+    assert_eq!(r.level, tracing::Level::INFO);
+    assert_eq!(r.field("attempt"), Some("1"));
+    assert_eq!(r.field("class"), Some("status_503"));
+    assert_eq!(r.field("status"), Some("503"));
+    assert_eq!(r.field("delay_ms"), Some("250"));
+    let stops = mine("call finished");
+    assert_eq!(stops.len(), 1);
+    let s = &stops[0];
+    assert_eq!(s.level, tracing::Level::WARN);
+    assert_eq!(s.field("stop"), Some("attempts_exhausted"));
+    assert_eq!(s.field("attempts"), Some("2"));
+}
