@@ -418,6 +418,9 @@ impl<'p> Call<'p> {
     /// Ask the shared state for the next attempt: reserve its expected cost in the pool and
     /// workflow ledgers, then pass the breaker. All or nothing.
     fn admit(&mut self) -> Result<(), Refusal> {
+        if self.ledgers.is_empty() && self.breaker.is_none() {
+            return Ok(()); // nothing shared to ask: no clock read
+        }
         let now = now_ms();
         if !self.ledgers.is_empty() {
             match self.ledgers.reserve(self.site.estimate.expected(), now) {
@@ -452,9 +455,12 @@ impl<'p> Call<'p> {
     }
 
     fn begin_attempt(&mut self) {
+        // The first attempt starts when the call did (`start` just read the clock).
+        if self.attempts > 0 {
+            self.attempt_started = Instant::now();
+        }
         self.attempts += 1;
         self.cut = None;
-        self.attempt_started = Instant::now();
     }
 
     /// Classify the attempt's outcome and decide: return it, or retry after a wait.
@@ -634,8 +640,7 @@ impl<'p> Call<'p> {
     /// fallback), or when the call is dropped.
     fn finish(&mut self, stop: StopReason, class: Option<ErrorClass>) {
         self.finished = true;
-        let elapsed = self.started.elapsed();
-        report::finished(self.policy.name(), self.attempts, &stop, class, elapsed);
+        report::finished(self.policy.name(), self.attempts, &stop, class, self.started);
         report::metered::call_ended(
             self.labels,
             self.policy.name(),
@@ -802,6 +807,7 @@ impl<'p> Call<'p> {
         self.finished = false;
         self.delay_before = waited;
         self.prev_backoff = self.policy.base();
+        self.attempt_started = Instant::now();
     }
 }
 

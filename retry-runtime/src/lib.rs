@@ -56,6 +56,7 @@ pub mod executor;
 pub mod fallback;
 pub mod integrations;
 pub mod policy;
+pub mod pace;
 pub mod rejected;
 pub mod report;
 pub mod retry_budget;

@@ -411,13 +411,14 @@ pub(crate) fn degraded(function: &'static str, fallback: &FallbackReport) {
     );
 }
 
-/// Emitted once when a call ends, however it ends.
+/// Emitted once when a call ends, however it ends. Takes the start instant, not the elapsed
+/// time: reading the clock is left to the event, which skips it when it is filtered out.
 pub(crate) fn finished(
     function: &'static str,
     attempts: u32,
     stop: &StopReason,
     class: Option<ErrorClass>,
-    elapsed: Duration,
+    started: tokio::time::Instant,
 ) {
     if stop.is_success() {
         tracing::debug!(
@@ -425,7 +426,7 @@ pub(crate) fn finished(
             function,
             attempts,
             stop = stop.as_str(),
-            elapsed_ms = millis(elapsed),
+            elapsed_ms = millis(started.elapsed()),
             "call finished"
         );
     } else {
@@ -436,7 +437,7 @@ pub(crate) fn finished(
             stop = stop.as_str(),
             class = class.map(|c| c.as_str()),
             status = class.and_then(|c| c.status()),
-            elapsed_ms = millis(elapsed),
+            elapsed_ms = millis(started.elapsed()),
             "call finished"
         );
     }
@@ -478,16 +479,29 @@ pub mod metric_names {
 #[cfg(feature = "metrics")]
 pub(crate) mod metered {
     use super::metric_names as names;
-    use metrics::{Key, Label, Level, Metadata};
+    use metrics::{Counter, Key, Label, Level, Metadata};
 
     static METADATA: Metadata<'static> =
         Metadata::new("retry_runtime", Level::INFO, Some("retry_runtime"));
 
-    /// A call site's labels, built at compile time.
+    /// A call site's labels, built at compile time, and its counter handles, registered with
+    /// the recorder on the site's first call. Afterwards a counter is one `OnceLock` load and
+    /// the recorder's own increment: no key hashing, no registry lookup, no lock. Install
+    /// the recorder before the first call (as the `metrics` crate recommends).
     #[derive(Debug)]
     pub struct SiteLabels {
         function: [Label; 1],
         success: [Label; 2],
+        counters: std::sync::OnceLock<SiteCounters>,
+    }
+
+    #[derive(Debug)]
+    struct SiteCounters {
+        attempts: Counter,
+        retries: Counter,
+        successes: Counter,
+        spend_micros: Counter,
+        spend_tokens: Counter,
     }
 
     impl SiteLabels {
@@ -498,7 +512,24 @@ pub(crate) mod metered {
                     Label::from_static_parts("function", function),
                     Label::from_static_parts("stop", "success"),
                 ],
+                counters: std::sync::OnceLock::new(),
             }
+        }
+
+        fn counters(&'static self) -> &'static SiteCounters {
+            self.counters.get_or_init(|| {
+                let counter = |name: &'static str, labels: &'static [Label]| {
+                    let key = Key::from_static_parts(name, labels);
+                    metrics::with_recorder(|r| r.register_counter(&key, &METADATA))
+                };
+                SiteCounters {
+                    attempts: counter(names::ATTEMPTS, &self.function),
+                    retries: counter(names::RETRIES, &self.function),
+                    successes: counter(names::CALLS, &self.success),
+                    spend_micros: counter(names::SPEND_MICROS, &self.function),
+                    spend_tokens: counter(names::SPEND_TOKENS, &self.function),
+                }
+            })
         }
     }
 
@@ -508,8 +539,10 @@ pub(crate) mod metered {
         }
     }
 
-    fn site_key(name: &'static str, labels: &'static [Label]) -> Key {
-        Key::from_static_parts(name, labels)
+    fn bump(counter: &Counter, n: u64) {
+        if n > 0 {
+            counter.increment(n);
+        }
     }
 
     /// Counters at the end of a call. `labels` is the call site's static label set (the
@@ -532,11 +565,12 @@ pub(crate) mod metered {
             add(&Key::from_static_name(names::CALLS), 1);
             return;
         };
-        add(&site_key(names::ATTEMPTS, &labels.function), attempts);
-        add(&site_key(names::SPEND_MICROS, &labels.function), micros);
-        add(&site_key(names::SPEND_TOKENS, &labels.function), tokens);
+        let counters = labels.counters();
+        bump(&counters.attempts, attempts);
+        bump(&counters.spend_micros, micros);
+        bump(&counters.spend_tokens, tokens);
         if stop == "success" {
-            add(&site_key(names::CALLS, &labels.success), 1);
+            counters.successes.increment(1);
         } else {
             metrics::counter!(names::CALLS, "function" => function, "stop" => stop).increment(1);
         }
@@ -545,7 +579,7 @@ pub(crate) mod metered {
     pub fn retry(labels: Option<&'static SiteLabels>, function: &'static str) {
         let _ = function;
         match labels {
-            Some(labels) => add(&site_key(names::RETRIES, &labels.function), 1),
+            Some(labels) => labels.counters().retries.increment(1),
             None => add(&Key::from_static_name(names::RETRIES), 1),
         }
     }
