@@ -596,6 +596,9 @@ impl<'p> Call<'p> {
 
     fn record_breaker(&mut self, failure: Option<ErrorClass>) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            if admission == Admission::Normal && breaker.is_quiet(failure) {
+                return;
+            }
             let transition = breaker.record(admission, failure, now_ms());
             self.note(transition);
         }

@@ -553,18 +553,19 @@ impl Cubic {
                 break;
             }
             let level = self.step();
-            // Past the ceiling and held: the limit rose, forget it.
-            let ceiling = if level > self.ceiling {
-                f64::INFINITY
+            // Past the ceiling and held: the limit rose; forget it, and start the doubling
+            // over from a small step.
+            let (ceiling, steps) = if level > self.ceiling {
+                (f64::INFINITY, 0)
             } else {
-                self.ceiling
+                (self.ceiling, self.steps + 1)
             };
             self = Self {
                 w_max: level,
                 level,
                 plateau_from_ns: held - self.hold_ns,
                 hold_ns: self.hold_ns,
-                steps: self.steps + 1,
+                steps,
                 previous: self.level,
                 after_cut: false,
                 ceiling,
@@ -916,10 +917,11 @@ impl Core {
     /// A 429. `granted_ns`: when the request was granted, if known.
     fn on_rate_limited(&mut self, now_ns: u64, granted_ns: Option<u64>) -> Option<RateChange> {
         if let Some(last) = self.adaptive.last_cut_ns {
-            // The provider's window remembers the overshoot a while: one cut per gap, and
-            // none for requests granted before the last cut.
-            let echo = now_ns < last.saturating_add(clamp_u64(MIN_CUT_GAP.as_nanos()))
-                || granted_ns.is_some_and(|granted| granted < last);
+            // The provider's window remembers the overshoot a while: a request sent before
+            // the last cut, or within `MIN_CUT_GAP` after it, met that memory. Without the
+            // grant time, the answer's time stands in for it.
+            let sent = granted_ns.unwrap_or(now_ns);
+            let echo = sent < last.saturating_add(clamp_u64(MIN_CUT_GAP.as_nanos()));
             if echo {
                 return None;
             }
