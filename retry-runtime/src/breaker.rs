@@ -391,8 +391,7 @@ impl Breaker {
     /// Whether recording this result would change nothing: a success (or an uncounted
     /// failure) while closed. The executor checks it first, so the happy path reads no clock.
     pub fn is_quiet(&self, failure: Option<ErrorClass>) -> bool {
-        failure.is_none_or(|class| !self.counts(class))
-            && self.load().state == BreakerState::Closed
+        failure.is_none_or(|class| !self.counts(class)) && self.load().state == BreakerState::Closed
     }
 
     /// A probe's future was dropped: give its slot back.

@@ -643,7 +643,13 @@ impl<'p> Call<'p> {
     /// fallback), or when the call is dropped.
     fn finish(&mut self, stop: StopReason, class: Option<ErrorClass>) {
         self.finished = true;
-        report::finished(self.policy.name(), self.attempts, &stop, class, self.started);
+        report::finished(
+            self.policy.name(),
+            self.attempts,
+            &stop,
+            class,
+            self.started,
+        );
         report::metered::call_ended(
             self.labels,
             self.policy.name(),
