@@ -262,15 +262,18 @@ impl fmt::Display for CallReport {
             Some(stop) => stop.to_string(),
             None => return f.write_str("no #[resilient] call observed"),
         };
-        writeln!(
+        write!(
             f,
-            "{}: {} after {} attempt(s) in {:?}, spent {}",
+            "{}: {} after {} attempt(s) in {:?}",
             self.function,
             stop,
             self.attempts.len(),
             self.elapsed,
-            self.spent
         )?;
+        if !self.spent.is_zero() {
+            write!(f, ", spent {}", self.spent)?;
+        }
+        writeln!(f)?;
         for a in &self.attempts {
             let outcome = match a.class {
                 None => "ok".to_string(),
