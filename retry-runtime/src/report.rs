@@ -9,6 +9,7 @@
 //! | `breaker transition` | WARN when opening, INFO otherwise | `function`, `breaker`, `from`, `to` |
 //! | `degraded answer served by a fallback` | WARN | `function`, `fallback` (`cached`, `function`, `queue`), `fallback_fn`, `age_ms`, `waited_ms`, `because` |
 //! | `spend pool exhausted` | WARN, once per window | `pool`, `limit`, `committed` |
+//! | `pace rate cut` | INFO (DEBUG for header-driven drops under 5%) | `pacer`, `rate_before`, `rate_after`, `reason` |
 
 use std::cell::RefCell;
 use std::fmt;
