@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use common::EventLog;
 use retry_runtime::{
     configure, observe, pool, resilient, workflow, Budget, BudgetScope, Classify, Config,
     ErrorClass, Metered, PoolConfig, Rejected, Spend, StopReason, Workflow,
@@ -22,12 +21,8 @@ fn setup() {
             limit: Budget::usd(usd),
             window,
         };
-        configure(
-            Config::default()
-                .with_pool("concurrent", p(40.0, 3600 * S))
-                .with_pool("hourly", p(0.10, 3600 * S)),
-        )
-        .expect("configured once");
+        configure(Config::default().with_pool("concurrent", p(40.0, 3600 * S)))
+            .expect("configured once");
     });
 }
 
@@ -164,55 +159,6 @@ async fn nested_workflows_only_tighten_and_spawned_tasks_carry_the_scope() {
     assert!(spawned_ok);
     assert_eq!(inner_spent, cost);
     assert_eq!(outer_spent, Spend::from_micros(40_000));
-}
-
-#[resilient(max = 1, pool = "hourly")]
-async fn hourly(cost: Spend) -> Result<Reply, Billed> {
-    Ok(Reply(cost))
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_pool_refuses_when_spent_warns_once_per_window_and_refills() {
-    setup();
-    let log = EventLog::global();
-    let cost = Spend::from_micros(40_000);
-
-    let window = |expect_ok: usize| async move {
-        let mut ok = 0;
-        for _ in 0..6 {
-            match hourly(cost).await {
-                Ok(_) => ok += 1,
-                Err(Billed::Runtime(Rejected::BudgetExhausted {
-                    scope: BudgetScope::Pool("hourly"),
-                    limit,
-                    spent,
-                })) => {
-                    eprintln!("refused: {spent}");
-                    assert_eq!(limit, Budget::usd(0.10))
-                }
-                Err(other) => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(
-            ok,
-            expect_ok,
-            "calls that fit in this window ({:?})",
-            tokio::time::Instant::now()
-        );
-        log.with_message("spend pool exhausted")
-            .iter()
-            .filter(|e| e.field("pool") == Some("hourly"))
-            .count()
-    };
-    // $0.04 per call, $0.10 per hour: two calls fit, the third is refused, and so on.
-    assert_eq!(window(2).await, 1, "one WARN in the first window, not four");
-    tokio::time::advance(3600 * S).await;
-    assert_eq!(
-        window(2).await,
-        2,
-        "the pool refilled, and warned once more"
-    );
-    assert_eq!(pool("hourly").ledger().total(), Spend::from_micros(160_000));
 }
 
 #[resilient(max = 2, base = "10ms", pool = "concurrent", timeout = "10s")]

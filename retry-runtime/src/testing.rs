@@ -16,3 +16,9 @@
 pub fn seed_jitter(seed: u64) {
     crate::backoff::seed(seed);
 }
+
+/// The runtime clock in milliseconds, as breakers, retry budgets, pools and pacers see it
+/// (`tokio::time`, so paused time in tests). For diagnostics in tests of windowed limits.
+pub fn clock_ms() -> u64 {
+    crate::breaker::now_ms()
+}
