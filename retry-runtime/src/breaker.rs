@@ -12,12 +12,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::classify::ErrorClass;
 use crate::config::BreakerConfig;
 use crate::fallback::Queue;
+use crate::registry::{Named, Registry, Slot};
 use crate::retry_budget::RetryBudget;
 
 /// Milliseconds on the runtime's clock (`tokio::time`, so paused time in tests).
@@ -426,58 +427,37 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Every breaker created so far, by name. Entries live for the process: a program names a
-/// fixed set of breakers in its attributes, so this never grows past that set.
-fn registry() -> &'static Mutex<Vec<&'static Breaker>> {
-    static REGISTRY: OnceLock<Mutex<Vec<&'static Breaker>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+static BREAKERS: Registry<Breaker> = Registry::new();
+
+impl Named for Breaker {
+    fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 /// The process-wide breaker with this name, created on first use with its configured values
 /// (or the defaults). Cold path: call sites resolve it once and keep the reference.
 pub fn breaker(name: &str) -> &'static Breaker {
-    let mut all = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(b) = all.iter().find(|b| b.name == name) {
-        return b;
-    }
-    let config = crate::config::breaker_config(name);
-    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    let created: &'static Breaker = Box::leak(Box::new(Breaker::new(name, config)));
-    all.push(created);
-    created
+    BREAKERS
+        .get_or_create(name, |name| {
+            Breaker::new(name, crate::config::breaker_config(name))
+        })
+        .0
 }
 
 /// Names of the breakers created so far (for `configure`'s too-late check).
 pub(crate) fn created_names() -> Vec<&'static str> {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|b| b.name)
-        .collect()
+    BREAKERS.names()
 }
 
 /// A call site's breaker, resolved once: after the first call, one atomic load.
-#[derive(Debug)]
-pub struct BreakerSlot {
-    name: Option<&'static str>,
-    resolved: OnceLock<&'static Breaker>,
-}
+pub type BreakerSlot = Slot<Breaker>;
 
-impl BreakerSlot {
-    /// A slot for `name`, or an empty one.
-    pub const fn new(name: Option<&'static str>) -> Self {
-        Self {
-            name,
-            resolved: OnceLock::new(),
-        }
-    }
-
+impl Slot<Breaker> {
     /// The breaker, if the call site names one.
     #[inline]
     pub fn get(&self) -> Option<&'static Breaker> {
-        let name = self.name?;
-        Some(*self.resolved.get_or_init(|| breaker(name)))
+        self.get_with(breaker)
     }
 }
 

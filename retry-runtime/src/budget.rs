@@ -16,9 +16,10 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::registry::{Named, Registry, Slot};
 use crate::spend::{write_tokens, write_usd, Spend, Unit};
 
 /// A spend limit in dollars or tokens.
@@ -366,55 +367,39 @@ impl Pool {
     }
 }
 
+static POOLS: Registry<Pool> = Registry::new();
+
+impl Named for Pool {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
 /// The process-wide pool with this name, created on first use from the run-time config. An
 /// unconfigured pool counts spend but limits nothing, and says so once.
 pub fn pool(name: &str) -> &'static Pool {
-    static REGISTRY: OnceLock<Mutex<Vec<&'static Pool>>> = OnceLock::new();
-    let mut all = REGISTRY
-        .get_or_init(|| Mutex::new(Vec::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = all.iter().find(|p| p.name == name) {
-        return p;
-    }
-    let config = crate::config::pool_config(name);
-    if config.is_none() {
-        tracing::warn!(target: "retry_runtime", pool = name, "pool is not configured: it counts spend but limits nothing; add [pool.{name}] to the configuration");
-    }
-    let (limit, window) = match config {
-        Some(c) => (Some(c.limit), Some(c.window)),
-        None => (None, None),
-    };
-    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    let created: &'static Pool = Box::leak(Box::new(Pool {
-        name,
-        ledger: Ledger::new(limit, window),
-    }));
-    all.push(created);
-    created
+    POOLS
+        .get_or_create(name, |name| {
+            let config = crate::config::pool_config(name);
+            if config.is_none() {
+                tracing::warn!(target: "retry_runtime", pool = name, "pool is not configured: it counts spend but limits nothing; add [pool.{name}] to the configuration");
+            }
+            Pool {
+                name,
+                ledger: Ledger::new(config.map(|c| c.limit), config.map(|c| c.window)),
+            }
+        })
+        .0
 }
 
 /// A call site's pool, resolved once.
-#[derive(Debug)]
-pub struct PoolSlot {
-    name: Option<&'static str>,
-    resolved: OnceLock<&'static Pool>,
-}
+pub type PoolSlot = Slot<Pool>;
 
-impl PoolSlot {
-    /// A slot for `name`, or an empty one.
-    pub const fn new(name: Option<&'static str>) -> Self {
-        Self {
-            name,
-            resolved: OnceLock::new(),
-        }
-    }
-
+impl Slot<Pool> {
     /// The pool, if the call site names one.
     #[inline]
     pub fn get(&self) -> Option<&'static Pool> {
-        let name = self.name?;
-        Some(*self.resolved.get_or_init(|| pool(name)))
+        self.get_with(pool)
     }
 }
 

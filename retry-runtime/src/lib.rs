@@ -57,6 +57,7 @@ pub mod fallback;
 pub mod integrations;
 pub mod pace;
 pub mod policy;
+mod registry;
 pub mod rejected;
 pub mod report;
 pub mod retry_budget;

@@ -163,6 +163,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::registry::{Named, Registry, Slot};
 use tokio::time::Instant;
 
 /// The gauge holding each pacer's current request rate (requests per second), labelled
@@ -1419,22 +1421,16 @@ impl Permit<'_> {
 // ---------------------------------------------------------------------------------------
 // The registry.
 
-/// Every pacer created so far, by name. Entries live for the process: a program names a fixed
-/// set of pacers, so this never grows past that set.
-fn registry() -> &'static Mutex<Vec<&'static Pacer>> {
-    static REGISTRY: OnceLock<Mutex<Vec<&'static Pacer>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+static PACERS: Registry<Pacer> = Registry::new();
+
+impl Named for Pacer {
+    fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 fn find_or_create(name: &str, config: PaceConfig) -> (&'static Pacer, bool) {
-    let mut all = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = all.iter().find(|p| p.name == name) {
-        return (p, false);
-    }
-    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    let created: &'static Pacer = Box::leak(Box::new(Pacer::standalone(name, config)));
-    all.push(created);
-    (created, true)
+    PACERS.get_or_create(name, |name| Pacer::standalone(name, config))
 }
 
 /// The process-wide pacer with this name, created on first use with
@@ -1469,26 +1465,13 @@ pub fn register_pacer(name: &str, config: PaceConfig) -> Result<&'static Pacer, 
 }
 
 /// A call site's pacer, resolved once: after the first call, one atomic load.
-#[derive(Debug)]
-pub struct PacerSlot {
-    name: Option<&'static str>,
-    resolved: OnceLock<&'static Pacer>,
-}
+pub type PacerSlot = Slot<Pacer>;
 
-impl PacerSlot {
-    /// A slot for `name`, or an empty one.
-    pub const fn new(name: Option<&'static str>) -> Self {
-        Self {
-            name,
-            resolved: OnceLock::new(),
-        }
-    }
-
+impl Slot<Pacer> {
     /// The pacer, if the call site names one.
     #[inline]
     pub fn get(&self) -> Option<&'static Pacer> {
-        let name = self.name?;
-        Some(*self.resolved.get_or_init(|| pacer(name)))
+        self.get_with(pacer)
     }
 }
 

@@ -1,0 +1,89 @@
+//! Process-wide registries of named shared state (breakers, pools, pacers), and the call-site
+//! slots that resolve an entry once.
+//!
+//! Entries are leaked `&'static` values: a program names a fixed set of breakers, pools and
+//! pacers in its attributes and configuration, so a registry stops growing at that set, and
+//! every call site can keep a plain reference.
+
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+
+/// Something a registry holds: it knows its name.
+pub(crate) trait Named: Sync + 'static {
+    fn name(&self) -> &'static str;
+}
+
+/// A set of named entries, created on first use.
+pub(crate) struct Registry<T: Named> {
+    entries: OnceLock<Mutex<Vec<&'static T>>>,
+}
+
+impl<T: Named> Registry<T> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            entries: OnceLock::new(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<&'static T>> {
+        self.entries
+            .get_or_init(|| Mutex::new(Vec::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry named `name`, and whether this call created it (with `create`, which gets
+    /// the name as a `'static` string). Cold path: call sites keep the result in a [`Slot`].
+    pub(crate) fn get_or_create(
+        &self,
+        name: &str,
+        create: impl FnOnce(&'static str) -> T,
+    ) -> (&'static T, bool) {
+        let mut all = self.entries();
+        if let Some(existing) = all.iter().find(|e| e.name() == name) {
+            return (existing, false);
+        }
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let created: &'static T = Box::leak(Box::new(create(name)));
+        all.push(created);
+        (created, true)
+    }
+
+    /// The names of the entries created so far.
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        self.entries().iter().map(|e| e.name()).collect()
+    }
+}
+
+/// A call site's handle on a named entry (a breaker, a pool, a pacer): resolved from its
+/// registry on the first call, then one atomic load.
+pub struct Slot<T: 'static> {
+    name: Option<&'static str>,
+    resolved: OnceLock<&'static T>,
+}
+
+impl<T> fmt::Debug for Slot<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("name", &self.name)
+            .field("resolved", &self.resolved.get().is_some())
+            .finish()
+    }
+}
+
+impl<T> Slot<T> {
+    /// A slot for `name`, or an empty one (the call site names none).
+    pub const fn new(name: Option<&'static str>) -> Self {
+        Self {
+            name,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// The entry, resolved with `resolve` on first use; `None` for an empty slot.
+    #[inline]
+    pub(crate) fn get_with(&self, resolve: fn(&str) -> &'static T) -> Option<&'static T> {
+        let name = self.name?;
+        Some(*self.resolved.get_or_init(|| resolve(name)))
+    }
+}
