@@ -106,6 +106,17 @@ async fn complete(provider: &FlakyProvider, prompt: &str) -> Result<String, LlmE
     provider.chat(prompt).await
 }
 
+/// The same call behind a named circuit breaker, with the last good answer for the same
+/// prompt as the fallback: during an outage the breaker stops sending traffic, and callers get
+/// a (labelled, dated) cached answer instead of an error.
+#[resilient(max = 2, base = "100ms", breaker = "quickstart", fallback = cached, stale_for = "10m")]
+async fn complete_or_cached(
+    provider: &FlakyProvider,
+    #[key] prompt: &str,
+) -> Result<String, LlmError> {
+    provider.chat(prompt).await
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let seed = std::env::args()
@@ -155,4 +166,32 @@ async fn main() {
         print!("{report}");
         println!();
     }
+
+    // A breaker opens after 5 outage failures in 60 s (the defaults); while it is open, calls
+    // are refused without reaching the provider, and the cached answer is served instead.
+    println!("== outage behind a breaker, with a cached answer as the fallback");
+    let healthy = FlakyProvider::new(vec![Answer::Ok]);
+    let _ = complete_or_cached(&healthy, "capital of France?").await;
+    let down = FlakyProvider::new(vec![Answer::Status(503); 100]);
+    for call in 1..=5 {
+        let (result, report) = observe(complete_or_cached(&down, "capital of France?")).await;
+        let served = match report.fallback() {
+            Some(fb) => format!(
+                "served by {} ({:.1?} old)",
+                fb.kind,
+                fb.age.unwrap_or_default()
+            ),
+            None => "no fallback".to_string(),
+        };
+        println!(
+            "   call {call}: {} attempt(s), stop {}, {served}, answer {:?}",
+            report.attempts().len(),
+            report.stop().map(|s| s.as_str()).unwrap_or("-"),
+            result.map_err(|e| format!("{e:?}")),
+        );
+    }
+    println!(
+        "   provider saw {} call(s) for 5 logical calls (10 without the breaker): once open, it kept calls away",
+        down.calls.load(Ordering::Relaxed)
+    );
 }
