@@ -22,6 +22,7 @@ pub const KEYS: &[&str] = &[
     "breaker",
     "budget",
     "pool",
+    "pace",
     "fallback",
     "stale_for",
     "queue_wait",
@@ -89,6 +90,7 @@ fn example(key: &str) -> &'static str {
         "breaker" => "breaker = \"openai\"",
         "budget" => "budget = \"0.10usd\"",
         "pool" => "pool = \"openai-hourly\"",
+        "pace" => "pace = \"openai\"",
         "fallback" => "fallback = cached",
         "stale_for" => "stale_for = \"1h\"",
         "queue_wait" => "queue_wait = \"60s\"",
@@ -131,6 +133,7 @@ pub struct Policy {
     pub breaker: Option<String>,
     pub budget: Option<BudgetLit>,
     pub pool: Option<String>,
+    pub pace: Option<String>,
     /// Where `budget`/`pool` were written: their need for a `Metered` success type is
     /// reported there.
     pub metered_span: Option<Span>,
@@ -193,6 +196,7 @@ impl Policy {
             breaker: None,
             budget: None,
             pool: None,
+            pace: None,
             metered_span: None,
             fallback: Vec::new(),
             stale_for: None,
@@ -309,16 +313,18 @@ impl Policy {
                         ));
                     }
                 }
-                "breaker" | "pool" => {
+                "breaker" | "pool" | "pace" => {
                     if let Some(s) = string(&pair.value, &key, "\"openai\"", errors) {
                         let name = s.value();
                         if valid_name(&name) {
                             policy.reject_span.get_or_insert(pair.key.span());
-                            if key == "pool" {
-                                policy.pool = Some(name);
-                                policy.metered_span.get_or_insert(pair.key.span());
-                            } else {
-                                policy.breaker = Some(name);
+                            match key.as_str() {
+                                "pool" => {
+                                    policy.pool = Some(name);
+                                    policy.metered_span.get_or_insert(pair.key.span());
+                                }
+                                "pace" => policy.pace = Some(name),
+                                _ => policy.breaker = Some(name),
                             }
                         } else {
                             errors.at(

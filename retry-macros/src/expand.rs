@@ -262,6 +262,9 @@ pub fn expand(
     if let Some(name) = &policy.pool {
         builder.extend(quote!(.with_pool(#name)));
     }
+    if let Some(name) = &policy.pace {
+        builder.extend(quote!(.with_pace(#name)));
+    }
     if let Some(d) = policy.stale_for {
         let d = nanos(d.nanos);
         builder.extend(quote!(.with_stale_for(#d)));

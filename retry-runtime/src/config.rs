@@ -14,6 +14,12 @@
 //! queue_len = 100         # callers that may wait in line (`fallback = queue`)
 //! queue_release_per_sec = 10  # released at most this fast once it admits again
 //!
+//! [pace.openai]
+//! rpm = 500                # known limits, if any; without them the rate is learned (adaptive)
+//! tpm = 200000
+//! adaptive = true
+//! burst = "1s"             # how much of the known limits may go at once after an idle spell
+//!
 //! [fallback]
 //! cache_capacity = 1024    # answers each `fallback = cached` call site keeps
 //!
@@ -35,6 +41,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 
 use crate::budget::Budget;
+use crate::pace::PaceConfig;
 use serde::Deserialize;
 
 /// The environment variable naming a TOML configuration file.
@@ -103,6 +110,7 @@ impl Default for BreakerConfig {
 pub struct Config {
     breakers: BTreeMap<String, BreakerConfig>,
     pools: BTreeMap<String, PoolConfig>,
+    pacers: BTreeMap<String, PaceConfig>,
     cache_capacity: Option<usize>,
 }
 
@@ -182,6 +190,17 @@ impl Config {
         self
     }
 
+    /// Set (or replace) one pacer's settings.
+    pub fn with_pacer(mut self, name: &str, config: PaceConfig) -> Self {
+        self.pacers.insert(name.to_owned(), config);
+        self
+    }
+
+    /// The settings of the pacer `name`: configured, or the defaults (adaptive, no known limit).
+    pub fn pacer(&self, name: &str) -> PaceConfig {
+        self.pacers.get(name).cloned().unwrap_or_default()
+    }
+
     /// Set (or replace) one pool's settings.
     pub fn with_pool(mut self, name: &str, config: PoolConfig) -> Self {
         self.pools.insert(name.to_owned(), config);
@@ -209,7 +228,8 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 pub fn configure(config: Config) -> Result<(), ConfigError> {
     // Breakers created first took the defaults (which also fixed the configuration): say
     // which, since that is the mistake to fix.
-    let created = crate::breaker::created_names();
+    let mut created = crate::breaker::created_names();
+    created.extend(crate::pace::created_names());
     if !created.is_empty() {
         return Err(ConfigError::TooLate { names: created });
     }
@@ -247,6 +267,10 @@ pub(crate) fn pool_config(name: &str) -> Option<PoolConfig> {
     current().pool(name)
 }
 
+pub(crate) fn pace_config(name: &str) -> PaceConfig {
+    current().pacer(name)
+}
+
 pub(crate) fn cache_capacity() -> usize {
     current()
         .cache_capacity
@@ -262,7 +286,18 @@ struct RawConfig {
     breaker: BTreeMap<String, RawBreaker>,
     #[serde(default)]
     pool: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pace: BTreeMap<String, RawPace>,
     fallback: Option<RawFallback>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPace {
+    rpm: Option<Count>,
+    tpm: Option<u64>,
+    adaptive: Option<bool>,
+    burst: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +366,19 @@ fn parse(text: &str) -> Result<Config, String> {
             PoolConfig {
                 limit: raw.limit.0,
                 window: raw.window.map_or(Duration::from_secs(3600), |w| w.0),
+            },
+        );
+    }
+    for (name, raw) in raw.pace {
+        check_name("pace", &name)?;
+        let d = PaceConfig::default();
+        config.pacers.insert(
+            name,
+            PaceConfig {
+                rpm: raw.rpm.map(|c| c.0).or(d.rpm),
+                tpm: raw.tpm.or(d.tpm),
+                adaptive: raw.adaptive.unwrap_or(d.adaptive),
+                burst: raw.burst.map_or(d.burst, |b| b.0),
             },
         );
     }

@@ -32,6 +32,7 @@ use crate::budget::{
 };
 use crate::classify::{Classify, ErrorClass};
 use crate::fallback::{FallbackCache, FallbackKind, FallbackReport, Place};
+use crate::pace::{Pacer, PacerSlot, Permit};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
@@ -183,6 +184,7 @@ pub struct CallSite<'p> {
     pool: PoolSlot,
     estimate: SpendEstimate,
     cache: FallbackCache,
+    pace: PacerSlot,
     labels: report::metered::SiteLabels,
 }
 
@@ -195,6 +197,7 @@ impl<'p> CallSite<'p> {
             pool: PoolSlot::new(policy.pool()),
             estimate: SpendEstimate::new(),
             cache: FallbackCache::new(),
+            pace: PacerSlot::new(policy.pace()),
             labels: report::metered::SiteLabels::new(policy.name()),
         }
     }
@@ -222,11 +225,14 @@ enum Refusal {
         spent: Spend,
         limit: Budget,
     },
+    /// The pacer could not grant a permit before the call's deadline.
+    Deadline { deadline: Duration },
 }
 
 impl Refusal {
     fn rejected(self) -> Rejected {
         match self {
+            Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
             Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
             Refusal::Budget {
                 scope,
@@ -243,6 +249,7 @@ impl Refusal {
     /// Why the call stops: before its first attempt, or between retries.
     fn stop(self, first: bool) -> StopReason {
         match self {
+            Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
             Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
             Refusal::Circuit { .. } => StopReason::BreakerOpened,
             Refusal::Budget {
@@ -268,6 +275,10 @@ pub struct Call<'p> {
     labels: Option<&'static report::metered::SiteLabels>,
     policy: &'p Policy,
     breaker: Option<&'static Breaker>,
+    pacer: Option<&'static Pacer>,
+    // The pacer's permit for the attempt in flight, and how long the attempt waited for it.
+    permit: Option<Permit<'static>>,
+    paced: Duration,
     ledgers: Ledgers,
     // The breaker's admission and the ledger reservations of the attempt in flight, until
     // its result is recorded (or given back, if the call is dropped).
@@ -316,6 +327,9 @@ impl<'p> Call<'p> {
             labels: None,
             policy,
             breaker: site.breaker.get(),
+            pacer: site.pace.get(),
+            permit: None,
+            paced: Duration::ZERO,
             ledgers: Ledgers {
                 pool: site.pool.get(),
                 workflow: current_workflow(),
@@ -379,7 +393,11 @@ impl<'p> Call<'p> {
         E: CanReject,
     {
         if self.attempts == 0 {
-            if let Err(refusal) = self.admit() {
+            let admitted = match self.pace().await {
+                Ok(()) => self.admit(),
+                Err(refusal) => Err(refusal),
+            };
+            if let Err(refusal) = admitted {
                 self.refused = Some(refusal);
                 return Err(E::from(refusal.rejected()));
             }
@@ -412,6 +430,48 @@ impl<'p> Call<'p> {
                 };
                 Err(E::from(rejected))
             }
+        }
+    }
+
+    /// Wait for the pacer's permit (first in, first out), unless it could only come after the
+    /// call's deadline. Before the breaker and the ledgers, so that a half-open probe slot or
+    /// a reservation is not held while waiting.
+    async fn pace(&mut self) -> Result<(), Refusal> {
+        self.paced = Duration::ZERO;
+        let Some(pacer) = self.pacer else {
+            return Ok(());
+        };
+        let deadline = self.policy.deadline().map(|d| self.started + d);
+        let tokens = self.site.estimate.expected().tokens();
+        match pacer.acquire(tokens, deadline).await {
+            Ok(permit) => {
+                self.paced = permit.waited();
+                self.permit = Some(permit);
+                Ok(())
+            }
+            Err(_) => Err(Refusal::Deadline {
+                deadline: self.policy.deadline().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Tell the pacer how the attempt went: a 429 cuts its rate, any other answer from the
+    /// provider lets it climb, a timeout or a transport error says nothing about its rate.
+    fn pace_feedback(&mut self, failure: Option<ErrorClass>, spend: Spend) {
+        let Some(mut permit) = self.permit.take() else {
+            return;
+        };
+        let now = Instant::now();
+        match failure {
+            None => {
+                if spend.tokens() > 0 {
+                    permit.settle(spend.tokens());
+                }
+                permit.on_success(now);
+            }
+            Some(ErrorClass::Status(429)) => permit.on_rate_limited(now),
+            Some(ErrorClass::Timeout | ErrorClass::Transport) => {}
+            Some(_) => permit.on_success(now),
         }
     }
 
@@ -480,6 +540,7 @@ impl<'p> Call<'p> {
         let error = match outcome.into_result() {
             Ok(value) => {
                 self.site.estimate.observe(spend);
+                self.pace_feedback(None, spend);
                 self.charge(spend);
                 self.record_breaker(None);
                 self.record(None, None, spend);
@@ -508,6 +569,7 @@ impl<'p> Call<'p> {
         } else {
             error.spend()
         };
+        self.pace_feedback(Some(failure.class), spend);
         self.charge(spend);
         self.record_breaker(Some(failure.class));
         self.record(Some(failure.class), failure.retry_after, spend);
@@ -545,7 +607,11 @@ impl<'p> Call<'p> {
     /// last attempt's `error`.
     pub async fn wait<R: Outcome>(&mut self, error: R::Err) -> Step<R> {
         tokio::time::sleep(self.delay_before).await;
-        if let Err(refusal) = self.admit() {
+        let admitted = match self.pace().await {
+            Ok(()) => self.admit(),
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(refusal) = admitted {
             self.finish(refusal.stop(false), self.last_class);
             return Step::Return(R::from_result(Err(error)));
         }
@@ -635,6 +701,7 @@ impl<'p> Call<'p> {
                 class,
                 retry_after,
                 spend,
+                paced: self.paced,
             });
         }
     }

@@ -1429,12 +1429,18 @@ impl Named for Pacer {
     }
 }
 
+/// Names of the pacers created so far (for `configure`'s too-late check).
+pub(crate) fn created_names() -> Vec<&'static str> {
+    PACERS.names()
+}
+
 fn find_or_create(name: &str, config: PaceConfig) -> (&'static Pacer, bool) {
     PACERS.get_or_create(name, |name| Pacer::standalone(name, config))
 }
 
-/// The process-wide pacer with this name, created on first use with
-/// [`PaceConfig::default()`] unless [`register_pacer`] created it first. Cold path: call
+/// The process-wide pacer with this name, created on first use with its run-time
+/// configuration (`[pace.NAME]`, else [`PaceConfig::default()`]) unless [`register_pacer`]
+/// created it first. Cold path: call
 /// sites resolve it once ([`PacerSlot`]) and keep the reference.
 ///
 /// ```
@@ -1443,7 +1449,11 @@ fn find_or_create(name: &str, config: PaceConfig) -> (&'static Pacer, bool) {
 /// assert!(std::ptr::eq(a, b));
 /// ```
 pub fn pacer(name: &str) -> &'static Pacer {
-    find_or_create(name, PaceConfig::default()).0
+    PACERS
+        .get_or_create(name, |name| {
+            Pacer::standalone(name, crate::config::pace_config(name))
+        })
+        .0
 }
 
 /// Create the pacer `name` with `config`; an error (carrying the existing one) if a pacer of

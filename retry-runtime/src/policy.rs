@@ -141,6 +141,7 @@ pub struct Policy {
     pub(crate) breaker: Option<&'static str>,
     pub(crate) budget: Option<Budget>,
     pub(crate) pool: Option<&'static str>,
+    pub(crate) pace: Option<&'static str>,
     pub(crate) stale_for: Duration,
     pub(crate) queue_wait: Duration,
 }
@@ -166,6 +167,7 @@ impl Policy {
             breaker: None,
             budget: None,
             pool: None,
+            pace: None,
             stale_for: Duration::from_secs(3600),
             queue_wait: Duration::from_secs(60),
         }
@@ -242,6 +244,17 @@ impl Policy {
     pub const fn with_pool(mut self, name: &'static str) -> Self {
         self.pool = Some(name);
         self
+    }
+
+    /// Wait for a permit from the named, shared pacer before every attempt.
+    pub const fn with_pace(mut self, name: &'static str) -> Self {
+        self.pace = Some(name);
+        self
+    }
+
+    /// The pacer's name, if any.
+    pub const fn pace(&self) -> Option<&'static str> {
+        self.pace
     }
 
     /// Oldest cached answer `fallback = cached` may serve (default one hour).

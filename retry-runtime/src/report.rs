@@ -147,6 +147,8 @@ pub struct AttemptReport {
     pub retry_after: Option<Duration>,
     /// What the attempt cost (`Metered` for a success, `Classify::spend` for a failure).
     pub spend: Spend,
+    /// How long the attempt waited for its pacer's permit (zero without `pace`).
+    pub paced: Duration,
 }
 
 impl AttemptReport {
@@ -251,6 +253,11 @@ impl CallReport {
         (self.attempts.len() as u32).saturating_sub(1)
     }
 
+    /// Total time spent waiting for the pacer's permits.
+    pub fn paced(&self) -> Duration {
+        self.attempts.iter().map(|a| a.paced).sum()
+    }
+
     /// Total time spent waiting between attempts.
     pub fn total_delay(&self) -> Duration {
         self.attempts.iter().map(|a| a.delay_before).sum()
@@ -290,6 +297,9 @@ impl fmt::Display for CallReport {
             }
             if !a.spend.is_zero() {
                 write!(f, " [{}]", a.spend)?;
+            }
+            if !a.paced.is_zero() {
+                write!(f, " (paced {:.3?})", a.paced)?;
             }
             writeln!(f)?;
         }

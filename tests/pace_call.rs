@@ -1,0 +1,120 @@
+//! `#[resilient(pace = "...")]`: every attempt waits for the named pacer's permit, the wait is
+//! in the report, a 429 cuts the pacer's rate, and a permit that could only come after the
+//! deadline refuses the call instead of waiting past it.
+
+mod common;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use common::{fail, ok, ApiError, ScriptedProvider};
+use retry_runtime::pace::{pacer, PaceConfig};
+use retry_runtime::{configure, observe, resilient, Config, Rejected, StopReason};
+use tokio::time::Instant;
+
+const S: Duration = Duration::from_secs(1);
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let known = |rpm| PaceConfig {
+            rpm: Some(rpm),
+            adaptive: false,
+            burst: Duration::ZERO,
+            ..PaceConfig::default()
+        };
+        configure(
+            Config::default()
+                .with_pacer("sixty-a-minute", known(60))
+                .with_pacer("one-a-minute", known(1)),
+        )
+        .unwrap();
+    });
+}
+
+#[resilient(max = 3, base = "10ms", pace = "sixty-a-minute")]
+async fn paced(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_waits_for_a_permit_and_the_report_says_how_long() {
+    setup();
+    let provider = ScriptedProvider::new([ok("a"), ok("b"), fail(ApiError::status(503)), ok("c")]);
+    let start = Instant::now();
+    let (_, first) = observe(paced(&provider)).await;
+    let (_, second) = observe(paced(&provider)).await;
+    // 60 a minute, no burst: one permit a second, first attempts and retries alike.
+    assert_eq!(first.paced(), Duration::ZERO);
+    assert_eq!(second.paced(), S);
+    let (out, third) = observe(paced(&provider)).await;
+    assert_eq!(out.unwrap(), "c");
+    let waits: Vec<_> = third.attempts().iter().map(|a| a.paced).collect();
+    assert_eq!(waits.len(), 2);
+    assert_eq!(waits[0], S);
+    // The retry waited its backoff (10 ms) and then for the rest of its permit's second.
+    let spaced = third.attempts()[1].delay_before + waits[1];
+    assert!(
+        spaced.abs_diff(S) <= Duration::from_millis(1),
+        "{spaced:?} (tokio's timer ticks in milliseconds)"
+    );
+    assert_eq!(start.elapsed(), 3 * S);
+    assert!(format!("{third}").contains("paced"));
+}
+
+#[resilient(max = 2, deadline = "5s", pace = "one-a-minute")]
+async fn impatient(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_after_the_deadline_refuses_the_call_at_once() {
+    setup();
+    let provider = ScriptedProvider::new([ok("first"), ok("never")]);
+    assert_eq!(impatient(&provider).await.unwrap(), "first");
+    let start = Instant::now();
+    let (out, report) = observe(impatient(&provider)).await;
+    assert!(matches!(
+        out,
+        Err(ApiError::Runtime(Rejected::DeadlineExceeded { .. }))
+    ));
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "refused at once, not at the deadline"
+    );
+    assert_eq!(report.stop(), Some(&StopReason::DeadlineExceeded));
+    assert!(report.attempts().is_empty());
+    assert_eq!(provider.calls(), 1);
+}
+
+#[resilient(max = 1, pace = "learns")]
+async fn adaptive(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_through_resilient_cuts_the_pacers_rate() {
+    setup();
+    // Unconfigured: adaptive, no known limit, no rate until the provider pushes back.
+    let provider = ScriptedProvider::new(
+        (0..20)
+            .map(|_| ok("fine"))
+            .chain([fail(ApiError::status(429))]),
+    );
+    for _ in 0..20 {
+        assert!(adaptive(&provider).await.is_ok());
+        tokio::time::advance(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pacer("learns").rate(),
+        None,
+        "no limit learned from successes alone"
+    );
+    assert!(adaptive(&provider).await.is_err());
+    let rate = pacer("learns").rate().expect("a 429 sets a rate");
+    assert!(
+        rate > 0.0 && rate < 20.0,
+        "cut below the ~20/s it was sent at: {rate}"
+    );
+}
