@@ -49,6 +49,12 @@ async fn resilient_breaker(x: u64) -> Result<u64, BenchError> {
     Ok(black_box(x))
 }
 
+/// An unconfigured pacer: adaptive, no rate learned yet, so every call takes its fast path.
+#[resilient(pace = "bench")]
+async fn resilient_pace(x: u64) -> Result<u64, BenchError> {
+    Ok(black_box(x))
+}
+
 /// An answer that says what it cost, for the budget row.
 struct Billed(u64);
 
@@ -98,6 +104,7 @@ fn overhead(c: &mut Criterion) {
     row!("retry_fn", retry_fn);
     row!("with_breaker", resilient_breaker);
     row!("breaker_budget", resilient_breaker_budget);
+    row!("with_pace", resilient_pace);
     group.finish();
 }
 
