@@ -587,6 +587,28 @@ mod tests {
     }
 
     #[test]
+    fn pace_section() {
+        let c = Config::from_toml_str(
+            "[pace.openai]\nrpm = 500\ntpm = 200000\nadaptive = false\nburst = \"2s\"\n",
+        )
+        .unwrap();
+        let p = c.pacer("openai");
+        assert_eq!(p.rpm, Some(500));
+        assert_eq!(p.tpm, Some(200_000));
+        assert!(!p.adaptive);
+        assert_eq!(p.burst, Duration::from_secs(2));
+        assert_eq!(c.pacer("other"), PaceConfig::default());
+        let e = Config::from_toml_str("[pace.openai]\nrpm = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::from_toml_str("[pace.openai]\nrps = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rps"), "{e}");
+    }
+
+    #[test]
     fn names() {
         assert!(valid_name("openai"));
         assert!(valid_name("azure-gpt4_eu"));
