@@ -118,3 +118,60 @@ async fn a_429_through_resilient_cuts_the_pacers_rate() {
         "cut below the ~20/s it was sent at: {rate}"
     );
 }
+
+/// An answer that carries the provider's rate-limit numbers, as `HttpError` does with the
+/// `http` feature.
+#[derive(Debug)]
+struct Throttled {
+    remaining: u64,
+    reset: Duration,
+}
+
+impl From<Rejected> for Throttled {
+    fn from(_: Rejected) -> Self {
+        Throttled {
+            remaining: 0,
+            reset: Duration::ZERO,
+        }
+    }
+}
+
+impl retry_runtime::Classify for Throttled {
+    fn class(&self) -> retry_runtime::ErrorClass {
+        retry_runtime::ErrorClass::Status(429)
+    }
+    fn rate_limits(&self) -> Option<retry_runtime::pace::ProviderLimits> {
+        Some(retry_runtime::pace::ProviderLimits {
+            limit_requests: Some(1),
+            remaining_requests: Some(self.remaining),
+            reset_requests: Some(self.reset),
+            ..Default::default()
+        })
+    }
+}
+
+#[resilient(max = 1, pace = "hinted")]
+async fn hinted(fail: bool) -> Result<&'static str, Throttled> {
+    if fail {
+        return Err(Throttled {
+            remaining: 0,
+            reset: 10 * S,
+        });
+    }
+    Ok("ok")
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_providers_rate_limit_numbers_reach_the_pacer() {
+    setup();
+    assert!(hinted(true).await.is_err()); // "1 a window, 0 left, resets in 10 s"
+    let (out, report) = observe(hinted(false)).await;
+    assert_eq!(out.unwrap(), "ok");
+    // The pacer held the next request until the provider said it would have room: 10 s,
+    // where a 429 alone could not slow it below 0.5 requests/s (a 2 s wait).
+    assert!(
+        report.paced() >= Duration::from_millis(9_500),
+        "paced only {:?}",
+        report.paced()
+    );
+}

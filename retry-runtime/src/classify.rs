@@ -139,6 +139,13 @@ pub trait Classify {
         None
     }
 
+    /// The provider's rate-limit numbers carried by this answer (`x-ratelimit-*`,
+    /// `anthropic-ratelimit-*`): a `pace` pacer snaps its rate to them. The `http`
+    /// integration's `HttpError` (and the errors built on it) fill this in.
+    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+        None
+    }
+
     /// What this failed attempt was billed (a timeout after streaming started, say).
     /// Counted against budgets and pools; zero by default.
     fn spend(&self) -> crate::Spend {

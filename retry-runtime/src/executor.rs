@@ -570,6 +570,10 @@ impl<'p> Call<'p> {
             error.spend()
         };
         self.pace_feedback(Some(failure.class), spend);
+        if let (Some(pacer), Some(limits)) = (self.pacer, error.rate_limits()) {
+            // The provider's own numbers beat anything learned from 429s.
+            pacer.on_hint(&limits, Instant::now());
+        }
         self.charge(spend);
         self.record_breaker(Some(failure.class));
         self.record(Some(failure.class), failure.retry_after, spend);

@@ -661,6 +661,11 @@ impl Classify for HttpError {
     fn should_retry(&self) -> Option<bool> {
         self.hints.should_retry
     }
+
+    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+        let limits = crate::pace::ProviderLimits::from(&self.hints);
+        (limits != crate::pace::ProviderLimits::default()).then_some(limits)
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,10 @@ impl Classify for OpenAIError {
     fn should_retry(&self) -> Option<bool> {
         http_error(self).and_then(|e| e.should_retry())
     }
+
+    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+        http_error(self).and_then(|e| e.rate_limits())
+    }
 }
 
 /// The [`HttpError`] inside an error from a [`single_attempt_client`], with the status, the

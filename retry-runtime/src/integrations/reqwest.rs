@@ -147,4 +147,11 @@ impl Classify for CallError {
             _ => None,
         }
     }
+
+    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+        match self {
+            CallError::Http(e) => e.rate_limits(),
+            _ => None,
+        }
+    }
 }
