@@ -589,7 +589,7 @@ impl<'p> Call<'p> {
                 self.prev_backoff = backoff;
                 self.delay_before = delay;
                 self.last_class = Some(failure.class);
-                report::metered::retry(self.labels, self.policy.name());
+                report::metered::retry(self.labels);
                 report::retrying(
                     self.policy.name(),
                     self.attempts,

@@ -590,8 +590,7 @@ pub(crate) mod metered {
         }
     }
 
-    pub fn retry(labels: Option<&'static SiteLabels>, function: &'static str) {
-        let _ = function;
+    pub fn retry(labels: Option<&'static SiteLabels>) {
         match labels {
             Some(labels) => labels.counters().retries.increment(1),
             None => add(&Key::from_static_name(names::RETRIES), 1),
@@ -634,7 +633,7 @@ pub(crate) mod metered {
         _: u64,
     ) {
     }
-    pub fn retry(_: Option<&'static SiteLabels>, _: &'static str) {}
+    pub fn retry(_: Option<&'static SiteLabels>) {}
     pub fn rejection(_: &'static str, _: &'static str) {}
     pub fn fallback(_: &'static str, _: &'static str) {}
     pub fn transition(_: &'static str, _: &'static str) {}
