@@ -26,6 +26,11 @@
 //! [pool.openai-hourly]
 //! limit = "5.00usd"        # or "2000000tok"; calls naming the pool are refused past it
 //! window = "1h"            # the pool refills when the window rolls over
+//!
+//! [store]                  # share breakers, retry budgets, pacing and pools (feature `redis`)
+//! redis_url = "redis://127.0.0.1:6379"   # or RETRY_RUNTIME_REDIS_URL, which overrides it
+//! prefix = "resilient"     # key namespace: processes sharing state use the same prefix
+//! timeout = "50ms"         # per operation; past it the call goes on with local state
 //! ```
 //!
 //! Set it once at startup with [`configure`], or name a TOML file in the environment variable
@@ -42,6 +47,7 @@ use serde::de::{self, Deserializer};
 
 use crate::budget::Budget;
 use crate::pace::PaceConfig;
+use crate::store::StoreConfig;
 use serde::Deserialize;
 
 /// The environment variable naming a TOML configuration file.
@@ -112,6 +118,7 @@ pub struct Config {
     pools: BTreeMap<String, PoolConfig>,
     pacers: BTreeMap<String, PaceConfig>,
     cache_capacity: Option<usize>,
+    store: Option<StoreConfig>,
 }
 
 /// A spend pool's settings: `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
@@ -188,6 +195,32 @@ impl Config {
     pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
         self.cache_capacity = Some(capacity.max(1));
         self
+    }
+
+    /// Share breakers, retry budgets, pacing and pools through a store (the `[store]`
+    /// section). See [`crate::store`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use retry_runtime::config::Config;
+    /// use retry_runtime::store::StoreConfig;
+    ///
+    /// let store = StoreConfig::redis("redis://127.0.0.1:6379")
+    ///     .unwrap()
+    ///     .with_prefix("billing")
+    ///     .unwrap()
+    ///     .with_timeout(Duration::from_millis(20));
+    /// let config = Config::default().with_store(store);
+    /// assert_eq!(config.store().unwrap().prefix(), "billing");
+    /// ```
+    pub fn with_store(mut self, store: StoreConfig) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The `[store]` settings, if any.
+    pub fn store(&self) -> Option<&StoreConfig> {
+        self.store.as_ref()
     }
 
     /// Set (or replace) one pacer's settings.
@@ -271,6 +304,10 @@ pub(crate) fn pace_config(name: &str) -> PaceConfig {
     current().pacer(name)
 }
 
+pub(crate) fn store_config() -> Option<StoreConfig> {
+    current().store.clone()
+}
+
 pub(crate) fn cache_capacity() -> usize {
     current()
         .cache_capacity
@@ -289,6 +326,16 @@ struct RawConfig {
     #[serde(default)]
     pace: BTreeMap<String, RawPace>,
     fallback: Option<RawFallback>,
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    redis_url: Option<String>,
+    prefix: Option<String>,
+    timeout: Option<Dur>,
+    reconnect: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -359,6 +406,31 @@ fn parse(text: &str) -> Result<Config, String> {
             "{kind} name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most 64 characters)"
         ))
     };
+    if let Some(store) = raw.store {
+        let line = |key: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map(|i| format!(" (line {})", i + 1))
+                .unwrap_or_default()
+        };
+        let mut config_store = match store.redis_url {
+            Some(url) => StoreConfig::redis(&url)
+                .map_err(|e| format!("[store] redis_url{}: {e}", line("redis_url")))?,
+            None => StoreConfig::none(),
+        };
+        if let Some(prefix) = store.prefix {
+            config_store = config_store
+                .with_prefix(&prefix)
+                .map_err(|e| format!("[store] prefix{}: {e}", line("prefix")))?;
+        }
+        if let Some(timeout) = store.timeout {
+            config_store = config_store.with_timeout(timeout.0);
+        }
+        if let Some(every) = store.reconnect {
+            config_store = config_store.with_reconnect_every(every.0);
+        }
+        config.store = Some(config_store);
+    }
     for (name, raw) in raw.pool {
         check_name("pool", &name)?;
         config.pools.insert(

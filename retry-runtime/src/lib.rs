@@ -62,6 +62,7 @@ pub mod rejected;
 pub mod report;
 pub mod retry_budget;
 pub mod spend;
+pub mod store;
 pub mod testing;
 
 pub use backoff::{Backoff, Jitter};

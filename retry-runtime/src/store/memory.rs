@@ -1,0 +1,326 @@
+//! [`MemoryStore`]: the shared-store rules inside one process.
+//!
+//! The same rules as the Redis scripts ([`super::redis`]), on a map behind a mutex: several
+//! "processes" in one test can share it, and [`MemoryStore::set_reachable`] plays an outage.
+//! It is not the default: without a configured store, breakers, pools and pacers keep their
+//! state in their own atomics and never call a store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Admit, Admitted, SharedBreaker, Store, StoreError, StoreFuture, Update, Verdict};
+use crate::retry_budget::WINDOW_SECS;
+
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A [`Store`] in process memory. See the module docs.
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_runtime::store::{memory::MemoryStore, Admit, PoolAsk, Store, Verdict};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::new();
+/// let ask = Admit {
+///     pool: Some(PoolAsk { name: "doc", window_ms: 60_000, limit: 100, expected: 60 }),
+///     ..Admit::default()
+/// };
+/// assert_eq!(store.admit(ask.clone()).await.unwrap().verdict, Verdict::Admitted);
+/// assert_eq!(store.admit(ask).await.unwrap().verdict, Verdict::PoolFull); // 60 + 60 > 100
+/// # }
+/// ```
+pub struct MemoryStore {
+    clock: Clock,
+    reachable: AtomicBool,
+    operations: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("reachable", &self.reachable.load(Ordering::Relaxed))
+            .field("operations", &self.operations())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    // breaker -> (open until, ms; generation), and when the entry expires (µs).
+    breakers: HashMap<String, (u64, u64, u64)>,
+    // (pool, window) -> committed
+    pools: HashMap<(String, u64), i128>,
+    // pacer -> theoretical arrival time (µs)
+    pacers: HashMap<String, u64>,
+    // (breaker, second) -> (first attempts, retries)
+    retries: HashMap<(String, u64), (u64, u64)>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store whose clock is the process's monotonic clock.
+    pub fn new() -> Self {
+        let start = Instant::now();
+        // Start a day in, like the runtime's clock, so early windows are not window zero.
+        Self::with_clock(move || 86_400_000_000 + start.elapsed().as_micros() as u64)
+    }
+
+    /// A store reading time (microseconds) from `clock`, for tests that drive time by hand.
+    pub fn with_clock(clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self {
+            clock: Arc::new(clock),
+            reachable: AtomicBool::new(true),
+            operations: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Play an outage (`false`) or its end (`true`): while unreachable, every operation fails.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Release);
+    }
+
+    /// Operations answered so far (admissions, updates, pings): round trips, for tests.
+    pub fn operations(&self) -> u64 {
+        self.operations.load(Ordering::Acquire)
+    }
+
+    /// What is committed in `pool`'s window `window`.
+    pub fn committed(&self, pool: &str, window: u64) -> u64 {
+        let state = self.lock();
+        let v = state
+            .pools
+            .get(&(pool.to_owned(), window))
+            .copied()
+            .unwrap_or(0);
+        u64::try_from(v.max(0)).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every update below is complete between statements: a poisoned lock is still valid.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self) -> Result<u64, StoreError> {
+        if !self.reachable.load(Ordering::Acquire) {
+            return Err(StoreError::NotConnected);
+        }
+        self.operations.fetch_add(1, Ordering::AcqRel);
+        Ok((self.clock)())
+    }
+
+    /// The admission rule (the Redis `admit` script does the same): checks first, in order
+    /// breaker, retry budget, pacer, pool; then, if all pass, every write.
+    fn admit_now(&self, ask: &Admit, now_us: u64) -> Admitted {
+        let now_ms = now_us / 1000;
+        let mut state = self.lock();
+        let mut verdict = Verdict::Admitted;
+        let mut out = Admitted {
+            verdict,
+            breaker: None,
+            pool: None,
+            pace_wait: Duration::ZERO,
+        };
+        if let Some(b) = &ask.breaker {
+            let entry = state
+                .breakers
+                .get(b.name)
+                .copied()
+                .filter(|&(_, _, expires)| expires > now_us);
+            out.breaker = Some(match entry {
+                None => SharedBreaker {
+                    generation: 0,
+                    open_for: None,
+                },
+                Some((until, generation, _)) => {
+                    if until > now_ms {
+                        verdict = Verdict::BreakerOpen;
+                    }
+                    SharedBreaker {
+                        generation,
+                        open_for: Some(Duration::from_millis(until.saturating_sub(now_ms))),
+                    }
+                }
+            });
+        }
+        let second = now_us / 1_000_000;
+        if let (Verdict::Admitted, Some(b)) = (verdict, &ask.breaker) {
+            if let Some(rule) = b.withdraw {
+                let (mut firsts, mut retries) = (0u64, 0u64);
+                for s in second + 1 - WINDOW_SECS..=second {
+                    let (f, r) = state
+                        .retries
+                        .get(&(b.name.to_owned(), s))
+                        .copied()
+                        .unwrap_or((0, 0));
+                    firsts += f;
+                    retries += r;
+                }
+                if !crate::retry_budget::allowed(
+                    retries + 1,
+                    firsts,
+                    rule.ratio_ppm,
+                    rule.floor_per_window,
+                ) {
+                    verdict = Verdict::RetryBudget;
+                }
+            }
+        }
+        let mut new_tat = None;
+        if let (Verdict::Admitted, Some(p)) = (verdict, &ask.pace) {
+            let tat = state.pacers.get(p.name).copied().unwrap_or(0);
+            let tolerance = p
+                .burst
+                .max(1)
+                .saturating_sub(1)
+                .saturating_mul(p.interval_us);
+            let at = tat.saturating_sub(tolerance).max(now_us);
+            let wait = at - now_us;
+            out.pace_wait = Duration::from_micros(wait);
+            if wait > p.max_wait_us {
+                verdict = Verdict::PaceTooLate;
+            } else {
+                new_tat = Some(tat.max(at).saturating_add(p.interval_us.max(1)));
+            }
+        }
+        if let Some(p) = &ask.pool {
+            let window = now_ms / p.window_ms.max(1);
+            let committed = state
+                .pools
+                .get(&(p.name.to_owned(), window))
+                .copied()
+                .unwrap_or(0);
+            let committed = u64::try_from(committed.max(0)).unwrap_or(u64::MAX);
+            out.pool = Some((window, committed));
+            if verdict == Verdict::Admitted
+                && !(committed < p.limit && committed.saturating_add(p.expected) <= p.limit)
+            {
+                verdict = Verdict::PoolFull;
+            }
+        }
+        out.verdict = verdict;
+        if verdict != Verdict::Admitted {
+            return out;
+        }
+        if let Some(p) = &ask.pool {
+            if let Some((window, committed)) = &mut out.pool {
+                let entry = state.pools.entry((p.name.to_owned(), *window)).or_insert(0);
+                *entry += i128::from(p.expected);
+                *committed = u64::try_from((*entry).max(0)).unwrap_or(u64::MAX);
+            }
+        }
+        if let (Some(p), Some(tat)) = (&ask.pace, new_tat) {
+            state.pacers.insert(p.name.to_owned(), tat);
+        }
+        if let Some(b) = &ask.breaker {
+            let counts = state
+                .retries
+                .entry((b.name.to_owned(), second))
+                .or_default();
+            if b.deposit {
+                counts.0 += 1;
+            }
+            if b.withdraw.is_some() {
+                counts.1 += 1;
+            }
+        }
+        out
+    }
+
+    fn update_now(&self, update: &Update, now_us: u64) {
+        let now_ms = now_us / 1000;
+        let mut state = self.lock();
+        match *update {
+            Update::Settle {
+                pool,
+                window_ms,
+                window,
+                reserved,
+                real,
+            } => {
+                let current = now_ms / window_ms.max(1);
+                if current == window {
+                    let v = state.pools.entry((pool.to_owned(), window)).or_insert(0);
+                    *v = (*v - i128::from(reserved) + i128::from(real)).max(0);
+                } else {
+                    *state.pools.entry((pool.to_owned(), current)).or_insert(0) += i128::from(real);
+                }
+            }
+            Update::Release {
+                pool,
+                window,
+                reserved,
+            } => {
+                if let Some(v) = state.pools.get_mut(&(pool.to_owned(), window)) {
+                    *v = (*v - i128::from(reserved)).max(0);
+                }
+            }
+            Update::AddSpend {
+                pool,
+                window_ms,
+                amount,
+            } => {
+                let current = now_ms / window_ms.max(1);
+                *state.pools.entry((pool.to_owned(), current)).or_insert(0) += i128::from(amount);
+            }
+            Update::BreakerOpened {
+                breaker,
+                cooldown,
+                force,
+            } => {
+                let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+                let (until, generation, expires) = state
+                    .breakers
+                    .get(breaker)
+                    .copied()
+                    .filter(|&(_, _, expires)| expires > now_us)
+                    .unwrap_or((0, 0, 0));
+                if !force && until > now_ms && expires > now_us {
+                    return;
+                }
+                let until = now_ms.saturating_add(cooldown_ms);
+                let keep_ms = cooldown_ms.saturating_add(cooldown_ms.max(60_000));
+                state.breakers.insert(
+                    breaker.to_owned(),
+                    (
+                        until,
+                        now_us.max(generation + 1),
+                        now_us.saturating_add(keep_ms.saturating_mul(1000)),
+                    ),
+                );
+            }
+            Update::BreakerClosed { breaker } => {
+                state.breakers.remove(breaker);
+            }
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted> {
+        let answer = self.check().map(|now| self.admit_now(&ask, now));
+        Box::pin(async move { answer })
+    }
+
+    fn update(&self, update: Update) -> StoreFuture<'_, ()> {
+        let answer = self.check().map(|now| self.update_now(&update, now));
+        Box::pin(async move { answer })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        let answer = self.check().map(|_| ());
+        Box::pin(async move { answer })
+    }
+}

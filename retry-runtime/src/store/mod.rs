@@ -1,0 +1,614 @@
+//! Distributed state: share breakers, retry budgets, pacing and spend pools across a fleet of
+//! processes.
+//!
+//! By default every process keeps its own state: each breaker, pool and pacer holds it in its
+//! own atomics (the in-memory store: no lock, no allocation, no I/O on the happy path), and
+//! [`status`] says [`StoreStatus::Memory`]. With the `redis` feature and a `[store]` section
+//! (or `RETRY_RUNTIME_REDIS_URL`), the operations that must agree across processes go through a
+//! [`Store`]: the Redis store ([`redis::RedisStore`]) shares them through one Redis server.
+//!
+//! ```toml
+//! [store]
+//! redis_url = "redis://127.0.0.1:6379"   # RETRY_RUNTIME_REDIS_URL overrides it
+//! prefix = "resilient"                    # key namespace; one per fleet that shares state
+//! timeout = "50ms"                        # per operation
+//! reconnect = "500ms"                     # how often to try again while unreachable
+//! ```
+//!
+//! # What is shared, and how
+//!
+//! * **Admission, one round trip.** Before an attempt, one script (Redis: one `EVALSHA`) checks
+//!   the breaker's shared open state, reserves the attempt's expected cost in the pool's
+//!   current window, takes the pacer's next slot in the fleet-wide request bucket, and counts
+//!   the retry budget's deposit (first attempts) or withdrawal (retries). All or nothing.
+//! * **After the attempt**, settling the pool (real cost minus reservation), giving a dropped
+//!   attempt's reservation back and publishing a breaker's transition are sent in the
+//!   background: the caller does not wait for them.
+//! * **Time** is the store's clock (Redis `TIME`): windows and buckets agree across processes
+//!   whose own clocks differ.
+//!
+//! # When the store is unreachable
+//!
+//! Each operation has a short timeout ([`StoreConfig::with_timeout`], 50 ms by default). An
+//! operation that fails or times out switches the process to local state ([`StoreStatus::Local`]):
+//! calls go on with the in-memory behaviour, one WARN event says so (target `retry_runtime`),
+//! and a background task tries the store again every `reconnect` (500 ms). When it answers,
+//! the process reconciles and shares again (one INFO event):
+//!
+//! * spend settled locally while away is added to the pool's *current* shared window;
+//! * a breaker this process opened while away is published if its cooldown is still running
+//!   (an open breaker already in the store for longer is kept);
+//! * from then on the store's breaker state wins over the local one;
+//! * the retry budget's and the pacer's local counts are not replayed: they describe seconds
+//!   that are over.
+//!
+//! Nothing here panics or propagates a store error to a call: a call never waits for the store
+//! longer than the timeout, and connecting happens in the background.
+//!
+//! See `docs/ARCHITECTURE.md` ("Distributed state") for the keys and scripts.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+// The executor is wired to these next; until then some are unused.
+#[allow(dead_code)]
+mod shared;
+
+pub(crate) use shared::Shared;
+
+/// The environment variable that sets (and overrides) the Redis URL.
+pub const REDIS_URL_ENV: &str = "RETRY_RUNTIME_REDIS_URL";
+/// The key namespace used when none is configured.
+pub const DEFAULT_PREFIX: &str = "resilient";
+/// The per-operation timeout used when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+/// How often an unreachable store is tried again, when not configured.
+pub const DEFAULT_RECONNECT: Duration = Duration::from_millis(500);
+
+/// Where the shared state lives now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreStatus {
+    /// No shared store is configured: every process keeps its own state.
+    Memory,
+    /// The shared store is configured and answering: state is shared with the fleet.
+    Shared,
+    /// The shared store is configured but unreachable (or not reached yet): this process runs
+    /// on its local state and tries the store again in the background.
+    Local,
+}
+
+impl StoreStatus {
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StoreStatus::Memory => "memory",
+            StoreStatus::Shared => "shared",
+            StoreStatus::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for StoreStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a store operation failed. Logged, never returned to a call: the call goes on with
+/// local state.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The operation did not answer within the configured timeout.
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// There is no connection (yet, or any more).
+    #[error("not connected to the store")]
+    NotConnected,
+    /// The store answered with an error, or the connection failed.
+    #[error("store error: {0}")]
+    Backend(String),
+    /// The store's answer did not have the expected shape.
+    #[error("unexpected answer from the store: {0}")]
+    Protocol(String),
+}
+
+/// A boxed future returned by [`Store`] operations (the store path may allocate; the in-memory
+/// default never goes through it).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The shared operations behind breakers, retry budgets, pacing and pools.
+///
+/// [`redis::RedisStore`] (feature `redis`) shares them through Redis; [`memory::MemoryStore`]
+/// implements the same rules inside one process (for tests, and as the reference the Redis
+/// scripts follow). Every time in these operations is the store's own clock.
+pub trait Store: Send + Sync + 'static {
+    /// What this store is, for events (`"redis"`, `"memory"`).
+    fn kind(&self) -> &'static str;
+
+    /// Everything an attempt's admission needs, in one round trip, all or nothing.
+    fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted>;
+
+    /// Apply a write that the caller does not wait for.
+    fn update(&self, update: Update) -> StoreFuture<'_, ()>;
+
+    /// Check (and, if needed, re-establish) the connection.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}
+
+/// One admission: the parts an attempt's call site needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admit {
+    /// The call site's breaker and retry budget.
+    pub breaker: Option<BreakerAsk>,
+    /// The call site's pool, when it has a limit.
+    pub pool: Option<PoolAsk>,
+    /// The call site's pacer, when it has a known request rate (`rpm`).
+    pub pace: Option<PaceAsk>,
+}
+
+/// The breaker part of an [`Admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerAsk {
+    /// The breaker's name.
+    pub name: &'static str,
+    /// A first attempt: deposit in the retry budget.
+    pub deposit: bool,
+    /// A retry: withdraw from the retry budget, under this rule.
+    pub withdraw: Option<RetryRule>,
+}
+
+/// The retry budget's rule (see [`crate::retry_budget`]): over the last
+/// [`WINDOW_SECS`](crate::retry_budget::WINDOW_SECS) seconds, `retries * 10^6 <= first_attempts *
+/// ratio_ppm + floor_per_window * 10^6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryRule {
+    /// Retries per first attempt, in parts per million.
+    pub ratio_ppm: u64,
+    /// Retries always allowed per window.
+    pub floor_per_window: u64,
+}
+
+/// The pool part of an [`Admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolAsk {
+    /// The pool's name.
+    pub name: &'static str,
+    /// The window, in milliseconds of the store's clock.
+    pub window_ms: u64,
+    /// The limit, in the pool's unit (micro-dollars or tokens).
+    pub limit: u64,
+    /// What the attempt is expected to cost, in the same unit.
+    pub expected: u64,
+}
+
+/// The pacing part of an [`Admit`]: one request from a fleet-wide GCRA bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaceAsk {
+    /// The pacer's name.
+    pub name: &'static str,
+    /// Microseconds per request (60 000 000 / rpm).
+    pub interval_us: u64,
+    /// Requests that may go at once after an idle spell (at least 1).
+    pub burst: u64,
+    /// The longest wait the caller accepts (what is left before its deadline).
+    pub max_wait_us: u64,
+}
+
+/// What the store decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything was taken: go ahead (after [`Admitted::pace_wait`]).
+    Admitted,
+    /// The breaker is open in the store.
+    BreakerOpen,
+    /// The fleet's retry budget has no room for this retry.
+    RetryBudget,
+    /// The pool's window has no room.
+    PoolFull,
+    /// The pacer's next slot comes after the caller's deadline.
+    PaceTooLate,
+}
+
+/// The breaker's shared state, as the store sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedBreaker {
+    /// Changes whenever some process opens or closes the breaker in the store; zero while no
+    /// open state is stored.
+    pub generation: u64,
+    /// How long the stored open state still rejects (zero: its cooldown is over);
+    /// `None`: nothing is stored (closed).
+    pub open_for: Option<Duration>,
+}
+
+/// The store's answer to an [`Admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The decision.
+    pub verdict: Verdict,
+    /// The breaker's shared state (when asked about a breaker).
+    pub breaker: Option<SharedBreaker>,
+    /// The pool's current window number (the store's time / window) and what is committed in
+    /// it (after this reservation, when admitted).
+    pub pool: Option<(u64, u64)>,
+    /// How long to wait before sending (the pacer's slot).
+    pub pace_wait: Duration,
+}
+
+/// A write the caller does not wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// Replace a pool reservation by the real cost (in the pool's unit). If the window has
+    /// rolled over since, the real cost is charged to the current one.
+    Settle {
+        /// The pool.
+        pool: &'static str,
+        /// Its window, in milliseconds.
+        window_ms: u64,
+        /// The window the reservation was made in.
+        window: u64,
+        /// The amount reserved.
+        reserved: u64,
+        /// The real cost.
+        real: u64,
+    },
+    /// Give a reservation back (the attempt was dropped before it was billed).
+    Release {
+        /// The pool.
+        pool: &'static str,
+        /// The window the reservation was made in.
+        window: u64,
+        /// The amount reserved.
+        reserved: u64,
+    },
+    /// Add spend to the pool's current window (reconciling what was spent on local state).
+    AddSpend {
+        /// The pool.
+        pool: &'static str,
+        /// Its window, in milliseconds.
+        window_ms: u64,
+        /// The amount, in the pool's unit.
+        amount: u64,
+    },
+    /// A breaker opened in this process: reject in the whole fleet for `cooldown`. With
+    /// `force` (a failed probe), replace a running open state; without, keep it.
+    BreakerOpened {
+        /// The breaker.
+        breaker: &'static str,
+        /// How long it rejects.
+        cooldown: Duration,
+        /// Replace a running open state.
+        force: bool,
+    },
+    /// A breaker closed in this process (its probe succeeded): clear the shared open state.
+    BreakerClosed {
+        /// The breaker.
+        breaker: &'static str,
+    },
+}
+
+// ---- configuration ----
+
+/// The `[store]` settings: where shared state lives, under which key prefix, and how long an
+/// operation may take.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    redis_url: Option<String>,
+    prefix: String,
+    timeout: Duration,
+    reconnect_every: Duration,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("reconnect_every", &self.reconnect_every)
+            .finish()
+    }
+}
+
+/// The URL without its password, for logs.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl StoreConfig {
+    /// Share state through the Redis server at `url` (`redis://host:port[/db]`, with an
+    /// optional `user:password@`). Refused: an unparsable URL, `rediss://` (this build has no
+    /// TLS), or a build without the `redis` feature.
+    pub fn redis(url: &str) -> Result<Self, ConfigError> {
+        check_url(url).map_err(invalid)?;
+        Ok(Self {
+            redis_url: Some(url.to_owned()),
+            ..Self::none()
+        })
+    }
+
+    /// Settings without a URL (`[store]` with only a prefix or timeout): the URL may come from
+    /// `RETRY_RUNTIME_REDIS_URL`.
+    pub(crate) fn none() -> Self {
+        Self {
+            redis_url: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            reconnect_every: DEFAULT_RECONNECT,
+        }
+    }
+
+    /// The key namespace (default `"resilient"`): processes that share state use the same
+    /// one. 1 to 64 characters, no spaces, quotes or braces.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
+        check_prefix(prefix).map_err(invalid)?;
+        self.prefix = prefix.to_owned();
+        Ok(self)
+    }
+
+    /// How long one store operation may take before the call goes on with local state
+    /// (default 50 ms; kept within 1 ms to 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.clamp(Duration::from_millis(1), Duration::from_secs(10));
+        self
+    }
+
+    /// How often an unreachable store is tried again (default 500 ms; kept within 10 ms to
+    /// 1 minute).
+    pub fn with_reconnect_every(mut self, every: Duration) -> Self {
+        self.reconnect_every = every.clamp(Duration::from_millis(10), Duration::from_secs(60));
+        self
+    }
+
+    /// The Redis URL, as configured (`RETRY_RUNTIME_REDIS_URL` is applied when the store
+    /// starts).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref()
+    }
+
+    /// The key namespace.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How often an unreachable store is tried again.
+    pub fn reconnect_every(&self) -> Duration {
+        self.reconnect_every
+    }
+}
+
+fn invalid(message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: None,
+        message,
+    }
+}
+
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = url.strip_prefix("redis://") {
+        rest
+    } else if url.starts_with("rediss://") {
+        return Err(format!(
+            "`{}`: rediss:// (TLS) is not supported by this build; use redis:// on a trusted network or a TLS tunnel",
+            redact(url)
+        ));
+    } else if url.starts_with("redis+unix://") || url.starts_with("unix://") {
+        url
+    } else {
+        return Err(format!(
+            "`{}` is not a Redis URL: write redis://host:port, e.g. \"redis://127.0.0.1:6379\"",
+            redact(url)
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.starts_with(':') {
+        return Err(format!("`{}` names no host", redact(url)));
+    }
+    #[cfg(feature = "redis")]
+    {
+        ::redis::Client::open(url).map_err(|e| format!("`{}`: {e}", redact(url)))?;
+        Ok(())
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        Err(format!(
+            "`{}`: retry-runtime was built without the `redis` feature; enable it to share state through Redis",
+            redact(url)
+        ))
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err(format!("`{prefix}` must be 1 to 64 characters"));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '"' | '\''))
+    {
+        return Err(format!("`{prefix}` may not contain {c:?}"));
+    }
+    Ok(())
+}
+
+/// The URL from `RETRY_RUNTIME_REDIS_URL`, if set: checked, or a configuration error.
+pub(crate) fn env_url() -> Result<Option<String>, ConfigError> {
+    match std::env::var(REDIS_URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => {
+            let url = url.trim().to_owned();
+            check_url(&url).map_err(|e| invalid(format!("{REDIS_URL_ENV}: {e}")))?;
+            Ok(Some(url))
+        }
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(invalid(format!("{REDIS_URL_ENV} is not valid UTF-8")))
+        }
+    }
+}
+
+// ---- the process's store ----
+
+static ACTIVE: OnceLock<Option<&'static Shared>> = OnceLock::new();
+// Whether `install` or the configuration already decided the store (for a clear error).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+fn from_config() -> Option<&'static Shared> {
+    let config = crate::config::store_config();
+    let url = match env_url() {
+        Ok(Some(url)) => Some(url),
+        Ok(None) => config.as_ref().and_then(|c| c.redis_url.clone()),
+        Err(error) => {
+            tracing::error!(target: "retry_runtime", %error, "ignoring {REDIS_URL_ENV}; state stays in memory");
+            None
+        }
+    };
+    let url = url?;
+    let config = config.unwrap_or_else(StoreConfig::none);
+    start_redis(&url, &config)
+}
+
+#[cfg(feature = "redis")]
+fn start_redis(url: &str, config: &StoreConfig) -> Option<&'static Shared> {
+    match redis::RedisStore::new(url, config) {
+        Ok(store) => Shared::start(Arc::new(store), config),
+        Err(error) => {
+            tracing::error!(target: "retry_runtime", %error, url = %redact(url), "cannot use this Redis URL; state stays in memory");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn start_redis(url: &str, _config: &StoreConfig) -> Option<&'static Shared> {
+    tracing::error!(target: "retry_runtime", url = %redact(url), "a Redis URL is configured but retry-runtime was built without the `redis` feature; state stays in memory");
+    None
+}
+
+/// The process's shared store, started on first use; `None` when state stays in memory.
+#[inline]
+pub(crate) fn active() -> Option<&'static Shared> {
+    *ACTIVE.get_or_init(|| {
+        INSTALLED.store(true, Ordering::Release);
+        from_config()
+    })
+}
+
+/// The shared store if it is answering now: the one check the hot path makes (one load of
+/// an initialised `OnceLock`, then one of an atomic flag when a store is configured).
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn shared_now() -> Option<&'static Shared> {
+    active().filter(|s| s.is_shared())
+}
+
+/// Use `store` for this process's shared state instead of the configured one. Call it at
+/// startup (after [`configure`](crate::configure), before the first call that uses a breaker,
+/// pool or pacer): the store is chosen once.
+///
+/// ```
+/// use std::sync::Arc;
+/// use retry_runtime::store::{self, memory::MemoryStore, StoreStatus};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// store::install(Arc::new(MemoryStore::new())).unwrap();
+/// assert!(store::wait_shared(std::time::Duration::from_secs(5)).await);
+/// assert_eq!(store::status(), StoreStatus::Shared);
+/// assert!(store::install(Arc::new(MemoryStore::new())).is_err());
+/// # }
+/// ```
+pub fn install(store: Arc<dyn Store>) -> Result<(), ConfigError> {
+    if INSTALLED.swap(true, Ordering::AcqRel) {
+        return Err(ConfigError::AlreadyConfigured);
+    }
+    let config = crate::config::store_config().unwrap_or_else(StoreConfig::none);
+    let shared = Shared::start(store, &config);
+    ACTIVE
+        .set(shared)
+        .map_err(|_| ConfigError::AlreadyConfigured)
+}
+
+/// Where the shared state lives now: [`StoreStatus::Memory`] without a configured store,
+/// [`StoreStatus::Shared`] while it answers, [`StoreStatus::Local`] while it does not (or
+/// before the first connection). Starts the store (in the background) if nothing used it yet,
+/// which loads the configuration like the first breaker does.
+pub fn status() -> StoreStatus {
+    match active() {
+        None => StoreStatus::Memory,
+        Some(shared) if shared.is_shared() => StoreStatus::Shared,
+        Some(_) => StoreStatus::Local,
+    }
+}
+
+/// Wait until the configured store answers (state is shared), at most `within`; `true` if it
+/// does. `false` at once when no store is configured. Connecting happens in the background
+/// either way: calls never wait for it.
+pub async fn wait_shared(within: Duration) -> bool {
+    match active() {
+        None => false,
+        Some(shared) => shared.wait_shared(within).await,
+    }
+}
+
+// Status codes for the atomic in `Shared`.
+pub(crate) const STARTING: u8 = 0;
+pub(crate) const SHARED: u8 = 1;
+pub(crate) const LOCAL: u8 = 2;
+
+pub(crate) fn status_of(code: &AtomicU8) -> StoreStatus {
+    match code.load(Ordering::Acquire) {
+        SHARED => StoreStatus::Shared,
+        _ => StoreStatus::Local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(check_url("http://x")
+            .unwrap_err()
+            .contains("not a Redis URL"));
+        assert!(check_url("rediss://h:1").unwrap_err().contains("TLS"));
+        assert!(check_url("redis://").unwrap_err().contains("no host"));
+        #[cfg(feature = "redis")]
+        {
+            assert!(check_url("redis://127.0.0.1:6390").is_ok());
+            assert!(check_url("redis://127.0.0.1:6390/2").is_ok());
+        }
+        #[cfg(not(feature = "redis"))]
+        assert!(check_url("redis://127.0.0.1:6390")
+            .unwrap_err()
+            .contains("without the `redis` feature"));
+    }
+
+    #[test]
+    fn prefixes_and_redaction() {
+        assert!(check_prefix("fleet-a:v1").is_ok());
+        assert!(check_prefix("").is_err());
+        assert!(check_prefix("a b").is_err());
+        assert!(check_prefix("{x}").is_err());
+        assert_eq!(redact("redis://:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,448 @@
+//! [`RedisStore`]: shared state in one Redis server (feature `redis`).
+//!
+//! Keys, under the configured prefix `P` wrapped as a hash tag (`{P}`, so a script's keys
+//! would sit in one slot):
+//!
+//! | key | type | what | expiry |
+//! |---|---|---|---|
+//! | `{P}:breaker:NAME` | hash `until`, `gen` | open until (ms, Redis time); generation | cooldown + max(cooldown, 60 s) |
+//! | `{P}:retry:NAME:SECOND` | hash `d`, `r` | first attempts, retries in that second | 11 s |
+//! | `{P}:pool:NAME:WINDOW` | integer | committed in window `WINDOW` = ms / window | two windows |
+//! | `{P}:pace:NAME` | integer | GCRA theoretical arrival time (µs, Redis time) | 1 s after it passes |
+//!
+//! Four Lua scripts, each one round trip (`EVALSHA`, loaded on connect): `admit` (breaker
+//! check, retry budget, pacer slot, pool reservation: all checks, then all writes), `settle`
+//! (also used to add reconciled spend), `release`, `breaker_open`; a closed breaker is a `DEL`.
+//! Every time comes from `redis.call('TIME')`, never from a process's clock.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, Script};
+
+use super::{
+    Admit, Admitted, SharedBreaker, Store, StoreConfig, StoreError, StoreFuture, Update, Verdict,
+};
+use crate::retry_budget::WINDOW_SECS;
+
+/// The admission script. ARGV: prefix, breaker, deposit, withdraw, ratio_ppm,
+/// floor_per_window, pool, window_ms, limit, expected, pacer, interval_us, burst, max_wait_us.
+/// Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us}.
+pub const ADMIT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now_us / 1000)
+local p = ARGV[1]
+local bname, deposit, withdraw = ARGV[2], ARGV[3], ARGV[4]
+local ratio, floor = tonumber(ARGV[5]), tonumber(ARGV[6])
+local pool, wms, limit, expected = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local pace, interval, burst, max_wait = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local function n(x) return string.format('%.0f', x) end
+local verdict = 0
+local b_found, b_gen, b_open = 0, 0, 0
+if bname ~= '' then
+  local v = redis.call('HMGET', p .. ':breaker:' .. bname, 'until', 'gen')
+  if v[1] then
+    b_found = 1
+    b_gen = tonumber(v[2]) or 0
+    local until_ms = tonumber(v[1]) or 0
+    if until_ms > now_ms then
+      b_open = until_ms - now_ms
+      verdict = 1
+    end
+  end
+end
+local sec = math.floor(now_us / 1000000)
+if verdict == 0 and bname ~= '' and withdraw == '1' then
+  local d, r = 0, 0
+  for s = sec - WINDOW_SECS + 1, sec do
+    local v = redis.call('HMGET', p .. ':retry:' .. bname .. ':' .. n(s), 'd', 'r')
+    d = d + (tonumber(v[1]) or 0)
+    r = r + (tonumber(v[2]) or 0)
+  end
+  if (r + 1) * 1000000 > d * ratio + floor * 1000000 then verdict = 2 end
+end
+local pace_key, new_tat, wait_us = nil, nil, 0
+if verdict == 0 and pace ~= '' then
+  pace_key = p .. ':pace:' .. pace
+  local tat = tonumber(redis.call('GET', pace_key) or '0') or 0
+  local at = math.max(tat - (burst - 1) * interval, now_us)
+  wait_us = at - now_us
+  if wait_us > max_wait then
+    verdict = 4
+  else
+    new_tat = math.max(tat, at) + interval
+  end
+end
+local committed, widx, pool_key = 0, 0, nil
+if pool ~= '' then
+  widx = math.floor(now_ms / wms)
+  pool_key = p .. ':pool:' .. pool .. ':' .. n(widx)
+  committed = math.max(tonumber(redis.call('GET', pool_key) or '0') or 0, 0)
+  if verdict == 0 and (committed >= limit or committed + expected > limit) then verdict = 3 end
+end
+if verdict == 0 then
+  if pool_key then
+    committed = redis.call('INCRBY', pool_key, n(expected))
+    redis.call('PEXPIRE', pool_key, n(2 * wms))
+  end
+  if new_tat then
+    redis.call('SET', pace_key, n(new_tat), 'PX', n(math.ceil((new_tat - now_us) / 1000) + 1000))
+  end
+  if bname ~= '' and (deposit == '1' or withdraw == '1') then
+    local rk = p .. ':retry:' .. bname .. ':' .. n(sec)
+    if deposit == '1' then redis.call('HINCRBY', rk, 'd', 1) end
+    if withdraw == '1' then redis.call('HINCRBY', rk, 'r', 1) end
+    redis.call('EXPIRE', rk, WINDOW_SECS + 1)
+  end
+end
+return {verdict, b_found, b_gen, b_open, committed, widx, wait_us}
+"#;
+
+/// The settle script. ARGV: prefix, pool, window_ms, window (-1: none), reserved, real.
+/// In the reservation's window: add real - reserved; after it rolled over: add real to the
+/// current one.
+pub const SETTLE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now_ms = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2])) / 1000)
+local p, pool = ARGV[1], ARGV[2]
+local wms, window, reserved, real = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local function n(x) return string.format('%.0f', x) end
+local current = math.floor(now_ms / wms)
+local key, delta
+if current == window then
+  key, delta = p .. ':pool:' .. pool .. ':' .. n(window), real - reserved
+else
+  key, delta = p .. ':pool:' .. pool .. ':' .. n(current), real
+end
+local v = redis.call('INCRBY', key, n(delta))
+if v < 0 then redis.call('SET', key, 0) end
+redis.call('PEXPIRE', key, n(2 * wms))
+return v
+"#;
+
+/// The release script. ARGV: prefix, pool, window, reserved. Never creates a key.
+pub const RELEASE_LUA: &str = r#"
+local key = ARGV[1] .. ':pool:' .. ARGV[2] .. ':' .. ARGV[3]
+if redis.call('EXISTS', key) == 1 then
+  local v = redis.call('DECRBY', key, ARGV[4])
+  if v < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+end
+return 0
+"#;
+
+/// The breaker-open script. ARGV: prefix, breaker, cooldown_ms, force. Without `force`, a
+/// stored open state that still runs is kept. The generation becomes max(now µs, old + 1),
+/// so it never repeats, even after the key expired.
+pub const BREAKER_OPEN_LUA: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now_us / 1000)
+local function n(x) return string.format('%.0f', x) end
+local key = ARGV[1] .. ':breaker:' .. ARGV[2]
+local cooldown = tonumber(ARGV[3])
+local v = redis.call('HMGET', key, 'until', 'gen')
+local until_ms, gen = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+if ARGV[4] ~= '1' and until_ms > now_ms then return 0 end
+redis.call('HSET', key, 'until', n(now_ms + cooldown), 'gen', n(math.max(now_us, gen + 1)))
+redis.call('PEXPIRE', key, n(cooldown + math.max(cooldown, 60000)))
+return 1
+"#;
+
+struct Scripts {
+    admit: Script,
+    settle: Script,
+    release: Script,
+    breaker_open: Script,
+}
+
+/// Shared state in Redis. See the module docs for the keys and scripts.
+pub struct RedisStore {
+    client: Client,
+    prefix: String,
+    connect_timeout: Duration,
+    connection: Mutex<Option<MultiplexedConnection>>,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("connected", &self.connection().is_some())
+            .finish()
+    }
+}
+
+fn backend(error: ::redis::RedisError) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+fn bool_arg(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+impl RedisStore {
+    /// A store for the server at `url`, under `config`'s prefix. Does not connect: the
+    /// first [`Store::ping`] does (in the background, when used by the runtime).
+    pub fn new(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(backend)?;
+        let window = WINDOW_SECS.to_string();
+        Ok(Self {
+            client,
+            prefix: format!("{{{}}}", config.prefix()),
+            connect_timeout: config.timeout().max(Duration::from_millis(250)),
+            connection: Mutex::new(None),
+            scripts: Scripts {
+                admit: Script::new(&ADMIT_LUA.replace("WINDOW_SECS", &window)),
+                settle: Script::new(SETTLE_LUA),
+                release: Script::new(RELEASE_LUA),
+                breaker_open: Script::new(BREAKER_OPEN_LUA),
+            },
+        })
+    }
+
+    /// The key prefix, with its hash-tag braces.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn connection(&self) -> Option<MultiplexedConnection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_connection(&self, connection: Option<MultiplexedConnection>) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = connection;
+    }
+
+    /// Run `op` on the connection; a failed one is dropped, so that the next ping reconnects.
+    async fn with_connection<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ::redis::RedisError>>,
+    {
+        let connection = self.connection().ok_or(StoreError::NotConnected)?;
+        match op(connection).await {
+            Ok(v) => Ok(v),
+            Err(error) => {
+                if error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_timeout()
+                    || error.is_unrecoverable_error()
+                {
+                    self.set_connection(None);
+                }
+                Err(backend(error))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(), StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.connect_timeout));
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(backend)?;
+        // Loaded now, so that no admission pays for a NOSCRIPT round trip.
+        for script in [
+            &self.scripts.admit,
+            &self.scripts.settle,
+            &self.scripts.release,
+            &self.scripts.breaker_open,
+        ] {
+            script
+                .prepare_invoke()
+                .load_async(&mut connection)
+                .await
+                .map_err(backend)?;
+        }
+        self.set_connection(Some(connection));
+        Ok(())
+    }
+
+    async fn admit_inner(&self, ask: Admit) -> Result<Admitted, StoreError> {
+        let answer: Vec<i64> = self
+            .with_connection(|mut c| {
+                let mut inv = self.scripts.admit.prepare_invoke();
+                inv.arg(&self.prefix);
+                match &ask.breaker {
+                    Some(b) => {
+                        let rule = b.withdraw.unwrap_or(super::RetryRule {
+                            ratio_ppm: 0,
+                            floor_per_window: 0,
+                        });
+                        inv.arg(b.name)
+                            .arg(bool_arg(b.deposit))
+                            .arg(bool_arg(b.withdraw.is_some()))
+                            .arg(rule.ratio_ppm)
+                            .arg(rule.floor_per_window);
+                    }
+                    None => {
+                        inv.arg("").arg("0").arg("0").arg(0).arg(0);
+                    }
+                }
+                match &ask.pool {
+                    Some(p) => {
+                        inv.arg(p.name)
+                            .arg(p.window_ms.max(1))
+                            .arg(p.limit)
+                            .arg(p.expected);
+                    }
+                    None => {
+                        inv.arg("").arg(1).arg(0).arg(0);
+                    }
+                }
+                match &ask.pace {
+                    Some(p) => {
+                        inv.arg(p.name)
+                            .arg(p.interval_us.max(1))
+                            .arg(p.burst.max(1))
+                            .arg(p.max_wait_us.min(1 << 52));
+                    }
+                    None => {
+                        inv.arg("").arg(1).arg(1).arg(0);
+                    }
+                }
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        parse_admitted(&ask, &answer)
+    }
+
+    async fn update_inner(&self, update: Update) -> Result<(), StoreError> {
+        let prefix = &self.prefix;
+        self.with_connection(|mut c| {
+            let mut inv;
+            match update {
+                Update::Settle {
+                    pool,
+                    window_ms,
+                    window,
+                    reserved,
+                    real,
+                } => {
+                    inv = self.scripts.settle.prepare_invoke();
+                    inv.arg(prefix)
+                        .arg(pool)
+                        .arg(window_ms.max(1))
+                        .arg(window)
+                        .arg(reserved)
+                        .arg(real);
+                }
+                Update::AddSpend {
+                    pool,
+                    window_ms,
+                    amount,
+                } => {
+                    inv = self.scripts.settle.prepare_invoke();
+                    inv.arg(prefix)
+                        .arg(pool)
+                        .arg(window_ms.max(1))
+                        .arg(-1)
+                        .arg(0)
+                        .arg(amount);
+                }
+                Update::Release {
+                    pool,
+                    window,
+                    reserved,
+                } => {
+                    inv = self.scripts.release.prepare_invoke();
+                    inv.arg(prefix).arg(pool).arg(window).arg(reserved);
+                }
+                Update::BreakerOpened {
+                    breaker,
+                    cooldown,
+                    force,
+                } => {
+                    inv = self.scripts.breaker_open.prepare_invoke();
+                    inv.arg(prefix)
+                        .arg(breaker)
+                        .arg(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX))
+                        .arg(bool_arg(force));
+                }
+                Update::BreakerClosed { breaker } => {
+                    let key = format!("{prefix}:breaker:{breaker}");
+                    return Box::pin(async move {
+                        ::redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
+                    }) as StoreOp;
+                }
+            }
+            Box::pin(async move { inv.invoke_async::<::redis::Value>(&mut c).await.map(|_| ()) })
+                as StoreOp
+        })
+        .await
+    }
+
+    async fn ping_inner(&self) -> Result<(), StoreError> {
+        if self.connection().is_none() {
+            self.connect().await?;
+        }
+        self.with_connection(
+            |mut c| async move { ::redis::cmd("PING").query_async::<()>(&mut c).await },
+        )
+        .await
+    }
+}
+
+type StoreOp<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), ::redis::RedisError>> + Send + 'a>,
+>;
+
+/// Read the admission script's answer.
+pub(crate) fn parse_admitted(ask: &Admit, answer: &[i64]) -> Result<Admitted, StoreError> {
+    let [verdict, found, generation, open_ms, committed, window, wait_us] = *answer else {
+        return Err(StoreError::Protocol(format!(
+            "admit returned {} values, expected 7",
+            answer.len()
+        )));
+    };
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    let verdict = match verdict {
+        0 => Verdict::Admitted,
+        1 => Verdict::BreakerOpen,
+        2 => Verdict::RetryBudget,
+        3 => Verdict::PoolFull,
+        4 => Verdict::PaceTooLate,
+        other => return Err(StoreError::Protocol(format!("unknown verdict {other}"))),
+    };
+    Ok(Admitted {
+        verdict,
+        breaker: ask.breaker.as_ref().map(|_| SharedBreaker {
+            generation: u(generation),
+            open_for: (found == 1).then(|| Duration::from_millis(u(open_ms))),
+        }),
+        pool: ask.pool.as_ref().map(|_| (u(window), u(committed))),
+        pace_wait: Duration::from_micros(u(wait_us)),
+    })
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted> {
+        Box::pin(self.admit_inner(ask))
+    }
+
+    fn update(&self, update: Update) -> StoreFuture<'_, ()> {
+        Box::pin(self.update_inner(update))
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(self.ping_inner())
+    }
+}
