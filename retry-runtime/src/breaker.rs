@@ -219,6 +219,33 @@ impl State {
         }
     }
 
+    /// The shared store says another process opened the breaker until `until_ms` (on this
+    /// process's clock): reject until then. A longer local cooldown is kept; half-open probes
+    /// in flight are cut off only by an open state that still runs.
+    pub fn forced_open(self, until_ms: u64, now_ms: u64) -> State {
+        let open = State {
+            state: BreakerState::Open,
+            epoch: self.epoch,
+            probes: 0,
+            until_ms: until_ms.min(TIME_MASK),
+        };
+        match self.state {
+            BreakerState::Closed => open,
+            BreakerState::Open if self.until_ms >= until_ms => self,
+            BreakerState::Open => open,
+            BreakerState::HalfOpen if until_ms > now_ms => open,
+            BreakerState::HalfOpen => self,
+        }
+    }
+
+    /// The shared store says the breaker was closed (another process's probe succeeded).
+    pub fn forced_closed(self) -> State {
+        State {
+            epoch: self.epoch,
+            ..State::CLOSED
+        }
+    }
+
     /// A probe was dropped before it finished: give its slot back.
     pub fn on_cancel(self, admission: Admission) -> State {
         match (self.state, admission) {
@@ -246,6 +273,8 @@ pub struct Breaker {
     next: AtomicUsize,
     retry_budget: RetryBudget,
     queue: Queue,
+    // The shared store's generation of this breaker's state last adopted (0: none stored).
+    shared_generation: AtomicU64,
 }
 
 impl fmt::Debug for Breaker {
@@ -274,6 +303,7 @@ impl Breaker {
             next: AtomicUsize::new(0),
             retry_budget: RetryBudget::new(&config),
             queue: Queue::new(config.queue_len as usize, config.queue_release_per_sec),
+            shared_generation: AtomicU64::new(0),
             config,
         }
     }
@@ -400,6 +430,28 @@ impl Breaker {
         if let Admission::Probe { .. } = admission {
             self.update(|s| ((), s.on_cancel(admission)));
         }
+    }
+
+    /// Adopt the shared store's state of this breaker if it changed since this process last
+    /// saw it: the store's state wins (an open state rejects here too; a cleared one closes).
+    pub fn adopt(&self, shared: crate::store::SharedBreaker, now_ms: u64) -> Option<Transition> {
+        let seen = self
+            .shared_generation
+            .swap(shared.generation, Ordering::AcqRel);
+        if seen == shared.generation {
+            return None;
+        }
+        let (_, transition) = match shared.open_for {
+            Some(open_for) => {
+                let until = now_ms.saturating_add(duration_ms(open_for));
+                self.update(|s| ((), s.forced_open(until, now_ms)))
+            }
+            None => self.update(|s| ((), s.forced_closed())),
+        };
+        if matches!(transition, Some(t) if t.to == BreakerState::Closed) {
+            self.clear_failures();
+        }
+        transition
     }
 
     /// Remember a counted failure; true if the ring now holds `failures` of them in `window`.

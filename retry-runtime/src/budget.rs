@@ -568,9 +568,20 @@ pub async fn workflow<F: Future>(budget: Budget, fut: F) -> (F::Output, Spend) {
 /// The reservations an attempt holds in its pool and workflow scopes.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Held {
-    pool: Option<Reservation>,
+    pool: Option<PoolHold>,
     // Workflow ledgers have no window; each scope reserved `expected` in its own unit.
     workflow: Option<Spend>,
+}
+
+/// Where the pool's reservation is: in this process's ledger, or in the shared store.
+#[derive(Debug, Clone, Copy)]
+enum PoolHold {
+    Local(Reservation),
+    /// In the store's window `window` (the store's clock), `amount` in the pool's unit.
+    Shared {
+        window: u64,
+        amount: u64,
+    },
 }
 
 /// The ledgers a call charges: its pool and its workflow chain.
@@ -584,6 +595,65 @@ fn reservation_in(ledger: &Ledger, expected: Spend) -> Reservation {
     Reservation {
         window: 0,
         amount: ledger.limit.map_or(0, |l| expected.amount(l.unit)),
+    }
+}
+
+impl Pool {
+    /// What the shared store needs to reserve `expected` here; `None` for a pool without a
+    /// limit (it only counts, locally).
+    pub(crate) fn shared_ask(&self, expected: Spend) -> Option<crate::store::PoolAsk> {
+        let limit = self.ledger.limit?;
+        Some(crate::store::PoolAsk {
+            name: self.name,
+            window_ms: self.ledger.window_ms?,
+            limit: limit.amount,
+            expected: expected.amount(limit.unit),
+        })
+    }
+
+    /// A refusal by the shared store: what is committed there, as the scope, spend and limit
+    /// a `Rejected::BudgetExhausted` carries (logged once per window, like a local refusal).
+    pub(crate) fn refused_shared(
+        &self,
+        committed: u64,
+        now_ms: u64,
+    ) -> (BudgetScope, Spend, Budget) {
+        self.refused(committed, now_ms);
+        let limit = self.ledger.limit.unwrap_or(Budget::micros(0));
+        (
+            BudgetScope::Pool(self.name),
+            amount(limit.unit, committed),
+            limit,
+        )
+    }
+}
+
+impl Ledger {
+    /// Take the fleet's committed amount (as the shared store just said) as this ledger's,
+    /// so that if the store becomes unreachable, local state goes on from the fleet's total
+    /// rather than from this process's share of it.
+    pub(crate) fn mirror(&self, committed: u64, now_ms: u64) {
+        if self.limit.is_some() {
+            let window = self.window_at(now_ms);
+            self.state.store(pack(window, committed), Ordering::Release);
+        }
+    }
+
+    /// Correct the mirrored amount by a settlement made in the shared store.
+    fn mirror_settle(&self, reserved: u64, real: u64, now_ms: u64) {
+        let window = self.window_at(now_ms);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let (at, committed) = unpack(bits);
+                (at == window)
+                    .then(|| pack(at, committed.saturating_sub(reserved).saturating_add(real)))
+            });
+    }
+
+    fn count(&self, real: Spend) {
+        self.total_micros.fetch_add(real.micros(), Ordering::AcqRel);
+        self.total_tokens.fetch_add(real.tokens(), Ordering::AcqRel);
     }
 }
 
@@ -602,7 +672,7 @@ impl Ledgers {
         if let Some(pool) = self.pool {
             let unit_amount = pool.ledger.limit.map_or(0, |l| expected.amount(l.unit));
             match pool.ledger.reserve(unit_amount, now_ms) {
-                Ok(r) => held.pool = Some(r),
+                Ok(r) => held.pool = Some(PoolHold::Local(r)),
                 Err(committed) => {
                     pool.refused(committed, now_ms);
                     let limit = pool.ledger.limit.unwrap_or(Budget::micros(0));
@@ -611,29 +681,115 @@ impl Ledgers {
                 }
             }
         }
-        if let Some(scope) = &self.workflow {
-            for (i, s) in scope.chain().enumerate() {
-                let want = reservation_in(&s.ledger, expected);
-                if let Err(committed) = s.ledger.reserve(want.amount, now_ms) {
-                    for undo in scope.chain().take(i) {
-                        undo.ledger.release(reservation_in(&undo.ledger, expected));
-                    }
-                    if let (Some(pool), Some(r)) = (self.pool, held.pool) {
-                        pool.ledger.release(r);
-                    }
-                    let limit = s.ledger.limit.unwrap_or(Budget::micros(0));
-                    return Err((BudgetScope::Workflow, amount(limit.unit, committed), limit));
-                }
+        match self.reserve_workflows(expected, now_ms) {
+            Ok(workflow) => {
+                held.workflow = workflow;
+                Ok(held)
             }
-            held.workflow = Some(expected);
+            Err(refused) => {
+                self.release(held);
+                Err(refused)
+            }
         }
-        Ok(held)
+    }
+
+    /// The pool's reservation was made in the shared store (`shared`: its window and amount,
+    /// `None` for a pool it does not hold, e.g. one without a limit); reserve the rest
+    /// locally, or give the shared reservation back.
+    pub(crate) fn reserve_after_shared(
+        &self,
+        shared: Option<(u64, u64)>,
+        expected: Spend,
+        now_ms: u64,
+    ) -> Result<Held, (BudgetScope, Spend, Budget)> {
+        let mut held = Held::default();
+        if let Some(pool) = self.pool {
+            held.pool = Some(match shared {
+                Some((window, amount)) => PoolHold::Shared { window, amount },
+                // A pool without a limit only counts: locally.
+                None => PoolHold::Local(Reservation {
+                    window: pool.ledger.window_at(now_ms),
+                    amount: 0,
+                }),
+            });
+        }
+        match self.reserve_workflows(expected, now_ms) {
+            Ok(workflow) => {
+                held.workflow = workflow;
+                Ok(held)
+            }
+            Err(refused) => {
+                self.release(held);
+                Err(refused)
+            }
+        }
+    }
+
+    fn reserve_workflows(
+        &self,
+        expected: Spend,
+        now_ms: u64,
+    ) -> Result<Option<Spend>, (BudgetScope, Spend, Budget)> {
+        let Some(scope) = &self.workflow else {
+            return Ok(None);
+        };
+        for (i, s) in scope.chain().enumerate() {
+            let want = reservation_in(&s.ledger, expected);
+            if let Err(committed) = s.ledger.reserve(want.amount, now_ms) {
+                for undo in scope.chain().take(i) {
+                    undo.ledger.release(reservation_in(&undo.ledger, expected));
+                }
+                let limit = s.ledger.limit.unwrap_or(Budget::micros(0));
+                return Err((BudgetScope::Workflow, amount(limit.unit, committed), limit));
+            }
+        }
+        Ok(Some(expected))
     }
 
     /// Replace the reservations by the attempt's real cost.
     pub(crate) fn settle(&self, held: Held, real: Spend, now_ms: u64) {
-        if let (Some(pool), Some(r)) = (self.pool, held.pool) {
-            pool.ledger.settle(r, real, now_ms);
+        if let (Some(pool), Some(hold)) = (self.pool, held.pool) {
+            match hold {
+                PoolHold::Local(r) => {
+                    pool.ledger.settle(r, real, now_ms);
+                    // Configured to share, but settled on local state: owed to the store.
+                    if let (Some(shared), Some(limit), Some(window_ms)) = (
+                        crate::store::active(),
+                        pool.ledger.limit,
+                        pool.ledger.window_ms,
+                    ) {
+                        let amount = real.amount(limit.unit);
+                        if amount == 0 {
+                        } else if shared.is_shared() {
+                            shared.send(crate::store::Update::AddSpend {
+                                pool: pool.name,
+                                window_ms,
+                                amount,
+                            });
+                        } else {
+                            pool.owe(amount);
+                        }
+                    }
+                }
+                PoolHold::Shared { window, amount } => {
+                    pool.ledger.count(real);
+                    if let (Some(shared), Some(limit), Some(window_ms)) = (
+                        crate::store::active(),
+                        pool.ledger.limit,
+                        pool.ledger.window_ms,
+                    ) {
+                        let real = real.amount(limit.unit);
+                        pool.ledger.mirror_settle(amount, real, now_ms);
+                        shared.send(crate::store::Update::Settle {
+                            pool: pool.name,
+                            window_ms,
+                            window,
+                            reserved: amount,
+                            real,
+                        });
+                    }
+                }
+            }
         }
         if let (Some(scope), Some(expected)) = (&self.workflow, held.workflow) {
             for s in scope.chain() {
@@ -645,8 +801,19 @@ impl Ledgers {
 
     /// Give the reservations back (the attempt was dropped).
     pub(crate) fn release(&self, held: Held) {
-        if let (Some(pool), Some(r)) = (self.pool, held.pool) {
-            pool.ledger.release(r);
+        if let (Some(pool), Some(hold)) = (self.pool, held.pool) {
+            match hold {
+                PoolHold::Local(r) => pool.ledger.release(r),
+                PoolHold::Shared { window, amount } => {
+                    if let Some(shared) = crate::store::active() {
+                        shared.send(crate::store::Update::Release {
+                            pool: pool.name,
+                            window,
+                            reserved: amount,
+                        });
+                    }
+                }
+            }
         }
         if let (Some(scope), Some(expected)) = (&self.workflow, held.workflow) {
             for s in scope.chain() {

@@ -266,6 +266,8 @@ pub fn configure(config: Config) -> Result<(), ConfigError> {
     if !created.is_empty() {
         return Err(ConfigError::TooLate { names: created });
     }
+    // A bad RETRY_RUNTIME_REDIS_URL is this call's error, not a silent fallback later.
+    crate::store::env_url()?;
     CONFIG
         .set(config)
         .map_err(|_| ConfigError::AlreadyConfigured)
@@ -341,7 +343,7 @@ struct RawStore {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPace {
-    rpm: Option<Count>,
+    rpm: Option<Rpm>,
     tpm: Option<u64>,
     adaptive: Option<bool>,
     burst: Option<Dur>,
@@ -484,6 +486,23 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A provider's requests-per-minute limit: 1 up to ten million (large accounts have limits in
+/// the tens of thousands, far above the 1..=1000 of [`Count`]).
+struct Rpm(u32);
+
+impl<'de> Deserialize<'de> for Rpm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if (1..=10_000_000).contains(&n) {
+            Ok(Rpm(n as u32))
+        } else {
+            Err(de::Error::custom(format!(
+                "{n} is out of range: use a whole number of requests per minute from 1 to 10000000"
+            )))
+        }
+    }
 }
 
 /// A count in 1..=1000.
@@ -670,6 +689,9 @@ mod tests {
         assert!(!p.adaptive);
         assert_eq!(p.burst, Duration::from_secs(2));
         assert_eq!(c.pacer("other"), PaceConfig::default());
+        // Large accounts' limits are in the tens of thousands per minute.
+        let big = Config::from_toml_str("[pace.openai]\nrpm = 30000\n").unwrap();
+        assert_eq!(big.pacer("openai").rpm, Some(30_000));
         let e = Config::from_toml_str("[pace.openai]\nrpm = 0\n")
             .unwrap_err()
             .to_string();

@@ -227,6 +227,9 @@ enum Refusal {
     },
     /// The pacer could not grant a permit before the call's deadline.
     Deadline { deadline: Duration },
+    /// The retry budget has no room for this retry (asked at the retry's admission when the
+    /// store is shared).
+    RetryBudget { breaker: &'static str },
 }
 
 impl Refusal {
@@ -234,6 +237,12 @@ impl Refusal {
         match self {
             Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
             Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
+            // Only retries withdraw, and a refused retry ends the call with the last attempt's
+            // error; this is what a first attempt would get if it ever came here.
+            Refusal::RetryBudget { breaker } => Rejected::CircuitOpen {
+                breaker,
+                retry_in: Duration::ZERO,
+            },
             Refusal::Budget {
                 scope,
                 spent,
@@ -250,6 +259,7 @@ impl Refusal {
     fn stop(self, first: bool) -> StopReason {
         match self {
             Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
+            Refusal::RetryBudget { .. } => StopReason::RetryBudgetExhausted,
             Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
             Refusal::Circuit { .. } => StopReason::BreakerOpened,
             Refusal::Budget {
@@ -284,6 +294,9 @@ pub struct Call<'p> {
     // its result is recorded (or given back, if the call is dropped).
     admission: Option<Admission>,
     held: Option<Held>,
+    // A retry the policy allows while the store was shared: the fleet's retry budget is asked
+    // with the next admission (locally, if the store is unreachable by then).
+    withdraw_pending: bool,
     // Set when the first attempt was refused.
     refused: Option<Refusal>,
     spent: Spend,
@@ -336,6 +349,7 @@ impl<'p> Call<'p> {
             },
             admission: None,
             held: None,
+            withdraw_pending: false,
             refused: None,
             spent: Spend::ZERO,
             last_class: None,
@@ -368,7 +382,7 @@ impl<'p> Call<'p> {
         Fut: Future<Output = R>,
     {
         if self.attempts == 0 && !self.ledgers.is_empty() {
-            if let Err(refusal) = self.admit() {
+            if let Err(refusal) = self.admit_local() {
                 tracing::warn!(
                     target: "retry_runtime",
                     function = self.policy.name(),
@@ -394,7 +408,7 @@ impl<'p> Call<'p> {
     {
         if self.attempts == 0 {
             let admitted = match self.pace().await {
-                Ok(()) => self.admit(),
+                Ok(()) => self.admit().await,
                 Err(refusal) => Err(refusal),
             };
             if let Err(refusal) = admitted {
@@ -475,13 +489,39 @@ impl<'p> Call<'p> {
         }
     }
 
-    /// Ask the shared state for the next attempt: reserve its expected cost in the pool and
-    /// workflow ledgers, then pass the breaker. All or nothing.
-    fn admit(&mut self) -> Result<(), Refusal> {
+    /// Ask the shared state for the next attempt: through the shared store when one is
+    /// configured and answering, else (or if it fails now) from this process's own state.
+    async fn admit(&mut self) -> Result<(), Refusal> {
+        if self.ledgers.pool.is_none() && self.breaker.is_none() && self.pacer.is_none() {
+            // Nothing the fleet could share (a workflow is this task's own): no store, and
+            // no configuration read.
+            return self.admit_local();
+        }
+        // Without a store this is one load of an initialised `OnceLock`.
+        if let Some(shared) = crate::store::shared_now() {
+            if let Some(admitted) = self.admit_shared(shared).await {
+                return admitted;
+            }
+        }
+        self.admit_local()
+    }
+
+    /// Ask this process's state for the next attempt: reserve its expected cost in the pool
+    /// and workflow ledgers, then pass the breaker (and, for a retry the store could not be
+    /// asked about, the retry budget). All or nothing.
+    fn admit_local(&mut self) -> Result<(), Refusal> {
         if self.ledgers.is_empty() && self.breaker.is_none() {
-            return Ok(()); // nothing shared to ask: no clock read
+            return Ok(()); // nothing to ask: no clock read
         }
         let now = now_ms();
+        if let (Some(breaker), true) = (self.breaker, self.withdraw_pending) {
+            self.withdraw_pending = false;
+            if !breaker.retry_budget().try_withdraw(now) {
+                return Err(Refusal::RetryBudget {
+                    breaker: breaker.name(),
+                });
+            }
+        }
         if !self.ledgers.is_empty() {
             match self.ledgers.reserve(self.site.estimate.expected(), now) {
                 Ok(held) => self.held = Some(held),
@@ -512,6 +552,151 @@ impl<'p> Call<'p> {
             }
         }
         Ok(())
+    }
+
+    /// The admission through the shared store, in one round trip (see [`crate::store`]):
+    /// the breaker's shared state, the retry budget, the pacer's fleet-wide slot and the
+    /// pool's reservation. `None` if the store failed: the caller decides locally.
+    async fn admit_shared(
+        &mut self,
+        shared: &'static crate::store::Shared,
+    ) -> Option<Result<(), Refusal>> {
+        use crate::store::{Admit, BreakerAsk, RetryRule, Verdict};
+        let now = now_ms();
+        let first = self.attempts == 0;
+        // This process's breaker first: open here, it rejects without a round trip. The
+        // admission is kept in `self`, so a call dropped while the store answers gives it
+        // back.
+        if let Some(breaker) = self.breaker {
+            let (mut admission, transition) = breaker.admit(now);
+            self.note(transition);
+            if let Admission::Rejected { .. } = admission {
+                // Open here; but the fleet's state wins, and another process's probe may have
+                // closed it since: look (breaker only, nothing taken), adopt, ask again.
+                let look = Admit {
+                    breaker: Some(BreakerAsk {
+                        name: breaker.name(),
+                        deposit: false,
+                        withdraw: None,
+                    }),
+                    ..Admit::default()
+                };
+                let seen = shared.admit(look).await?;
+                if let Some(state) = seen.breaker {
+                    let transition = breaker.adopt(state, now_ms());
+                    self.note(transition);
+                }
+                let (again, transition) = breaker.admit(now_ms());
+                self.note(transition);
+                if let Admission::Rejected { retry_in } = again {
+                    self.withdraw_pending = false;
+                    return Some(Err(Refusal::Circuit {
+                        breaker: breaker.name(),
+                        retry_in,
+                    }));
+                }
+                admission = again;
+            }
+            self.admission = Some(admission);
+        }
+        let expected = self.site.estimate.expected();
+        let max_wait = match self.policy.deadline() {
+            Some(deadline) => deadline.saturating_sub(self.started.elapsed()),
+            None => Duration::MAX,
+        };
+        let ask = Admit {
+            breaker: self.breaker.map(|b| BreakerAsk {
+                name: b.name(),
+                deposit: first,
+                withdraw: self.withdraw_pending.then(|| RetryRule {
+                    ratio_ppm: b.config().retry_ratio_ppm,
+                    floor_per_window: u64::from(b.config().min_retries_per_sec)
+                        * crate::retry_budget::WINDOW_SECS,
+                }),
+            }),
+            pool: self.ledgers.pool.and_then(|p| p.shared_ask(expected)),
+            pace: self.pacer.and_then(|p| p.shared_ask(max_wait)),
+        };
+        if ask.breaker.is_none() && ask.pool.is_none() && ask.pace.is_none() {
+            return None; // nothing the fleet shares here (e.g. an adaptive pacer alone)
+        }
+        let pool_asked = ask.pool.clone();
+        let Some(answer) = shared.admit(ask).await else {
+            // The store failed (the process is now on local state): decide locally, after
+            // giving back what this process's breaker admitted.
+            if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+                breaker.cancel(admission);
+            }
+            return None;
+        };
+        self.withdraw_pending = false;
+        let now = now_ms();
+        if let (Some(breaker), Some(state)) = (self.breaker, answer.breaker) {
+            let transition = breaker.adopt(state, now);
+            self.note(transition);
+        }
+        if let (Some(pool), Some((_, committed))) = (self.ledgers.pool, answer.pool) {
+            pool.ledger().mirror(committed, now);
+        }
+        let refusal = match answer.verdict {
+            Verdict::Admitted => None,
+            Verdict::BreakerOpen => Some(Refusal::Circuit {
+                breaker: self.breaker.map_or("", |b| b.name()),
+                retry_in: answer.breaker.and_then(|b| b.open_for).unwrap_or_default(),
+            }),
+            Verdict::RetryBudget => Some(Refusal::RetryBudget {
+                breaker: self.breaker.map_or("", |b| b.name()),
+            }),
+            Verdict::PoolFull => match (self.ledgers.pool, answer.pool) {
+                (Some(pool), Some((_, committed))) => {
+                    let (scope, spent, limit) = pool.refused_shared(committed, now);
+                    Some(Refusal::Budget {
+                        scope,
+                        spent,
+                        limit,
+                    })
+                }
+                _ => None,
+            },
+            Verdict::PaceTooLate => Some(Refusal::Deadline {
+                deadline: self.policy.deadline().unwrap_or_default(),
+            }),
+        };
+        let give_back = |call: &mut Self| {
+            if let (Some(breaker), Some(admission)) = (call.breaker, call.admission.take()) {
+                breaker.cancel(admission);
+            }
+        };
+        if let Some(refusal) = refusal {
+            give_back(self);
+            return Some(Err(refusal));
+        }
+        if !self.ledgers.is_empty() {
+            let reserved = pool_asked
+                .zip(answer.pool)
+                .map(|(asked, (window, _))| (window, asked.expected));
+            match self.ledgers.reserve_after_shared(reserved, expected, now) {
+                Ok(held) => self.held = Some(held),
+                Err((scope, spent, limit)) => {
+                    give_back(self);
+                    return Some(Err(Refusal::Budget {
+                        scope,
+                        spent,
+                        limit,
+                    }));
+                }
+            }
+        }
+        if let (Some(breaker), true) = (self.breaker, first) {
+            // Also here, so that local state is warm if the store goes away.
+            breaker.retry_budget().deposit(now);
+        }
+        if !answer.pace_wait.is_zero() {
+            // The fleet's pacing slot: wait for it (the store said when).
+            tokio::time::sleep(answer.pace_wait).await;
+            self.paced += answer.pace_wait;
+        }
+        Some(Ok(()))
     }
 
     fn begin_attempt(&mut self) {
@@ -612,7 +797,7 @@ impl<'p> Call<'p> {
     pub async fn wait<R: Outcome>(&mut self, error: R::Err) -> Step<R> {
         tokio::time::sleep(self.delay_before).await;
         let admitted = match self.pace().await {
-            Ok(()) => self.admit(),
+            Ok(()) => self.admit().await,
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = admitted {
@@ -658,6 +843,12 @@ impl<'p> Call<'p> {
         if breaker.state() == BreakerState::Open {
             return Decision::Stop(StopReason::BreakerOpened);
         }
+        if crate::store::shared_now().is_some() {
+            // The fleet's budget decides, at the retry's admission (one round trip with the
+            // rest of it).
+            self.withdraw_pending = true;
+            return Decision::Retry { delay };
+        }
         if !breaker.retry_budget().try_withdraw(now_ms()) {
             return Decision::Stop(StopReason::RetryBudgetExhausted);
         }
@@ -670,6 +861,20 @@ impl<'p> Call<'p> {
                 return;
             }
             let transition = breaker.record(admission, failure, now_ms());
+            if let (Some(t), Some(shared)) = (transition, crate::store::active()) {
+                // Publish this process's transition to the fleet (in the background).
+                match t.to {
+                    BreakerState::Open => shared.send(crate::store::Update::BreakerOpened {
+                        breaker: breaker.name(),
+                        cooldown: breaker.config().cooldown,
+                        force: t.from == BreakerState::HalfOpen,
+                    }),
+                    BreakerState::Closed => shared.send(crate::store::Update::BreakerClosed {
+                        breaker: breaker.name(),
+                    }),
+                    BreakerState::HalfOpen => {}
+                }
+            }
             self.note(transition);
         }
     }

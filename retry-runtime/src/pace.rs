@@ -1245,6 +1245,21 @@ impl Pacer {
         }
     }
 
+    /// What the shared store needs to take one request from the fleet-wide bucket of this
+    /// pacer's known request rate (`rpm`, with the configured burst); `None` without one
+    /// (adaptive and token pacing stay per process). `max_wait`: the longest the caller may
+    /// wait for its slot.
+    pub(crate) fn shared_ask(&self, max_wait: Duration) -> Option<crate::store::PaceAsk> {
+        let rpm = u64::from(self.config.rpm?);
+        let bucket = Gcra::per_minute(rpm, self.config.burst);
+        Some(crate::store::PaceAsk {
+            name: self.name,
+            interval_us: (bucket.interval_ns() / 1000).max(1),
+            burst: bucket.burst(),
+            max_wait_us: u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX),
+        })
+    }
+
     fn projected(&self, tokens: u64) -> Instant {
         let now = to_ns(Instant::now());
         from_ns(self.lock().project(now, tokens))

@@ -60,8 +60,6 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-// The executor is wired to these next; until then some are unused.
-#[allow(dead_code)]
 mod shared;
 
 pub(crate) use shared::Shared;
@@ -515,7 +513,6 @@ pub(crate) fn active() -> Option<&'static Shared> {
 /// The shared store if it is answering now: the one check the hot path makes (one load of
 /// an initialised `OnceLock`, then one of an atomic flag when a store is configured).
 #[inline]
-#[allow(dead_code)]
 pub(crate) fn shared_now() -> Option<&'static Shared> {
     active().filter(|s| s.is_shared())
 }

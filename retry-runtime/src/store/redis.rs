@@ -446,3 +446,306 @@ impl Store for RedisStore {
         Box::pin(self.ping_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The scripts against a real `redis-server` (skipped, with a message, where none is
+    //! installed, unless `RESILIENT_REQUIRE_REDIS=1`).
+    use super::*;
+    use crate::store::{BreakerAsk, PaceAsk, PoolAsk, RetryRule};
+    use std::process::{Child, Command, Stdio};
+
+    struct Server {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) if std::env::var("RESILIENT_REQUIRE_REDIS").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: cannot start redis-server ({e}); set RESILIENT_REQUIRE_REDIS=1 to fail instead");
+                return None;
+            }
+            Err(e) => panic!("redis-server is required: {e}"),
+        };
+        let server = Server { child, port };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    async fn store(server: &Server, prefix: &str) -> RedisStore {
+        let url = format!("redis://127.0.0.1:{}", server.port);
+        let config = StoreConfig::redis(&url)
+            .unwrap()
+            .with_prefix(prefix)
+            .unwrap();
+        let store = RedisStore::new(&url, &config).unwrap();
+        store.ping().await.unwrap();
+        store
+    }
+
+    fn pool_ask(expected: u64) -> Admit {
+        Admit {
+            pool: Some(PoolAsk {
+                name: "p",
+                window_ms: 3_600_000,
+                limit: 100,
+                expected,
+            }),
+            ..Admit::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_reserve_settle_release_and_reconcile() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-pool").await;
+        let a = s.admit(pool_ask(60)).await.unwrap();
+        assert_eq!(a.verdict, Verdict::Admitted);
+        let (window, committed) = a.pool.unwrap();
+        assert_eq!(committed, 60);
+        let refused = s.admit(pool_ask(60)).await.unwrap();
+        assert_eq!(refused.verdict, Verdict::PoolFull);
+        assert_eq!(refused.pool, Some((window, 60)), "a refusal takes nothing");
+        let settle = Update::Settle {
+            pool: "p",
+            window_ms: 3_600_000,
+            window,
+            reserved: 60,
+            real: 30,
+        };
+        s.update(settle).await.unwrap();
+        let b = s.admit(pool_ask(60)).await.unwrap();
+        assert_eq!(b.pool, Some((window, 90)));
+        s.update(Update::Release {
+            pool: "p",
+            window,
+            reserved: 60,
+        })
+        .await
+        .unwrap();
+        s.update(Update::AddSpend {
+            pool: "p",
+            window_ms: 3_600_000,
+            amount: 70,
+        })
+        .await
+        .unwrap();
+        // 30 settled + 70 reconciled: the limit is reached, even a zero estimate is refused.
+        let full = s.admit(pool_ask(0)).await.unwrap();
+        assert_eq!(
+            (full.verdict, full.pool),
+            (Verdict::PoolFull, Some((window, 100)))
+        );
+        // Releasing a reservation in a window that is gone creates nothing.
+        s.update(Update::Release {
+            pool: "p",
+            window: window + 7,
+            reserved: 5,
+        })
+        .await
+        .unwrap();
+        let mut c = s.connection().unwrap();
+        let key = format!("{{t-pool}}:pool:p:{window}");
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 3_600_000 && ttl <= 7_200_000,
+            "expires after two windows: {ttl}"
+        );
+        let gone: i64 = ::redis::cmd("EXISTS")
+            .arg(format!("{{t-pool}}:pool:p:{}", window + 7))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(gone, 0);
+        // Another prefix is another fleet.
+        let other = store(&server, "t-pool-other").await;
+        let fresh = other.admit(pool_ask(60)).await.unwrap();
+        assert_eq!(fresh.pool, Some((window, 60)));
+    }
+
+    fn breaker_ask(deposit: bool, withdraw: Option<RetryRule>) -> Admit {
+        Admit {
+            breaker: Some(BreakerAsk {
+                name: "b",
+                deposit,
+                withdraw,
+            }),
+            ..Admit::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn breaker_open_is_seen_and_closing_clears_it() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-breaker").await;
+        let closed = s.admit(breaker_ask(false, None)).await.unwrap();
+        assert_eq!(closed.verdict, Verdict::Admitted);
+        assert_eq!(
+            closed.breaker,
+            Some(SharedBreaker {
+                generation: 0,
+                open_for: None
+            })
+        );
+        let open = |force| Update::BreakerOpened {
+            breaker: "b",
+            cooldown: Duration::from_secs(30),
+            force,
+        };
+        s.update(open(false)).await.unwrap();
+        let a = s.admit(breaker_ask(false, None)).await.unwrap();
+        assert_eq!(a.verdict, Verdict::BreakerOpen);
+        let seen = a.breaker.unwrap();
+        assert!(seen.generation > 0);
+        let left = seen.open_for.unwrap();
+        assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
+        // Without force, a running open state is kept (same generation).
+        s.update(open(false)).await.unwrap();
+        let b = s.admit(breaker_ask(false, None)).await.unwrap();
+        assert_eq!(b.breaker.unwrap().generation, seen.generation);
+        // A failed probe (force) starts a new one.
+        s.update(open(true)).await.unwrap();
+        let c = s.admit(breaker_ask(false, None)).await.unwrap();
+        assert!(c.breaker.unwrap().generation > seen.generation);
+        s.update(Update::BreakerClosed { breaker: "b" })
+            .await
+            .unwrap();
+        let d = s.admit(breaker_ask(false, None)).await.unwrap();
+        assert_eq!(d.verdict, Verdict::Admitted);
+        assert_eq!(d.breaker.unwrap().open_for, None);
+    }
+
+    #[tokio::test]
+    async fn retry_budget_is_a_ratio_of_the_fleets_first_attempts() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-retry").await;
+        let rule = RetryRule {
+            ratio_ppm: 500_000,
+            floor_per_window: 0,
+        };
+        for _ in 0..4 {
+            let a = s.admit(breaker_ask(true, None)).await.unwrap();
+            assert_eq!(a.verdict, Verdict::Admitted);
+        }
+        let mut allowed = 0;
+        for _ in 0..5 {
+            if s.admit(breaker_ask(false, Some(rule)))
+                .await
+                .unwrap()
+                .verdict
+                == Verdict::Admitted
+            {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 2, "50% of 4 first attempts");
+        // A refused withdrawal took nothing: one more deposit pays for half a retry, two for one.
+        s.admit(breaker_ask(true, None)).await.unwrap();
+        s.admit(breaker_ask(true, None)).await.unwrap();
+        let v = s
+            .admit(breaker_ask(false, Some(rule)))
+            .await
+            .unwrap()
+            .verdict;
+        assert_eq!(v, Verdict::Admitted);
+    }
+
+    fn pace_ask(max_wait_us: u64) -> Admit {
+        Admit {
+            pace: Some(PaceAsk {
+                name: "r",
+                interval_us: 100_000,
+                burst: 2,
+                max_wait_us,
+            }),
+            ..Admit::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn pacing_hands_out_slots_from_one_bucket() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-pace").await;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let a = s.admit(pace_ask(u64::MAX)).await.unwrap();
+            assert_eq!(a.verdict, Verdict::Admitted);
+            waits.push(a.pace_wait);
+        }
+        // The burst of two goes at once, then one slot every 100 ms (less the time the round
+        // trips took).
+        assert_eq!(&waits[..2], &[Duration::ZERO, Duration::ZERO]);
+        assert!(waits[2] > Duration::from_millis(80) && waits[2] <= Duration::from_millis(100));
+        assert!(waits[3] > Duration::from_millis(180) && waits[3] <= Duration::from_millis(200));
+        // A caller that cannot wait that long is refused and takes no slot.
+        let late = s.admit(pace_ask(50_000)).await.unwrap();
+        assert_eq!(late.verdict, Verdict::PaceTooLate);
+        let next = s.admit(pace_ask(u64::MAX)).await.unwrap();
+        assert!(next.pace_wait <= Duration::from_millis(300) && next.pace_wait > waits[3]);
+    }
+
+    #[tokio::test]
+    async fn checks_come_first_and_a_refusal_writes_nothing() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-all").await;
+        s.update(Update::BreakerOpened {
+            breaker: "b",
+            cooldown: Duration::from_secs(5),
+            force: false,
+        })
+        .await
+        .unwrap();
+        let mut ask = breaker_ask(true, None);
+        ask.pool = pool_ask(10).pool;
+        ask.pace = pace_ask(u64::MAX).pace;
+        let a = s.admit(ask.clone()).await.unwrap();
+        assert_eq!(a.verdict, Verdict::BreakerOpen);
+        let (_, committed) = a.pool.unwrap();
+        assert_eq!(committed, 0, "nothing reserved");
+        s.update(Update::BreakerClosed { breaker: "b" })
+            .await
+            .unwrap();
+        let b = s.admit(ask).await.unwrap();
+        assert_eq!(b.verdict, Verdict::Admitted);
+        assert_eq!(b.pool.unwrap().1, 10);
+        assert_eq!(b.pace_wait, Duration::ZERO, "the refused call took no slot");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_server_is_an_error_not_a_hang() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-down").await;
+        drop(server);
+        let answer = tokio::time::timeout(Duration::from_secs(5), s.admit(pool_ask(1))).await;
+        assert!(matches!(answer, Ok(Err(_))), "{answer:?}");
+        assert!(s.ping().await.is_err());
+    }
+}
