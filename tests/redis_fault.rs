@@ -1,0 +1,156 @@
+//! Redis stops mid-run (issue 9, done-when 2): calls go on with local state within the store's
+//! timeout, nothing panics, one WARN event says so; after redis-server restarts, the state is
+//! shared again. Real time and a real `redis-server` (see `tests/common/redis_server.rs`);
+//! skips with a message where none is installed, unless `RESILIENT_REQUIRE_REDIS=1` (CI).
+
+mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use common::EventLog;
+use redis_server::RedisServer;
+use retry_runtime::store::{self, StoreStatus};
+use retry_runtime::{configure, resilient, Classify, Config, ErrorClass, Metered, Rejected, Spend};
+
+const COST: Spend = Spend::from_micros(10_000);
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+struct Reply(Spend);
+
+impl Metered for Reply {
+    fn spend(&self) -> Spend {
+        self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FaultError(Rejected);
+
+impl From<Rejected> for FaultError {
+    fn from(r: Rejected) -> Self {
+        FaultError(r)
+    }
+}
+
+impl Classify for FaultError {
+    fn class(&self) -> ErrorClass {
+        self.0.class()
+    }
+}
+
+/// Everything the store shares at once: a pool, a breaker (and its retry budget) and a pacer.
+#[resilient(max = 1, pool = "fault", breaker = "fault", pace = "fault")]
+async fn call() -> Result<Reply, FaultError> {
+    Ok(Reply(COST))
+}
+
+fn redis_warnings(log: &EventLog) -> usize {
+    log.events()
+        .iter()
+        .filter(|e| e.level == tracing::Level::WARN && e.message.to_lowercase().contains("redis"))
+        .count()
+}
+
+/// `n` calls, each of which must succeed within the store's timeout (plus scheduling slack).
+async fn calls(n: usize, phase: &str) {
+    for i in 0..n {
+        let started = Instant::now();
+        let result = call().await;
+        let took = started.elapsed();
+        assert!(result.is_ok(), "{phase}: call {i} failed: {result:?}");
+        assert!(
+            took < STORE_TIMEOUT * 3 + Duration::from_millis(200),
+            "{phase}: call {i} took {took:?}, more than the store's timeout allows"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stops_mid_run_calls_go_on_locally_and_share_again_after_restart() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let log = EventLog::global();
+    let prefix = format!("fault-{}", std::process::id());
+    let toml = format!(
+        r#"
+        [store]
+        redis_url = "{url}"
+        prefix = "{prefix}"
+        timeout = "{ms}ms"
+
+        [pool.fault]
+        limit = "100usd"
+        window = "1h"
+
+        [pace.fault]
+        rpm = 60000
+        adaptive = false
+        "#,
+        url = server.url(),
+        ms = STORE_TIMEOUT.as_millis(),
+    );
+    configure(Config::from_toml_str(&toml).unwrap()).unwrap();
+    assert!(store::wait_shared(Duration::from_secs(5)).await);
+    assert_eq!(store::status(), StoreStatus::Shared);
+
+    calls(20, "shared").await;
+    assert_eq!(redis_warnings(log), 0, "no warning while Redis answers");
+
+    // Settles go out in the background: let the last one land, so that what the outage
+    // reconciles is exactly what was spent while Redis was away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    calls(50, "redis down").await;
+    assert_eq!(store::status(), StoreStatus::Local);
+    assert_eq!(
+        redis_warnings(log),
+        1,
+        "one WARN when Redis went away, not one per call: {:?}",
+        log.events()
+    );
+
+    server.restart();
+    assert!(
+        store::wait_shared(Duration::from_secs(10)).await,
+        "the store reconnected after redis-server came back"
+    );
+    assert_eq!(store::status(), StoreStatus::Shared);
+    calls(20, "shared again").await;
+    assert_eq!(redis_warnings(log), 1, "still one WARN");
+    assert!(
+        !log.with_message("redis").is_empty(),
+        "an event says the state is shared again"
+    );
+    // The restarted server started empty (no persistence): what it holds now is the spend
+    // reconciled from the outage (50 calls) plus the 20 calls since, and nothing from before.
+    let expected = 70 * COST.micros();
+    let mut held = 0;
+    for _ in 0..100 {
+        held = pool_spend_in_redis(&server.url(), &prefix);
+        if held == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // settles are written in the background
+    }
+    assert_eq!(
+        held, expected,
+        "the pool's spend in the restarted Redis, in micros"
+    );
+}
+
+/// The pool's committed spend as the store holds it, summed over its windows' keys.
+fn pool_spend_in_redis(url: &str, prefix: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:pool:fault:*"))
+        .query(&mut conn)
+        .unwrap();
+    keys.iter()
+        .map(|k| redis::cmd("GET").arg(k).query::<u64>(&mut conn).unwrap())
+        .sum()
+}
