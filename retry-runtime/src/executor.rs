@@ -455,7 +455,13 @@ impl<'p> Call<'p> {
         let Some(pacer) = self.pacer else {
             return Ok(());
         };
-        let deadline = self.policy.deadline().map(|d| self.started + d);
+        // A permit is only worth having if the attempt can still run: leave it its
+        // `timeout`, at most half the deadline (a permit at the deadline itself buys an
+        // attempt that is cut at once, and the cut counts against the breaker).
+        let deadline = self.policy.deadline().map(|d| {
+            let room = self.policy.timeout().unwrap_or(d).min(d / 2);
+            self.started + (d - room)
+        });
         let tokens = self.site.estimate.expected().tokens();
         match pacer.acquire(tokens, deadline).await {
             Ok(permit) => {
@@ -700,8 +706,9 @@ impl<'p> Call<'p> {
     }
 
     fn begin_attempt(&mut self) {
-        // The first attempt starts when the call did (`start` just read the clock).
-        if self.attempts > 0 {
+        // The first attempt starts when the call did (`start` just read the clock), unless
+        // it waited for the pacer: its `timeout` counts from the permit.
+        if self.attempts > 0 || !self.paced.is_zero() {
             self.attempt_started = Instant::now();
         }
         self.attempts += 1;
