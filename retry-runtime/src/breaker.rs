@@ -640,4 +640,48 @@ mod tests {
         b.cancel(old); // also ignored
         assert!(matches!(b.admit(60_003).0, Admission::Rejected { .. }));
     }
+
+    #[test]
+    fn the_shared_state_wins_when_it_changed() {
+        use crate::store::SharedBreaker;
+        let b = Breaker::new("t", config(1, 1));
+        let open = |generation, secs| SharedBreaker {
+            generation,
+            open_for: Some(Duration::from_secs(secs)),
+        };
+        // Opened elsewhere: rejects here for what is left of the shared cooldown.
+        let t = b.adopt(open(7, 10), 1_000).unwrap();
+        assert_eq!((t.from, t.to), (BreakerState::Closed, BreakerState::Open));
+        assert_eq!(
+            b.admit(1_001).0,
+            Admission::Rejected {
+                retry_in: Duration::from_millis(9_999)
+            }
+        );
+        // The same generation again changes nothing (it was adopted).
+        assert_eq!(b.adopt(open(7, 1), 2_000), None);
+        assert!(matches!(b.admit(5_000).0, Admission::Rejected { .. }));
+        // Closed elsewhere (the stored state was cleared): closes here too.
+        let cleared = SharedBreaker {
+            generation: 0,
+            open_for: None,
+        };
+        let t = b.adopt(cleared, 5_000).unwrap();
+        assert_eq!(t.to, BreakerState::Closed);
+        assert_eq!(b.admit(5_001).0, Admission::Normal);
+        // A stored state whose cooldown is over turns into a probe here, not a closed breaker.
+        b.adopt(open(9, 0), 6_000).unwrap();
+        assert!(matches!(b.admit(6_000).0, Admission::Probe { .. }));
+        // A longer local cooldown is kept.
+        b.record(
+            Admission::Probe { epoch: 1 },
+            Some(ErrorClass::Transport),
+            6_001,
+        );
+        assert_eq!(b.adopt(open(11, 1), 6_002), None);
+        assert!(matches!(
+            b.admit(8_000).0,
+            Admission::Rejected { retry_in } if retry_in > Duration::from_secs(20)
+        ));
+    }
 }

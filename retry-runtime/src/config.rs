@@ -205,13 +205,15 @@ impl Config {
     /// use retry_runtime::config::Config;
     /// use retry_runtime::store::StoreConfig;
     ///
-    /// let store = StoreConfig::redis("redis://127.0.0.1:6379")
-    ///     .unwrap()
-    ///     .with_prefix("billing")
-    ///     .unwrap()
-    ///     .with_timeout(Duration::from_millis(20));
-    /// let config = Config::default().with_store(store);
-    /// assert_eq!(config.store().unwrap().prefix(), "billing");
+    /// match StoreConfig::redis("redis://127.0.0.1:6379") {
+    ///     Ok(store) => {
+    ///         let store = store.with_prefix("billing").unwrap().with_timeout(Duration::from_millis(20));
+    ///         let config = Config::default().with_store(store);
+    ///         assert_eq!(config.store().unwrap().prefix(), "billing");
+    ///     }
+    ///     // Built without the `redis` feature: a clear error, not a silent memory store.
+    ///     Err(error) => assert!(error.to_string().contains("`redis` feature"), "{error}"),
+    /// }
     /// ```
     pub fn with_store(mut self, store: StoreConfig) -> Self {
         self.store = Some(store);
@@ -700,6 +702,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rps"), "{e}");
+    }
+
+    #[test]
+    fn store_section() {
+        let bad = [
+            ("[store]\nredis_url = \"http://h:1\"\n", "line 2"),
+            ("[store]\nredis_url = \"rediss://h:1\"\n", "TLS"),
+            ("[store]\n\nprefix = \"a b\"\n", "line 3"),
+            ("[store]\ntimeout = \"50 parsecs\"\n", "line 2"),
+            ("[store]\ntimeout = \"0ms\"\n", "longer than zero"),
+            ("[store]\nredis = \"redis://h:1\"\n", "redis"),
+        ];
+        for (text, wants) in bad {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.contains(wants), "{text:?}: {e}");
+        }
+        // Without a URL the section only sets the namespace and timeouts (the URL may come
+        // from RETRY_RUNTIME_REDIS_URL).
+        let c = Config::from_toml_str("[store]\nprefix = \"billing\"\ntimeout = \"20ms\"\n")
+            .unwrap();
+        let store = c.store().unwrap();
+        assert_eq!(store.redis_url(), None);
+        assert_eq!(store.prefix(), "billing");
+        assert_eq!(store.timeout(), Duration::from_millis(20));
+        assert_eq!(Config::default().store(), None);
+        let with_url = Config::from_toml_str(
+            "[store]\nredis_url = \"redis://127.0.0.1:6390\"\nreconnect = \"1s\"\n",
+        );
+        #[cfg(feature = "redis")]
+        {
+            let c = with_url.unwrap();
+            let store = c.store().unwrap();
+            assert_eq!(store.redis_url(), Some("redis://127.0.0.1:6390"));
+            assert_eq!(store.prefix(), crate::store::DEFAULT_PREFIX);
+            assert_eq!(store.timeout(), crate::store::DEFAULT_TIMEOUT);
+            assert_eq!(store.reconnect_every(), Duration::from_secs(1));
+        }
+        #[cfg(not(feature = "redis"))]
+        assert!(with_url.unwrap_err().to_string().contains("`redis` feature"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: the shared-store rules inside one process.
 //!
-//! The same rules as the Redis scripts ([`super::redis`]), on a map behind a mutex: several
+//! The same rules as the Redis scripts (module `store::redis`, feature `redis`), on a map behind a mutex: several
 //! "processes" in one test can share it, and [`MemoryStore::set_reachable`] plays an outage.
 //! It is not the default: without a configured store, breakers, pools and pacers keep their
 //! state in their own atomics and never call a store.

@@ -5,7 +5,7 @@
 //! own atomics (the in-memory store: no lock, no allocation, no I/O on the happy path), and
 //! [`status`] says [`StoreStatus::Memory`]. With the `redis` feature and a `[store]` section
 //! (or `RETRY_RUNTIME_REDIS_URL`), the operations that must agree across processes go through a
-//! [`Store`]: the Redis store ([`redis::RedisStore`]) shares them through one Redis server.
+//! [`Store`]: the Redis store (`store::redis::RedisStore`) shares them through one Redis server.
 //!
 //! ```toml
 //! [store]
@@ -127,7 +127,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 
 /// The shared operations behind breakers, retry budgets, pacing and pools.
 ///
-/// [`redis::RedisStore`] (feature `redis`) shares them through Redis; [`memory::MemoryStore`]
+/// `redis::RedisStore` (feature `redis`) shares them through Redis; [`memory::MemoryStore`]
 /// implements the same rules inside one process (for tests, and as the reference the Redis
 /// scripts follow). Every time in these operations is the store's own clock.
 pub trait Store: Send + Sync + 'static {

@@ -387,13 +387,18 @@ impl RedisStore {
     }
 
     async fn ping_inner(&self) -> Result<(), StoreError> {
-        if self.connection().is_none() {
-            self.connect().await?;
+        let ping = |mut c: MultiplexedConnection| async move {
+            ::redis::cmd("PING").query_async::<()>(&mut c).await
+        };
+        if self.connection().is_some() {
+            if self.with_connection(ping).await.is_ok() {
+                return Ok(());
+            }
+            // Whatever went wrong, a fresh connection is the way back.
+            self.set_connection(None);
         }
-        self.with_connection(
-            |mut c| async move { ::redis::cmd("PING").query_async::<()>(&mut c).await },
-        )
-        .await
+        self.connect().await?;
+        self.with_connection(ping).await
     }
 }
 
