@@ -720,8 +720,8 @@ mod tests {
         }
         // Without a URL the section only sets the namespace and timeouts (the URL may come
         // from RETRY_RUNTIME_REDIS_URL).
-        let c = Config::from_toml_str("[store]\nprefix = \"billing\"\ntimeout = \"20ms\"\n")
-            .unwrap();
+        let c =
+            Config::from_toml_str("[store]\nprefix = \"billing\"\ntimeout = \"20ms\"\n").unwrap();
         let store = c.store().unwrap();
         assert_eq!(store.redis_url(), None);
         assert_eq!(store.prefix(), "billing");
@@ -740,7 +740,10 @@ mod tests {
             assert_eq!(store.reconnect_every(), Duration::from_secs(1));
         }
         #[cfg(not(feature = "redis"))]
-        assert!(with_url.unwrap_err().to_string().contains("`redis` feature"));
+        assert!(with_url
+            .unwrap_err()
+            .to_string()
+            .contains("`redis` feature"));
     }
 
     #[test]

@@ -606,8 +606,13 @@ impl<'p> Call<'p> {
             self.admission = Some(admission);
         }
         let expected = self.site.estimate.expected();
+        // The fleet's pacing slot is only worth having if the attempt can still run after it
+        // (the same room `pace` leaves).
         let max_wait = match self.policy.deadline() {
-            Some(deadline) => deadline.saturating_sub(self.started.elapsed()),
+            Some(deadline) => {
+                let room = self.policy.timeout().unwrap_or(deadline).min(deadline / 2);
+                (deadline - room).saturating_sub(self.started.elapsed())
+            }
             None => Duration::MAX,
         };
         let ask = Admit {
