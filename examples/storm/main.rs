@@ -4,9 +4,10 @@
 //! cargo run --release --example storm                        # all four scenarios
 //! cargo run --release --example storm -- --scenario a        # just the 429 storm
 //! cargo run --release --example storm -- --callers 500 --seed 42
+//! cargo run --release --example storm -- --short             # the shortened runs of the test
 //! ```
 //!
-//! A simulated LLM provider (rate limits with 429 + `Retry-After`, workers and a queue,
+//! A simulated LLM provider (rate limits with 429 + `retry-after-ms`, workers and a queue,
 //! billing per attempt) and a population of callers run on tokio's paused clock. Each
 //! scenario (a: 429 storm, b: brownout, c: hard outage, d: metastable) runs five policies:
 //! a naive loop, exponential backoff without jitter, full jitter alone, the OpenAI Python
@@ -14,7 +15,8 @@
 //! scenario (provider calls per second against capacity) to `target/storm/`.
 //!
 //! Same seed, same figures: the simulation's randomness and the runtime's jitter are seeded,
-//! and nothing reads the wall clock.
+//! and nothing reads the wall clock (except the total wall time, printed on stderr). The model
+//! and the figures' definitions are in `docs/PERFORMANCE.md`, "Storm simulator".
 
 mod sim;
 

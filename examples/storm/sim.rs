@@ -5,11 +5,13 @@
 //! the hand-written loops (naive, the OpenAI SDK's) as written, ours through real
 //! `#[resilient]` functions and the real runtime (breaker, retry budget, pacer, fallback).
 //!
-//! Fresh state per scenario: breakers, pacers and the fallback cache are process-wide and
-//! `configure` runs once per process, so a process runs ONE scenario (`main.rs` starts one
-//! child process per scenario; the test runs one scenario). The five policies of a scenario run
-//! one after the other in that process; only `ours` touches the named breaker and pacer, so
-//! nothing carries over between them.
+//! Fresh state per scenario: breakers, pacers and the fallback cache are process-wide, and
+//! `configure` runs once per process. So each scenario's `ours` is its own function with its
+//! own breaker and pacer (`storm-a` ... `storm-d`, see the `ours!` macro) and its own cache,
+//! all configured at once; scenarios then run one after the other in one process. Within a
+//! scenario the five policies run one after the other; only `ours` touches the named breaker
+//! and pacer, and it runs once per scenario, so nothing carries over. (Run a scenario twice in
+//! one process and its second `ours` would inherit the first one's breaker and cache.)
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
