@@ -447,9 +447,10 @@ impl<'p> Call<'p> {
         }
     }
 
-    /// Wait for the pacer's permit (first in, first out), unless it could only come after the
-    /// call's deadline. Before the breaker and the ledgers, so that a half-open probe slot or
-    /// a reservation is not held while waiting.
+    /// Wait for the pacer's permit (first in, first out), unless it would leave the attempt
+    /// less than `min(timeout, deadline / 2)` before the call's deadline. Before the breaker
+    /// and the ledgers, so that a half-open probe slot or a reservation is not held while
+    /// waiting.
     async fn pace(&mut self) -> Result<(), Refusal> {
         self.paced = Duration::ZERO;
         let Some(pacer) = self.pacer else {
