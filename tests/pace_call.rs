@@ -7,12 +7,13 @@ mod common;
 use std::sync::Once;
 use std::time::Duration;
 
-use common::{fail, ok, ApiError, ScriptedProvider};
+use common::{fail, ok, slow, ApiError, ScriptedProvider};
 use retry_runtime::pace::{pacer, PaceConfig};
 use retry_runtime::{configure, observe, resilient, Config, Rejected, StopReason};
 use tokio::time::Instant;
 
 const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
 
 fn setup() {
     static ONCE: Once = Once::new();
@@ -26,7 +27,9 @@ fn setup() {
         configure(
             Config::default()
                 .with_pacer("sixty-a-minute", known(60))
-                .with_pacer("one-a-minute", known(1)),
+                .with_pacer("one-a-minute", known(1))
+                .with_pacer("one-a-second", known(60))
+                .with_pacer("one-per-4s", known(15)),
         )
         .unwrap();
     });
@@ -174,4 +177,45 @@ async fn the_providers_rate_limit_numbers_reach_the_pacer() {
         "paced only {:?}",
         report.paced()
     );
+}
+
+#[resilient(max = 1, timeout = "1s", pace = "one-a-second")]
+async fn paced_with_timeout(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_first_attempts_timeout_counts_from_its_permit() {
+    setup();
+    let provider = ScriptedProvider::new([ok("first"), slow(ok("second"), 800 * MS)]);
+    assert_eq!(paced_with_timeout(&provider).await.unwrap(), "first");
+    // The second call waits 1 s in line, then its attempt takes 0.8 s: within its 1 s timeout,
+    // which starts at the permit, not when the call began queueing.
+    let (out, report) = observe(paced_with_timeout(&provider)).await;
+    assert_eq!(out.unwrap(), "second");
+    assert_eq!(report.paced(), S);
+}
+
+#[resilient(max = 1, timeout = "2s", deadline = "5s", pace = "one-per-4s")]
+async fn paced_near_deadline(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_that_leaves_the_attempt_too_little_time_is_refused_at_once() {
+    setup();
+    let provider = ScriptedProvider::new([ok("first"), ok("never")]);
+    assert_eq!(paced_near_deadline(&provider).await.unwrap(), "first");
+    // The next permit is 4 s away; the deadline is 5 s, so the attempt would get 1 s of its
+    // 2 s timeout. A permit later than deadline - min(timeout, deadline / 2) = 3 s is refused
+    // now rather than buying an attempt that is cut (and counted against a breaker).
+    let start = Instant::now();
+    let (out, report) = observe(paced_near_deadline(&provider)).await;
+    assert!(matches!(
+        out,
+        Err(ApiError::Runtime(Rejected::DeadlineExceeded { .. }))
+    ));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(report.attempts().is_empty());
+    assert_eq!(provider.calls(), 1);
 }
