@@ -7,12 +7,15 @@
 //! `cargo bench --bench overhead`; the numbers are in `docs/PERFORMANCE.md`.
 //!
 //! The same group times the peer crates around the same body (backon, tokio-retry2,
-//! failsafe), and after criterion's own report the bench prints per-call medians and the
-//! ours/bare and ours/peer ratios, read back from this run's criterion estimates.
+//! failsafe). After criterion's report the bench prints, for this run, per-call medians and
+//! the ours/bare and ours/peer ratios twice: from criterion's estimates, and from a second
+//! pass that times the rows interleaved (see `interleaved`), which this VM's drift between
+//! rows does not skew.
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
 use criterion::{criterion_group, Criterion};
@@ -107,11 +110,18 @@ async fn tokio_retry2_call(x: u64) -> Result<u64, BenchError> {
 /// Calls per measured iteration.
 const CALLS: usize = 64;
 
+/// One row: runs `iters` iterations of `CALLS` calls each and returns the time they took.
+type Timed<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// Per-call samples from the interleaved pass, by row, when it ran (see `interleaved`).
+static INTERLEAVED: OnceLock<Vec<(&'static str, Vec<f64>)>> = OnceLock::new();
+
 fn overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("a current-thread runtime");
+    let rt = &rt;
     // failsafe's default breaker (consecutive failures or success rate over a window),
     // shared by every call like a named breaker of ours.
     let breaker = failsafe::Config::new().build();
@@ -121,32 +131,89 @@ fn overhead(c: &mut Criterion) {
     // `with_breaker` row (a breaker consulted on every attempt, inside the retry loop).
     let backon_failsafe_call =
         |x| (move || breaker.call(bare(x))).retry(ExponentialBuilder::default());
-    let mut group = c.benchmark_group("overhead");
-    macro_rules! row {
-        ($name:literal, $call:expr) => {
-            group.bench_function($name, |b| {
-                b.iter(|| {
+    macro_rules! timed {
+        ($call:expr) => {
+            Box::new(move |iters: u64| {
+                let start = Instant::now();
+                for _ in 0..iters {
                     rt.block_on(async {
                         for _ in 0..CALLS {
                             black_box($call(black_box(7)).await.is_ok());
                         }
-                    })
-                })
-            });
+                    });
+                }
+                start.elapsed()
+            }) as Timed<'_>
         };
     }
-    row!("bare", bare);
-    row!("resilient", resilient_default);
-    row!("resilient_timeout", resilient_timeout);
-    row!("retry_fn", retry_fn);
-    row!("with_breaker", resilient_breaker);
-    row!("breaker_budget", resilient_breaker_budget);
-    row!("with_pace", resilient_pace);
-    row!("backon", backon_call);
-    row!("tokio_retry2", tokio_retry2_call);
-    row!("failsafe", failsafe_call);
-    row!("backon_failsafe", backon_failsafe_call);
+    let mut rows: Vec<(&'static str, Timed<'_>)> = vec![
+        ("bare", timed!(bare)),
+        ("resilient", timed!(resilient_default)),
+        ("resilient_timeout", timed!(resilient_timeout)),
+        ("retry_fn", timed!(retry_fn)),
+        ("with_breaker", timed!(resilient_breaker)),
+        ("breaker_budget", timed!(resilient_breaker_budget)),
+        ("with_pace", timed!(resilient_pace)),
+        ("backon", timed!(backon_call)),
+        ("tokio_retry2", timed!(tokio_retry2_call)),
+        ("failsafe", timed!(failsafe_call)),
+        ("backon_failsafe", timed!(backon_failsafe_call)),
+    ];
+    let mut ran = vec![false; rows.len()];
+    let mut group = c.benchmark_group("overhead");
+    for ((name, row), ran) in rows.iter_mut().zip(ran.iter_mut()) {
+        group.bench_function(*name, |b| {
+            *ran = true;
+            b.iter_custom(&mut *row)
+        });
+    }
     group.finish();
+    // Only after a full measuring run: not under `--test`, `--list` or a name filter.
+    let measuring = std::env::args().any(|a| a == "--bench");
+    if measuring && ran.iter().all(|&r| r) {
+        let _ = INTERLEAVED.set(interleaved(&mut rows));
+    }
+}
+
+/// Criterion measures the rows one after the other, and on this shared VM the level of the
+/// whole machine shifts by tens of nanoseconds per call between rows. This pass times every
+/// row again in rounds, each round visiting all rows (starting one further on each time), so
+/// a shift hits all rows alike, and ratios can be taken within a round.
+fn interleaved(rows: &mut [(&'static str, Timed<'_>)]) -> Vec<(&'static str, Vec<f64>)> {
+    const ROUNDS: usize = 101;
+    const SAMPLE: Duration = Duration::from_millis(2);
+    // Iterations per sample so that one sample takes about SAMPLE.
+    let iters: Vec<u64> = rows
+        .iter_mut()
+        .map(|(_, row)| {
+            let mut n = 1u64;
+            loop {
+                let took = row(n);
+                if took >= SAMPLE / 4 || n >= 1 << 30 {
+                    let per_iter = took.as_secs_f64().max(1e-9) / n as f64;
+                    break (SAMPLE.as_secs_f64() / per_iter).ceil().max(1.0) as u64;
+                }
+                n *= 2;
+            }
+        })
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); rows.len()];
+    for round in 0..ROUNDS {
+        for k in 0..rows.len() {
+            let i = (round + k) % rows.len();
+            let took = (rows[i].1)(iters[i]);
+            samples[i].push(took.as_nanos() as f64 / (iters[i] * CALLS as u64) as f64);
+        }
+    }
+    rows.iter().map(|(name, _)| *name).zip(samples).collect()
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    Some(xs[xs.len() / 2])
 }
 
 /// Rows in the order they are printed, with what each one is.
@@ -206,37 +273,50 @@ fn median_per_call(row: &str, started: SystemTime) -> Option<f64> {
     Some(median / CALLS as f64)
 }
 
-/// Per-call medians and ratios from the estimates criterion just wrote.
+/// Per-call medians and ratios, from the estimates criterion just wrote and from the
+/// interleaved pass.
 fn print_ratios(started: SystemTime) {
-    let medians: Vec<(&str, &str, Option<f64>)> = ROWS
+    let criterion: Vec<Option<f64>> = ROWS
         .iter()
-        .map(|&(row, what)| (row, what, median_per_call(row, started)))
+        .map(|&(row, _)| median_per_call(row, started))
         .collect();
-    if medians.iter().all(|(_, _, m)| m.is_none()) {
+    if criterion.iter().all(Option::is_none) {
         return;
     }
-    let get = |name: &str| {
-        medians
-            .iter()
-            .find(|(row, _, _)| *row == name)
-            .and_then(|(_, _, m)| *m)
+    let interleaved = INTERLEAVED.get();
+    let samples = |name: &str| {
+        interleaved
+            .and_then(|rows| rows.iter().find(|(row, _)| *row == name))
+            .map(|(_, s)| s)
     };
-    println!("\noverhead: median per call, this run");
-    for (row, what, median) in &medians {
-        if let Some(ns) = median {
-            println!("  {row:<18} {ns:>8.1} ns  {what}");
-        }
+    let by_criterion = |name: &str| {
+        ROWS.iter()
+            .position(|&(row, _)| row == name)
+            .and_then(|i| criterion[i])
+    };
+    let cell = |x: Option<f64>, digits: usize| match x {
+        Some(x) => format!("{x:>10.digits$}"),
+        None => format!("{:>10}", "-"),
+    };
+    println!("\noverhead: ns per call, this run (criterion median | interleaved median)");
+    for (&(row, what), crit) in ROWS.iter().zip(&criterion) {
+        let inter = samples(row).and_then(|s| median(s.clone()));
+        println!("  {row:<18} {} {}  {what}", cell(*crit, 1), cell(inter, 1));
     }
-    println!("ratios (median / median), this run");
+    println!("ratios, this run (criterion medians | interleaved: median of the per-round ratios)");
     for (ours, theirs) in RATIOS {
-        if let (Some(a), Some(b)) = (get(ours), get(theirs)) {
-            println!(
-                "  {:<34} {:>6.2}  ({:+.1} ns)",
-                format!("{ours} / {theirs}"),
-                a / b,
-                a - b
-            );
-        }
+        let crit = by_criterion(ours)
+            .zip(by_criterion(theirs))
+            .map(|(a, b)| a / b);
+        let inter = samples(ours)
+            .zip(samples(theirs))
+            .and_then(|(a, b)| median(a.iter().zip(b).map(|(x, y)| x / y).collect()));
+        println!(
+            "  {:<34} {} {}",
+            format!("{ours} / {theirs}"),
+            cell(crit, 2),
+            cell(inter, 2)
+        );
     }
 }
 
