@@ -40,13 +40,13 @@ const NET_SD_NS: f64 = 2_000_000.0;
 
 /// A strategy as the blog names it, and the library formula that computes it.
 #[derive(Clone, Copy)]
-struct Strategy {
-    name: &'static str,
+pub(crate) struct Strategy {
+    pub(crate) name: &'static str,
     backoff: Backoff,
     base: Duration,
 }
 
-const STRATEGIES: [Strategy; 5] = [
+pub(crate) const STRATEGIES: [Strategy; 5] = [
     Strategy {
         name: "exp",
         backoff: Backoff::Exp,
@@ -214,8 +214,8 @@ fn simulate(strategy: Strategy, clients: usize, seed: u64, run: usize) -> Outcom
 
 /// Mean and standard error of the mean over runs.
 #[derive(Clone, Copy)]
-struct Stat {
-    mean: f64,
+pub(crate) struct Stat {
+    pub(crate) mean: f64,
     sem: f64,
 }
 
@@ -235,12 +235,12 @@ fn stat(xs: &[f64]) -> Stat {
 
 /// Calls and completion time (ms) of one strategy at one client count.
 #[derive(Clone, Copy)]
-struct Cell {
-    calls: Stat,
-    time_ms: Stat,
+pub(crate) struct Cell {
+    pub(crate) calls: Stat,
+    pub(crate) time_ms: Stat,
 }
 
-fn measure(strategy: Strategy, clients: usize, runs: usize, seed: u64) -> Cell {
+pub(crate) fn measure(strategy: Strategy, clients: usize, runs: usize, seed: u64) -> Cell {
     let outcomes: Vec<Outcome> = (0..runs)
         .map(|run| simulate(strategy, clients, seed, run))
         .collect();
