@@ -243,7 +243,10 @@ mod tests {
         let at_cap = (0..3000)
             .filter(|_| Backoff::DecorrelatedJitter.delay(9, base, cap, prev, &mut j) == cap)
             .count();
-        assert!((1900..=2100).contains(&at_cap), "{at_cap} of 3000 at the cap");
+        assert!(
+            (1900..=2100).contains(&at_cap),
+            "{at_cap} of 3000 at the cap"
+        );
     }
 
     #[test]
