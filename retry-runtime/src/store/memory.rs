@@ -324,3 +324,160 @@ impl Store for MemoryStore {
         Box::pin(async move { answer })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BreakerAsk, PaceAsk, PoolAsk, RetryRule};
+    use std::sync::atomic::AtomicU64;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn manual() -> (Arc<AtomicU64>, MemoryStore) {
+        let now = Arc::new(AtomicU64::new(100 * HOUR_MS * 1000));
+        let clock = now.clone();
+        (
+            now,
+            MemoryStore::with_clock(move || clock.load(Ordering::Acquire)),
+        )
+    }
+
+    fn pool(expected: u64) -> Admit {
+        Admit {
+            pool: Some(PoolAsk {
+                name: "p",
+                window_ms: HOUR_MS,
+                limit: 100,
+                expected,
+            }),
+            ..Admit::default()
+        }
+    }
+
+    fn admit(store: &MemoryStore, ask: Admit) -> Admitted {
+        let now = store.check().unwrap();
+        store.admit_now(&ask, now)
+    }
+
+    fn update(store: &MemoryStore, update: Update) {
+        let now = store.check().unwrap();
+        store.update_now(&update, now);
+    }
+
+    #[test]
+    fn a_settlement_after_the_window_rolled_over_charges_the_new_window() {
+        let (now, s) = manual();
+        let (window, _) = admit(&s, pool(40)).pool.unwrap();
+        now.fetch_add(HOUR_MS * 1000, Ordering::AcqRel);
+        update(
+            &s,
+            Update::Settle {
+                pool: "p",
+                window_ms: HOUR_MS,
+                window,
+                reserved: 40,
+                real: 25,
+            },
+        );
+        assert_eq!(
+            s.committed("p", window),
+            40,
+            "the old window keeps its reservation"
+        );
+        assert_eq!(s.committed("p", window + 1), 25);
+        // A new window starts from what was charged to it.
+        assert_eq!(admit(&s, pool(80)).verdict, Verdict::PoolFull);
+        assert_eq!(admit(&s, pool(75)).verdict, Verdict::Admitted);
+    }
+
+    #[test]
+    fn the_fleets_pacing_bucket_schedules_slots_and_refills() {
+        let (now, s) = manual();
+        let ask = |max_wait_us| Admit {
+            pace: Some(PaceAsk {
+                name: "r",
+                interval_us: 1000,
+                burst: 3,
+                max_wait_us,
+            }),
+            ..Admit::default()
+        };
+        let waits: Vec<u64> = (0..5)
+            .map(|_| admit(&s, ask(u64::MAX)).pace_wait.as_micros() as u64)
+            .collect();
+        assert_eq!(waits, [0, 0, 0, 1000, 2000]);
+        assert_eq!(admit(&s, ask(2999)).verdict, Verdict::PaceTooLate);
+        assert_eq!(admit(&s, ask(3000)).pace_wait, Duration::from_micros(3000));
+        // Idle for long enough, the whole burst is back.
+        now.fetch_add(10_000, Ordering::AcqRel);
+        let waits: Vec<u64> = (0..4)
+            .map(|_| admit(&s, ask(u64::MAX)).pace_wait.as_micros() as u64)
+            .collect();
+        assert_eq!(waits, [0, 0, 0, 1000]);
+    }
+
+    #[test]
+    fn retry_budget_counts_age_out_after_the_window() {
+        let (now, s) = manual();
+        let ask = |deposit, withdraw: bool| Admit {
+            breaker: Some(BreakerAsk {
+                name: "b",
+                deposit,
+                withdraw: withdraw.then_some(RetryRule {
+                    ratio_ppm: 1_000_000,
+                    floor_per_window: 0,
+                }),
+            }),
+            ..Admit::default()
+        };
+        admit(&s, ask(true, false));
+        assert_eq!(admit(&s, ask(false, true)).verdict, Verdict::Admitted);
+        assert_eq!(admit(&s, ask(false, true)).verdict, Verdict::RetryBudget);
+        now.fetch_add(WINDOW_SECS * 1_000_000, Ordering::AcqRel);
+        admit(&s, ask(true, false));
+        assert_eq!(admit(&s, ask(false, true)).verdict, Verdict::Admitted);
+    }
+
+    #[test]
+    fn a_breakers_open_state_expires_and_its_generation_never_repeats() {
+        let (now, s) = manual();
+        let look = Admit {
+            breaker: Some(BreakerAsk {
+                name: "b",
+                deposit: false,
+                withdraw: None,
+            }),
+            ..Admit::default()
+        };
+        let open = Update::BreakerOpened {
+            breaker: "b",
+            cooldown: Duration::from_secs(1),
+            force: false,
+        };
+        update(&s, open.clone());
+        let first = admit(&s, look.clone());
+        assert_eq!(first.verdict, Verdict::BreakerOpen);
+        // Cooled down but kept (for the half-open phase): admitted, and still "open for 0".
+        now.fetch_add(1_500_000, Ordering::AcqRel);
+        let cooled = admit(&s, look.clone());
+        assert_eq!(cooled.verdict, Verdict::Admitted);
+        assert_eq!(cooled.breaker.unwrap().open_for, Some(Duration::ZERO));
+        // Long after, it is gone; a new open gets a new generation.
+        now.fetch_add(120_000_000, Ordering::AcqRel);
+        assert_eq!(admit(&s, look.clone()).breaker.unwrap().open_for, None);
+        update(&s, open);
+        let again = admit(&s, look).breaker.unwrap();
+        assert!(again.generation > first.breaker.unwrap().generation);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_fails_every_operation() {
+        let s = MemoryStore::new();
+        s.set_reachable(false);
+        assert!(s.ping().await.is_err());
+        assert!(s.admit(pool(1)).await.is_err());
+        s.set_reachable(true);
+        assert!(s.ping().await.is_ok());
+        assert_eq!(s.operations(), 1);
+    }
+}

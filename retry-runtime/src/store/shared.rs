@@ -95,13 +95,18 @@ impl Shared {
         super::status_of(&self.state)
     }
 
+    /// Wait (on the store's runtime, in real time, so that a caller on a paused clock does
+    /// not time out at once) until the store answers, at most `within`.
     pub(crate) async fn wait_shared(&self, within: Duration) -> bool {
-        let mut rx = self.changed.subscribe();
         if self.is_shared() {
             return true;
         }
-        let waited = tokio::time::timeout(within, rx.wait_for(|s| *s == StoreStatus::Shared)).await;
-        matches!(waited, Ok(Ok(_)))
+        let mut rx = self.changed.subscribe();
+        let waiting = self.handle.spawn(async move {
+            let shared = rx.wait_for(|s| *s == StoreStatus::Shared);
+            matches!(tokio::time::timeout(within, shared).await, Ok(Ok(_)))
+        });
+        waiting.await.unwrap_or(false)
     }
 
     /// The store answered: state is shared again (one INFO event per change).
