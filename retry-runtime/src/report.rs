@@ -471,6 +471,7 @@ pub(crate) fn finished(
 /// | `retry_runtime_spend_micros_total` | `function` | micro-dollars spent (successes and billed failures) |
 /// | `retry_runtime_spend_tokens_total` | `function` | tokens spent |
 /// | `retry_runtime_breaker_transitions_total` | `breaker`, `to` | breaker state changes |
+/// | `retry_runtime_store_transitions_total` | `store`, `to` | a shared store became reachable (`shared`) or unreachable (`local`) |
 pub mod metric_names {
     /// Attempts made.
     pub const ATTEMPTS: &str = "retry_runtime_attempts_total";
@@ -488,6 +489,8 @@ pub mod metric_names {
     pub const SPEND_TOKENS: &str = "retry_runtime_spend_tokens_total";
     /// Breaker state changes.
     pub const BREAKER_TRANSITIONS: &str = "retry_runtime_breaker_transitions_total";
+    /// Shared-store status changes (see `retry_runtime::store`).
+    pub const STORE_TRANSITIONS: &str = "retry_runtime_store_transitions_total";
 }
 
 #[cfg(feature = "metrics")]

@@ -2,6 +2,9 @@
 //! calls on it stand in for the other processes of the fleet. One test, in order, because the
 //! store is process-wide and an outage is played on it.
 
+// The call sites are `#[resilient]` functions.
+#![cfg(feature = "macros")]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

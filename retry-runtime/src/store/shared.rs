@@ -120,7 +120,20 @@ impl Shared {
                 self.store.kind()
             );
             self.changed.send_replace(StoreStatus::Shared);
+            self.count(StoreStatus::Shared);
         }
+    }
+
+    fn count(&self, to: StoreStatus) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::report::metric_names::STORE_TRANSITIONS,
+            "store" => self.store.kind(),
+            "to" => to.as_str()
+        )
+        .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = to;
     }
 
     /// The store failed: run on local state (one WARN event per change) and try it again in
@@ -136,6 +149,7 @@ impl Shared {
                 self.store.kind()
             );
             self.changed.send_replace(StoreStatus::Local);
+            self.count(StoreStatus::Local);
         }
         self.reconnect();
     }
@@ -186,6 +200,7 @@ impl Shared {
                 self.store.kind()
             );
             self.changed.send_replace(StoreStatus::Local);
+            self.count(StoreStatus::Local);
         }
     }
 
