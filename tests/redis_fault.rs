@@ -121,9 +121,10 @@ async fn redis_stops_mid_run_calls_go_on_locally_and_share_again_after_restart()
     assert_eq!(store::status(), StoreStatus::Shared);
     calls(20, "shared again").await;
     assert_eq!(redis_warnings(log), 1, "still one WARN");
-    assert!(
-        !log.with_message("redis").is_empty(),
-        "an event says the state is shared again"
+    assert_eq!(
+        shared_again(log),
+        2,
+        "one INFO at the first connection, one when Redis came back"
     );
     // The restarted server started empty (no persistence): what it holds now is the spend
     // reconciled from the outage (50 calls) plus the 20 calls since, and nothing from before.
@@ -140,6 +141,51 @@ async fn redis_stops_mid_run_calls_go_on_locally_and_share_again_after_restart()
         held, expected,
         "the pool's spend in the restarted Redis, in micros"
     );
+
+    // A frozen Redis (SIGSTOP): the connection stays up but nothing answers, so only the
+    // per-operation timeout can tell. Calls still finish within it, and one more WARN.
+    server.freeze();
+    calls(30, "redis frozen").await;
+    assert_eq!(store::status(), StoreStatus::Local);
+    assert_eq!(
+        redis_warnings(log),
+        2,
+        "one WARN per outage: {:?}",
+        log.events()
+    );
+    server.thaw();
+    assert!(
+        store::wait_shared(Duration::from_secs(10)).await,
+        "shared again once the frozen server answers"
+    );
+    calls(10, "thawed").await;
+    assert_eq!(shared_again(log), 3);
+    // This server kept its data: the 70 calls before the freeze, the 30 reconciled from it and
+    // the 10 since. Plus, at most, the reservation of the one admission that timed out: a
+    // frozen server still runs it once thawed, and the process cannot know it did, so the pool
+    // over-counts by it until its window ends (ARCHITECTURE, "Distributed state": the pool errs
+    // on the side of refusing, never of overspending).
+    let expected = 110 * COST.micros();
+    let stranded = COST.micros();
+    for _ in 0..100 {
+        held = pool_spend_in_redis(&server.url(), &prefix);
+        if held == expected + stranded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        (expected..=expected + stranded).contains(&held),
+        "the pool's spend after the freeze: {held} micros, expected {expected} (+ {stranded} stranded)"
+    );
+}
+
+/// INFO events saying the store is shared (again).
+fn shared_again(log: &EventLog) -> usize {
+    log.events()
+        .iter()
+        .filter(|e| e.level == tracing::Level::INFO && e.message.contains("store reachable"))
+        .count()
 }
 
 /// The pool's committed spend as the store holds it, summed over its windows' keys.

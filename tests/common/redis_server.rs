@@ -112,6 +112,26 @@ impl RedisServer {
         }
     }
 
+    /// Freeze the server (`SIGSTOP`): connections stay open but nothing answers, the slow
+    /// Redis that only a timeout detects.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a frozen server go on (`SIGCONT`), with its data.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Start it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
