@@ -681,16 +681,7 @@ impl Ledgers {
                 }
             }
         }
-        match self.reserve_workflows(expected, now_ms) {
-            Ok(workflow) => {
-                held.workflow = workflow;
-                Ok(held)
-            }
-            Err(refused) => {
-                self.release(held);
-                Err(refused)
-            }
-        }
+        self.add_workflows(held, expected, now_ms)
     }
 
     /// The pool's reservation was made in the shared store (`shared`: its window and amount,
@@ -713,6 +704,16 @@ impl Ledgers {
                 }),
             });
         }
+        self.add_workflows(held, expected, now_ms)
+    }
+
+    /// Complete `held` (the pool's part) with the workflows' reservations, or give it all back.
+    fn add_workflows(
+        &self,
+        mut held: Held,
+        expected: Spend,
+        now_ms: u64,
+    ) -> Result<Held, (BudgetScope, Spend, Budget)> {
         match self.reserve_workflows(expected, now_ms) {
             Ok(workflow) => {
                 held.workflow = workflow;

@@ -136,20 +136,25 @@ impl Shared {
         let _ = to;
     }
 
+    /// The one WARN event of an outage (or of a first connection that failed).
+    fn went_local(&self, error: &StoreError) {
+        tracing::warn!(
+            target: "retry_runtime",
+            store = self.store.kind(),
+            %error,
+            "{} store unreachable: using local state for breakers, retry budgets, pacing and pools; reconnecting in the background",
+            self.store.kind()
+        );
+        self.changed.send_replace(StoreStatus::Local);
+        self.count(StoreStatus::Local);
+    }
+
     /// The store failed: run on local state (one WARN event per change) and try it again in
     /// the background.
     pub(crate) fn to_local(&'static self, error: &StoreError) {
         let before = self.state.swap(LOCAL, Ordering::AcqRel);
         if before != LOCAL {
-            tracing::warn!(
-                target: "retry_runtime",
-                store = self.store.kind(),
-                %error,
-                "{} store unreachable: using local state for breakers, retry budgets, pacing and pools; reconnecting in the background",
-                self.store.kind()
-            );
-            self.changed.send_replace(StoreStatus::Local);
-            self.count(StoreStatus::Local);
+            self.went_local(error);
         }
         self.reconnect();
     }
@@ -192,15 +197,7 @@ impl Shared {
             .compare_exchange(STARTING, LOCAL, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            tracing::warn!(
-                target: "retry_runtime",
-                store = self.store.kind(),
-                %error,
-                "{} store unreachable: using local state for breakers, retry budgets, pacing and pools; reconnecting in the background",
-                self.store.kind()
-            );
-            self.changed.send_replace(StoreStatus::Local);
-            self.count(StoreStatus::Local);
+            self.went_local(error);
         }
     }
 
