@@ -15,12 +15,14 @@ enum ModelState {
     HalfOpen { admitted: u32 },
 }
 
-/// The reference: plain fields, a queue of failure times, no packing, no atomics.
+/// The reference: plain fields, a queue of failures (time, calls admitted by then), no
+/// packing, no atomics.
 struct Model {
     cfg: BreakerConfig,
     state: ModelState,
     epoch: u8,
-    failures: VecDeque<u64>,
+    failures: VecDeque<(u64, u64)>,
+    calls: u64,
 }
 
 impl Model {
@@ -30,7 +32,10 @@ impl Model {
 
     fn admit(&mut self, now: u64) -> Admission {
         match self.state {
-            ModelState::Closed => Admission::Normal,
+            ModelState::Closed => {
+                self.calls += 1;
+                Admission::Normal
+            }
             ModelState::Open { until } if now < until => Admission::Rejected {
                 retry_in: Duration::from_millis(until - now),
             },
@@ -66,13 +71,21 @@ impl Model {
                 }
             }
             (ModelState::Closed, Admission::Normal) if counted => {
-                self.failures.push_back(now);
+                self.failures.push_back((now, self.calls));
                 while self.failures.len() > self.cfg.failures as usize {
                     self.failures.pop_front();
                 }
                 let window = self.cfg.window.as_millis() as u64;
-                let recent = self.failures.iter().filter(|&&t| now - t < window).count();
-                if recent >= self.cfg.failures as usize {
+                let recent = self
+                    .failures
+                    .iter()
+                    .filter(|&&(t, _)| now - t < window)
+                    .count();
+                // The share of calls since the oldest failure (its own call included).
+                let since = self.calls - self.failures[0].1 + 1;
+                let rate_reached = self.cfg.failure_rate_ppm == 0
+                    || self.failures.len() as u64 * 1_000_000 >= self.cfg.failure_rate_ppm * since;
+                if recent >= self.cfg.failures as usize && rate_reached {
                     self.state = ModelState::Open {
                         until: now + cooldown,
                     };
@@ -134,9 +147,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = BreakerConfig> {
-    (1u32..6, 1u64..30, 1u64..20, 1u32..4, any::<bool>()).prop_map(
-        |(failures, window_s, cooldown_s, probes, count_429)| BreakerConfig {
+    let rate = prop_oneof![Just(0u64), 1u64..=1_000_000];
+    (1u32..6, 1u64..30, 1u64..20, 1u32..4, any::<bool>(), rate).prop_map(
+        |(failures, window_s, cooldown_s, probes, count_429, failure_rate_ppm)| BreakerConfig {
             failures,
+            failure_rate_ppm,
             window: Duration::from_secs(window_s),
             cooldown: Duration::from_secs(cooldown_s),
             probes,
@@ -152,7 +167,7 @@ proptest! {
     #[test]
     fn breaker_agrees_with_the_model(cfg in config(), ops in prop::collection::vec(op(), 1..200)) {
         let breaker = Breaker::standalone("model", cfg.clone());
-        let mut model = Model { cfg, state: ModelState::Closed, epoch: 0, failures: VecDeque::new() };
+        let mut model = Model { cfg, state: ModelState::Closed, epoch: 0, failures: VecDeque::new(), calls: 0 };
         let mut now = 1_000u64;
         let mut outstanding: Vec<Admission> = Vec::new();
         for op in ops {

@@ -271,6 +271,11 @@ pub struct Breaker {
     // The last `failures` counted failure times (ms + 1; 0 = empty).
     ring: Box<[AtomicU64]>,
     next: AtomicUsize,
+    // With a `failure_rate`: attempts admitted while closed, and that count at each failure in
+    // `ring`, so the rate is failures over the calls since the oldest of them, with no clock
+    // read on a success.
+    calls: AtomicU64,
+    ring_calls: Box<[AtomicU64]>,
     retry_budget: RetryBudget,
     queue: Queue,
     // The shared store's generation of this breaker's state last adopted (0: none stored).
@@ -301,6 +306,8 @@ impl Breaker {
             state: AtomicU64::new(State::CLOSED.pack()),
             ring: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             next: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            ring_calls: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             retry_budget: RetryBudget::new(&config),
             queue: Queue::new(config.queue_len as usize, config.queue_release_per_sec),
             shared_generation: AtomicU64::new(0),
@@ -383,6 +390,9 @@ impl Breaker {
         // Closed is the common case: one load, no write.
         let state = self.load();
         if state.state == BreakerState::Closed {
+            if self.config.failure_rate_ppm > 0 {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+            }
             return (Admission::Normal, None);
         }
         let probes = self.config.probes.clamp(1, PROBES_MASK as u32) as u16;
@@ -457,6 +467,8 @@ impl Breaker {
     /// Remember a counted failure; true if the ring now holds `failures` of them in `window`.
     fn push_failure(&self, now_ms: u64) -> bool {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.ring.len();
+        let calls = self.calls.load(Ordering::Relaxed);
+        self.ring_calls[slot].store(calls, Ordering::Relaxed);
         self.ring[slot].store(now_ms.saturating_add(1), Ordering::Release);
         let window = duration_ms(self.config.window);
         let recent = self
@@ -465,7 +477,24 @@ impl Breaker {
             .map(|t| t.load(Ordering::Acquire))
             .filter(|&t| t != 0 && now_ms.saturating_add(1) - t.min(now_ms + 1) < window)
             .count();
-        recent >= self.config.failures as usize
+        recent >= self.config.failures as usize && self.rate_reached(slot, calls)
+    }
+
+    /// With a `failure_rate`: do the failures in the ring make at least that share of the
+    /// calls admitted since the oldest of them? The ring is full of recent failures here, so
+    /// the oldest is the slot after the one just written.
+    fn rate_reached(&self, slot: usize, calls_now: u64) -> bool {
+        let ppm = self.config.failure_rate_ppm;
+        if ppm == 0 {
+            return true;
+        }
+        let oldest = (slot + 1) % self.ring.len();
+        // The oldest failure's own call, and every call admitted after it was recorded.
+        let since = calls_now
+            .saturating_sub(self.ring_calls[oldest].load(Ordering::Relaxed))
+            .saturating_add(1);
+        let failures = self.ring.len() as u64;
+        failures.saturating_mul(1_000_000) >= ppm.saturating_mul(since)
     }
 
     fn clear_failures(&self) {
@@ -574,6 +603,48 @@ mod tests {
         assert!(matches!(b.admit(32_001).0, Admission::Rejected { .. }));
         let t = b.record(probe, None, 32_500).unwrap();
         assert_eq!(t.to, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failure_rate_keeps_rare_failures_at_high_volume_from_opening() {
+        let rated = |failures| {
+            Breaker::new(
+                "t",
+                BreakerConfig {
+                    failure_rate_ppm: 500_000,
+                    ..config(failures, 1)
+                },
+            )
+        };
+        let fail = Some(ErrorClass::Status(503));
+        // 5 failures among 1000 calls in the window: 0.5%, far under 50%.
+        let b = rated(5);
+        for i in 0..1000u64 {
+            let (admission, _) = b.admit(i);
+            let failure = if i % 200 == 199 { fail } else { None };
+            assert_eq!(b.record(admission, failure, i), None, "call {i}");
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        // The same 5 failures as 5 of the last 8 calls: 62% opens it.
+        let b = rated(5);
+        let mut opened = None;
+        for (i, fails) in [false, true, true, false, true, false, true, true]
+            .into_iter()
+            .enumerate()
+        {
+            let (admission, _) = b.admit(i as u64);
+            opened = opened.or(b.record(admission, fails.then_some(fail).flatten(), i as u64));
+        }
+        assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
+        // Without a rate, the count alone opens it, whatever the traffic.
+        let b = Breaker::new("t", config(5, 1));
+        let mut opened = None;
+        for i in 0..1000u64 {
+            let (admission, _) = b.admit(i);
+            let failure = if i % 200 == 199 { fail } else { None };
+            opened = opened.or(b.record(admission, failure, i));
+        }
+        assert!(opened.is_some());
     }
 
     #[test]

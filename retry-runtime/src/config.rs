@@ -5,6 +5,8 @@
 //! [breaker.openai]
 //! failures = 5             # outage-class failures inside `window` that open the breaker
 //! window = "60s"
+//! failure_rate = "50%"     # ...and at least this share of the calls since the first of them
+//!                          # (default 0: off; set it where traffic is high)
 //! cooldown = "30s"         # how long an open breaker rejects before probing
 //! probes = 1               # calls admitted while half-open
 //! count_429 = false        # a rate limit means "slow down", not "down"
@@ -60,6 +62,12 @@ pub struct BreakerConfig {
     pub failures: u32,
     /// The sliding window failures are counted in.
     pub window: Duration,
+    /// The share of calls, in parts per million, that must have failed for `failures` counted
+    /// failures to open the breaker: of the calls made since the oldest of those failures.
+    /// 0 (the default) turns it off: `failures` inside `window` open the breaker whatever the
+    /// traffic. Set it where the volume is high: at 100 calls a second, five timeouts a minute
+    /// are 0.08% of the calls, and a count alone would open the breaker on them.
+    pub failure_rate_ppm: u64,
     /// How long an open breaker rejects before admitting probes.
     pub cooldown: Duration,
     /// Probe calls admitted while half-open (1..=1000).
@@ -81,6 +89,7 @@ impl Default for BreakerConfig {
         Self {
             failures: 5,
             window: Duration::from_secs(60),
+            failure_rate_ppm: 0,
             cooldown: Duration::from_secs(30),
             probes: 1,
             count_429: false,
@@ -379,6 +388,7 @@ impl<'de> Deserialize<'de> for Limit {
 struct RawBreaker {
     failures: Option<Count>,
     window: Option<Dur>,
+    failure_rate: Option<Ratio>,
     cooldown: Option<Dur>,
     probes: Option<Count>,
     count_429: Option<bool>,
@@ -461,11 +471,22 @@ fn parse(text: &str) -> Result<Config, String> {
     for (name, raw) in raw.breaker {
         check_name("breaker", &name)?;
         let d = BreakerConfig::default();
+        let failure_rate_ppm = match raw.failure_rate {
+            Some(Ratio(ppm)) if ppm > 1_000_000 => {
+                return Err(format!(
+                    "breaker `{name}`: failure_rate is a share of the calls: write a number \
+                     from 0 to 1, or from \"0%\" to \"100%\""
+                ))
+            }
+            Some(Ratio(ppm)) => ppm,
+            None => d.failure_rate_ppm,
+        };
         config.breakers.insert(
             name,
             BreakerConfig {
                 failures: raw.failures.map_or(d.failures, |c| c.0),
                 window: raw.window.map_or(d.window, |w| w.0),
+                failure_rate_ppm,
                 cooldown: raw.cooldown.map_or(d.cooldown, |c| c.0),
                 probes: raw.probes.map_or(d.probes, |c| c.0),
                 count_429: raw.count_429.unwrap_or(d.count_429),
@@ -577,7 +598,7 @@ fn ratio_ppm(v: f64) -> Result<u64, String> {
         Ok((v * 1e6).round() as u64)
     } else {
         Err(format!(
-            "{v} is out of range: a retry ratio lies between 0 and 10"
+            "{v} is out of range: a ratio lies between 0 and 10 (1000%)"
         ))
     }
 }
@@ -640,6 +661,7 @@ mod tests {
             count_429 = true
             retry_ratio = 0.1
             min_retries_per_sec = 0
+            failure_rate = "25%"
             "#,
         )
         .unwrap();
@@ -653,6 +675,7 @@ mod tests {
                 count_429: true,
                 retry_ratio_ppm: 100_000,
                 min_retries_per_sec: 0,
+                failure_rate_ppm: 250_000,
                 ..BreakerConfig::default()
             }
         );
@@ -666,6 +689,11 @@ mod tests {
             ("[breaker.a]\ncooldown = \"0s\"\n", "longer than zero"),
             ("[breaker.a]\nretry_ratio = -1.0\n", "out of range"),
             ("[breaker.a]\nretry_ratio = \"lots\"\n", "not a ratio"),
+            ("[breaker.a]\nfailure_rate = 1.5\n", "share of the calls"),
+            (
+                "[breaker.a]\nfailure_rate = \"150%\"\n",
+                "share of the calls",
+            ),
             ("[breakers.a]\nfailures = 1\n", "breakers"),
             ("[breaker.a]\nprobes = \"2\"\n", "line 2"),
             ("[breaker.\"Open AI\"]\n", "Open AI"),
