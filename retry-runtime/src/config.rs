@@ -511,20 +511,25 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// A whole number in `1..=max`, or the message that says which numbers are allowed.
+fn whole_in<'de, D: Deserializer<'de>>(d: D, max: i64, what: &str) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=max).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(de::Error::custom(format!(
+            "{n} is out of range: use a whole number{what} from 1 to {max}"
+        )))
+    }
+}
+
 /// A provider's requests-per-minute limit: 1 up to ten million (large accounts have limits in
 /// the tens of thousands, far above the 1..=1000 of [`Count`]).
 struct Rpm(u32);
 
 impl<'de> Deserialize<'de> for Rpm {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        if (1..=10_000_000).contains(&n) {
-            Ok(Rpm(n as u32))
-        } else {
-            Err(de::Error::custom(format!(
-                "{n} is out of range: use a whole number of requests per minute from 1 to 10000000"
-            )))
-        }
+        whole_in(d, 10_000_000, " of requests per minute").map(Rpm)
     }
 }
 
@@ -533,14 +538,7 @@ struct Count(u32);
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
-        if (1..=1000).contains(&n) {
-            Ok(Count(n as u32))
-        } else {
-            Err(de::Error::custom(format!(
-                "{n} is out of range: use a whole number from 1 to 1000"
-            )))
-        }
+        whole_in(d, 1000, "").map(Count)
     }
 }
 
