@@ -4,6 +4,7 @@
 //! Errors are collected, not returned at the first one, so a user fixes an attribute in one go.
 
 use proc_macro2::Span;
+use retry_grammar::{AmountError, AmountUnit};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -49,8 +50,6 @@ const CALLER_FAULTS: &[(u16, &str)] = &[
 ];
 
 const MAX_ATTEMPTS: u64 = 20;
-/// Longest duration any key accepts: a retry policy that waits more than a day is a job queue.
-const LONGEST: u128 = 24 * 3600 * 1_000_000_000;
 
 /// One `key = value` pair as written.
 pub struct Pair {
@@ -491,44 +490,32 @@ pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
     }
     let out_of_range =
         || "out of range: a per-call budget is at most \"1000usd\" or \"100000000tok\"".to_string();
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || (number.contains('.') && !digits(frac)) {
-        // `1e9usd`: say what is wrong with the value, not only with its spelling.
-        let limit = if tokens {
-            MAX_CALL_TOKENS as f64
-        } else {
-            1_000.0
-        };
-        return Err(match number.parse::<f64>() {
-            Ok(v) if v > limit => format!("{}; {forms}", out_of_range()),
-            _ => format!("`{number}` is not a plain decimal amount; {forms}"),
-        });
-    }
-    let amount = if tokens {
-        if !frac.is_empty() {
-            return Err("tokens are whole numbers, e.g. \"20000tok\"".into());
-        }
-        whole
-            .parse::<u64>()
-            .ok()
-            .filter(|&t| t <= MAX_CALL_TOKENS)
-            .ok_or_else(out_of_range)?
+    let (unit, max) = if tokens {
+        (AmountUnit::Tokens, MAX_CALL_TOKENS)
     } else {
-        if frac.len() > 6 {
-            return Err("more than six decimals: dollars are counted in micro-dollars".into());
+        (AmountUnit::Usd, MAX_CALL_MICROS)
+    };
+    let amount = match retry_grammar::amount(number, unit, max) {
+        Ok(amount) => amount,
+        Err(AmountError::NotPlain) => {
+            // `1e9usd`: say what is wrong with the value, not only with its spelling.
+            let limit = if tokens {
+                MAX_CALL_TOKENS as f64
+            } else {
+                1_000.0
+            };
+            return Err(match number.parse::<f64>() {
+                Ok(v) if v > limit => format!("{}; {forms}", out_of_range()),
+                _ => format!("`{number}` is not a plain decimal amount; {forms}"),
+            });
         }
-        let whole = whole.parse::<u64>().map_err(|_| out_of_range())?;
-        let frac: u64 = if frac.is_empty() {
-            0
-        } else {
-            format!("{frac:0<6}").parse().map_err(|_| out_of_range())?
-        };
-        whole
-            .checked_mul(1_000_000)
-            .and_then(|w| w.checked_add(frac))
-            .filter(|&m| m <= MAX_CALL_MICROS)
-            .ok_or_else(out_of_range)?
+        Err(AmountError::FractionalTokens) => {
+            return Err("tokens are whole numbers, e.g. \"20000tok\"".into())
+        }
+        Err(AmountError::TooManyDecimals) => {
+            return Err("more than six decimals: dollars are counted in micro-dollars".into())
+        }
+        Err(AmountError::TooLarge) => return Err(out_of_range()),
     };
     if amount == 0 {
         return Err("a zero budget would forbid every retry; use `max = 1` for no retries".into());
@@ -639,44 +626,10 @@ fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<Dur> {
     }
 }
 
-/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"` as nanoseconds; at most a day.
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"` as nanoseconds; at most a day (the grammar
+/// the run-time configuration uses too).
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| "no unit".to_string())?;
-    let (number, unit) = text.split_at(split);
-    let unit_nanos: u128 = match unit {
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
-        _ if unit.trim().is_empty() => return Err("no unit".into()),
-        other => return Err(format!("unknown unit `{}`", other.trim())),
-    };
-    if number.is_empty() {
-        return Err("no number".into());
-    }
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || frac.contains('.') || (number.contains('.') && frac.is_empty()) {
-        return Err(format!("`{number}` is not a number"));
-    }
-    if frac.len() > 9 {
-        return Err("more than nine decimal places".into());
-    }
-    let whole: u128 = whole.parse().map_err(|_| "the number is too large")?;
-    let frac_value: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse::<u128>().map_err(|_| "bad decimals")? * 10u128.pow(9 - frac.len() as u32)
-    };
-    let nanos = whole
-        .checked_mul(unit_nanos)
-        .and_then(|w| w.checked_add(frac_value * unit_nanos / 1_000_000_000))
-        .ok_or("the number is too large")?;
-    if nanos > LONGEST {
-        return Err("longer than the limit of one day".into());
-    }
-    Ok(nanos as u64)
+    retry_grammar::duration_nanos(text)
 }
 
 /// The checked `#[retry_on(...)]` list.

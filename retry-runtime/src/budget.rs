@@ -13,6 +13,7 @@
 //! cost a full answer. Before the first success at a call site the estimate is zero: the
 //! first attempts are limited only by what has actually been spent.
 
+use retry_grammar::{AmountError, AmountUnit};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,43 +102,21 @@ impl std::str::FromStr for Budget {
         } else {
             return Err(format!("`{text}` has no known unit; {forms}"));
         };
-        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(whole) || (number.contains('.') && !digits(frac)) {
-            return Err(format!("`{text}` is not a plain amount; {forms}"));
-        }
         let too_big =
             || format!("`{text}` is too large: at most $1,000,000 or 1,000,000,000,000 tokens");
-        let amount = match unit {
-            Unit::Usd => {
-                if frac.len() > 6 {
-                    return Err(format!(
-                        "`{text}` has more than six decimals (micro-dollars)"
-                    ));
-                }
-                let whole: u64 = whole.parse().map_err(|_| too_big())?;
-                let frac: u64 = if frac.is_empty() {
-                    0
-                } else {
-                    format!("{frac:0<6}").parse().map_err(|_| too_big())?
-                };
-                whole
-                    .checked_mul(1_000_000)
-                    .and_then(|w| w.checked_add(frac))
-                    .filter(|&m| m <= MAX_MICROS)
-                    .ok_or_else(too_big)?
-            }
-            Unit::Tokens => {
-                if !frac.is_empty() {
-                    return Err(format!("`{text}`: tokens are whole numbers"));
-                }
-                whole
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&t| t <= MAX_MICROS)
-                    .ok_or_else(too_big)?
-            }
+        let grammar_unit = match unit {
+            Unit::Usd => AmountUnit::Usd,
+            Unit::Tokens => AmountUnit::Tokens,
         };
+        let amount =
+            retry_grammar::amount(number, grammar_unit, MAX_MICROS).map_err(|e| match e {
+                AmountError::NotPlain => format!("`{text}` is not a plain amount; {forms}"),
+                AmountError::TooManyDecimals => {
+                    format!("`{text}` has more than six decimals (micro-dollars)")
+                }
+                AmountError::FractionalTokens => format!("`{text}`: tokens are whole numbers"),
+                AmountError::TooLarge => too_big(),
+            })?;
         if amount == 0 {
             return Err(format!("`{text}` is zero: nothing could ever be spent"));
         }

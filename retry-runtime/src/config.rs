@@ -602,45 +602,9 @@ fn ratio_ppm(v: f64) -> Result<u64, String> {
 }
 
 /// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`; at most a day. The same grammar the
-/// attribute accepts (the macro crate has its own copy: a proc-macro cannot share runtime
-/// code).
+/// attribute accepts: both call [`retry_grammar::duration_nanos`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| "no unit".to_string())?;
-    let (number, unit) = text.split_at(split);
-    let unit_nanos: u128 = match unit {
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
-        _ if unit.trim().is_empty() => return Err("no unit".into()),
-        other => return Err(format!("unknown unit `{}`", other.trim())),
-    };
-    if number.is_empty() {
-        return Err("no number".into());
-    }
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || frac.contains('.') || (number.contains('.') && frac.is_empty()) {
-        return Err(format!("`{number}` is not a number"));
-    }
-    if frac.len() > 9 {
-        return Err("more than nine decimal places".into());
-    }
-    let whole: u128 = whole.parse().map_err(|_| "the number is too large")?;
-    let frac_value: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse::<u128>().map_err(|_| "bad decimals")? * 10u128.pow(9 - frac.len() as u32)
-    };
-    let nanos = whole
-        .checked_mul(unit_nanos)
-        .and_then(|w| w.checked_add(frac_value * unit_nanos / 1_000_000_000))
-        .ok_or("the number is too large")?;
-    if nanos > 24 * 3_600_000_000_000 {
-        return Err("longer than the limit of one day".into());
-    }
-    Ok(Duration::from_nanos(nanos as u64))
+    retry_grammar::duration_nanos(text).map(Duration::from_nanos)
 }
 
 #[cfg(test)]
