@@ -456,13 +456,7 @@ impl<'p> Call<'p> {
         let Some(pacer) = self.pacer else {
             return Ok(());
         };
-        // A permit is only worth having if the attempt can still run: leave it its
-        // `timeout`, at most half the deadline (a permit at the deadline itself buys an
-        // attempt that is cut at once, and the cut counts against the breaker).
-        let deadline = self.policy.deadline().map(|d| {
-            let room = self.policy.timeout().unwrap_or(d).min(d / 2);
-            self.started + (d - room)
-        });
+        let deadline = self.latest_permit();
         let tokens = self.site.estimate.expected().tokens();
         match pacer.acquire(tokens, deadline).await {
             Ok(permit) => {
@@ -474,6 +468,17 @@ impl<'p> Call<'p> {
                 deadline: self.policy.deadline().unwrap_or_default(),
             }),
         }
+    }
+
+    /// The latest a pacing permit is worth having: the attempt must still be able to run
+    /// after it, so it leaves the attempt its `timeout`, at most half the deadline (a permit at
+    /// the deadline itself buys an attempt that is cut at once, and the cut counts against the
+    /// breaker). `None` without a deadline.
+    fn latest_permit(&self) -> Option<Instant> {
+        self.policy.deadline().map(|d| {
+            let room = self.policy.timeout().unwrap_or(d).min(d / 2);
+            self.started + (d - room)
+        })
     }
 
     /// Tell the pacer how the attempt went: a 429 cuts its rate, any other answer from the
@@ -607,15 +612,10 @@ impl<'p> Call<'p> {
             self.admission = Some(admission);
         }
         let expected = self.site.estimate.expected();
-        // The fleet's pacing slot is only worth having if the attempt can still run after it
-        // (the same room `pace` leaves).
-        let max_wait = match self.policy.deadline() {
-            Some(deadline) => {
-                let room = self.policy.timeout().unwrap_or(deadline).min(deadline / 2);
-                (deadline - room).saturating_sub(self.started.elapsed())
-            }
-            None => Duration::MAX,
-        };
+        // The fleet's pacing slot, no later than the local pacer's permit may be.
+        let max_wait = self.latest_permit().map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
         let ask = Admit {
             breaker: self.breaker.map(|b| BreakerAsk {
                 name: b.name(),

@@ -71,7 +71,13 @@ async fn everything() -> Result<Reply, E> {
     Ok(Reply(0))
 }
 
+// A generous per-operation timeout: the in-memory store answers in microseconds, but on a
+// loaded 2-core CI machine the hop to the store's thread can take longer than the 50 ms
+// default, and a timeout would (rightly) switch the process to local state mid-test.
 const TOML: &str = r#"
+[store]
+timeout = "2s"
+
 [breaker.fleet-a]
 failures = 2
 cooldown = "30s"
