@@ -3,13 +3,15 @@
 
 mod common;
 
+use common::Reply;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use retry_runtime::{
     configure, observe, pool, resilient, workflow, Budget, BudgetScope, Classify, Config,
-    ErrorClass, Metered, PoolConfig, Rejected, Spend, StopReason, Workflow,
+    ErrorClass, PoolConfig, Rejected, Spend, StopReason, Workflow,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -24,16 +26,6 @@ fn setup() {
         configure(Config::default().with_pool("concurrent", p(40.0, 3600 * S)))
             .expect("configured once");
     });
-}
-
-/// A reply that knows what it cost.
-#[derive(Debug, Clone, PartialEq)]
-struct Reply(Spend);
-
-impl Metered for Reply {
-    fn spend(&self) -> Spend {
-        self.0
-    }
 }
 
 /// An error that knows what the failed attempt was billed.

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::EventLog;
+use common::{EventLog, Reply};
 use retry_runtime::{
-    configure, pool, resilient, Budget, BudgetScope, Classify, Config, ErrorClass, Metered,
-    PoolConfig, Rejected, Spend,
+    configure, pool, resilient, Budget, BudgetScope, Classify, Config, ErrorClass, PoolConfig,
+    Rejected, Spend,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -23,15 +23,6 @@ fn setup() {
         },
     ))
     .expect("configured once");
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Reply(Spend);
-
-impl Metered for Reply {
-    fn spend(&self) -> Spend {
-        self.0
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

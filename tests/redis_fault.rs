@@ -9,24 +9,15 @@ mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use common::EventLog;
+use common::{EventLog, Reply};
 use redis_server::RedisServer;
 use retry_runtime::store::{self, StoreStatus};
-use retry_runtime::{configure, resilient, Classify, Config, ErrorClass, Metered, Rejected, Spend};
+use retry_runtime::{configure, resilient, Classify, Config, ErrorClass, Rejected, Spend};
 
 const COST: Spend = Spend::from_micros(10_000);
 // Short enough that the frozen-server phase stays quick, long enough that a loaded CI machine
 // does not time out an answering Redis (which would add a WARN the test counts).
 const STORE_TIMEOUT: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone)]
-struct Reply(Spend);
-
-impl Metered for Reply {
-    fn spend(&self) -> Spend {
-        self.0
-    }
-}
 
 #[derive(Debug, Clone)]
 struct FaultError(Rejected);

@@ -8,6 +8,7 @@
 //! only clock two processes and Redis share. Skips with a message where redis-server is not
 //! installed, unless `RESILIENT_REQUIRE_REDIS=1` (CI).
 
+mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
@@ -17,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::Reply;
 use redis_server::RedisServer;
 use retry_runtime::{
-    configure, resilient, BudgetScope, Classify, Config, ErrorClass, Metered, Rejected, Spend,
+    configure, resilient, BudgetScope, Classify, Config, ErrorClass, Rejected, Spend,
 };
 
 const WORKERS: usize = 4;
@@ -33,15 +35,6 @@ const POOL_LIMIT_MICROS: u64 = 1_000_000;
 const PACE_PER_SEC: u64 = 20;
 /// How long the pacing workers send.
 const PACE_RUN: Duration = Duration::from_secs(3);
-
-#[derive(Debug, Clone)]
-struct Reply(Spend);
-
-impl Metered for Reply {
-    fn spend(&self) -> Spend {
-        self.0
-    }
-}
 
 #[derive(Debug, Clone)]
 enum FleetError {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use retry_runtime::{Classify, ErrorClass, Rejected};
+use retry_runtime::{Classify, ErrorClass, Metered, Rejected, Spend};
 
 /// What a test provider can fail with.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,5 +228,15 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLog {
         };
         event.record(&mut FieldVisitor(&mut e));
         self.events.lock().unwrap().push(e);
+    }
+}
+
+/// A reply that knows what it cost (the budget, pool and store tests bill calls with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply(pub Spend);
+
+impl Metered for Reply {
+    fn spend(&self) -> Spend {
+        self.0
     }
 }
