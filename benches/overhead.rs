@@ -20,50 +20,34 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{ExponentialBuilder, Retryable};
 use criterion::{criterion_group, Criterion};
 use failsafe::futures::CircuitBreaker as _;
-use retry_runtime::{
-    resilient, retry, CallSite, Classify, ErrorClass, Metered, Policy, Rejected, Spend,
-};
+use retry_runtime::{resilient, retry, CallSite, Metered, Policy, Rejected, Spend};
 use tokio_retry2::strategy::ExponentialFactorBackoff;
 use tokio_retry2::{Retry, RetryError};
 
-/// The smallest error type a timeout policy accepts: it only ever holds the runtime's own.
-#[derive(Debug)]
-struct BenchError(Rejected);
-
-impl From<Rejected> for BenchError {
-    fn from(r: Rejected) -> Self {
-        BenchError(r)
-    }
-}
-
-impl Classify for BenchError {
-    fn class(&self) -> ErrorClass {
-        self.0.class()
-    }
-}
-
-async fn bare(x: u64) -> Result<u64, BenchError> {
+// Every row's error type is the runtime's own `Rejected`: it is `Classify` and (trivially)
+// `From<Rejected>`, the smallest type a timeout or breaker policy accepts.
+async fn bare(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
 #[resilient]
-async fn resilient_default(x: u64) -> Result<u64, BenchError> {
+async fn resilient_default(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
 #[resilient(timeout = "5s")]
-async fn resilient_timeout(x: u64) -> Result<u64, BenchError> {
+async fn resilient_timeout(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
 #[resilient(breaker = "bench")]
-async fn resilient_breaker(x: u64) -> Result<u64, BenchError> {
+async fn resilient_breaker(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
 /// An unconfigured pacer: adaptive, no rate learned yet, so every call takes its fast path.
 #[resilient(pace = "bench")]
-async fn resilient_pace(x: u64) -> Result<u64, BenchError> {
+async fn resilient_pace(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
@@ -77,27 +61,27 @@ impl Metered for Billed {
 }
 
 #[resilient(breaker = "bench-budget", budget = "0.10usd")]
-async fn resilient_breaker_budget(x: u64) -> Result<Billed, BenchError> {
+async fn resilient_breaker_budget(x: u64) -> Result<Billed, Rejected> {
     Ok(Billed(black_box(x)))
 }
 
 static BY_HAND: Policy = Policy::new("overhead::retry_fn");
 static BY_HAND_SITE: CallSite = CallSite::new(&BY_HAND);
 
-async fn retry_fn(x: u64) -> Result<u64, BenchError> {
+async fn retry_fn(x: u64) -> Result<u64, Rejected> {
     retry(&BY_HAND_SITE, || async move { Ok(black_box(x)) }).await
 }
 
 /// backon's documented form: `Retryable` on an async fn, its default exponential builder
 /// (1 s doubling to 60 s, 3 retries, no jitter).
-async fn backon_call(x: u64) -> Result<u64, BenchError> {
+async fn backon_call(x: u64) -> Result<u64, Rejected> {
     (move || bare(x)).retry(ExponentialBuilder::default()).await
 }
 
 /// tokio-retry2's `Retry::spawn` with its doubling strategy (500 ms, x2, capped at 8 s),
 /// 3 retries. Its actions return `RetryError`, so the body's error is wrapped as transient;
 /// `Retry` hands back the unwrapped error.
-async fn tokio_retry2_call(x: u64) -> Result<u64, BenchError> {
+async fn tokio_retry2_call(x: u64) -> Result<u64, Rejected> {
     let strategy = ExponentialFactorBackoff::from_millis(500, 2.0)
         .max_delay_millis(8_000)
         .take(3);

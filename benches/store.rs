@@ -16,27 +16,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use retry_runtime::{configure, resilient, Classify, Config, ErrorClass, Metered, Rejected, Spend};
+use retry_runtime::{configure, resilient, Config, Metered, Rejected, Spend};
 
 const ROLE_ENV: &str = "STORE_BENCH_ROLE";
 const URL_ENV: &str = "STORE_BENCH_URL";
 const CALLS_PER_ITER: usize = 16;
 const TIMED_CALLS: usize = 20_000;
-
-#[derive(Debug)]
-struct BenchError(Rejected);
-
-impl From<Rejected> for BenchError {
-    fn from(r: Rejected) -> Self {
-        BenchError(r)
-    }
-}
-
-impl Classify for BenchError {
-    fn class(&self) -> ErrorClass {
-        self.0.class()
-    }
-}
 
 /// A reply that cost one micro-dollar, so the pool settles something.
 struct Billed(u64);
@@ -47,17 +32,17 @@ impl Metered for Billed {
     }
 }
 
-async fn bare(x: u64) -> Result<u64, BenchError> {
+async fn bare(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
 #[resilient(max = 1, breaker = "bench")]
-async fn breaker(x: u64) -> Result<u64, BenchError> {
+async fn breaker(x: u64) -> Result<u64, Rejected> {
     Ok(black_box(x))
 }
 
 #[resilient(max = 1, breaker = "bench-all", pool = "bench", pace = "bench")]
-async fn everything(x: u64) -> Result<Billed, BenchError> {
+async fn everything(x: u64) -> Result<Billed, Rejected> {
     Ok(Billed(black_box(x)))
 }
 

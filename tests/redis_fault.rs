@@ -12,31 +12,16 @@ use std::time::{Duration, Instant};
 use common::{EventLog, Reply};
 use redis_server::RedisServer;
 use retry_runtime::store::{self, StoreStatus};
-use retry_runtime::{configure, resilient, Classify, Config, ErrorClass, Rejected, Spend};
+use retry_runtime::{configure, resilient, Config, Rejected, Spend};
 
 const COST: Spend = Spend::from_micros(10_000);
 // Short enough that the frozen-server phase stays quick, long enough that a loaded CI machine
 // does not time out an answering Redis (which would add a WARN the test counts).
 const STORE_TIMEOUT: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Clone)]
-struct FaultError(Rejected);
-
-impl From<Rejected> for FaultError {
-    fn from(r: Rejected) -> Self {
-        FaultError(r)
-    }
-}
-
-impl Classify for FaultError {
-    fn class(&self) -> ErrorClass {
-        self.0.class()
-    }
-}
-
 /// Everything the store shares at once: a pool, a breaker (and its retry budget) and a pacer.
 #[resilient(max = 1, pool = "fault", breaker = "fault", pace = "fault")]
-async fn call() -> Result<Reply, FaultError> {
+async fn call() -> Result<Reply, Rejected> {
     Ok(Reply(COST))
 }
 

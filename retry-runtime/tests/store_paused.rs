@@ -10,25 +10,10 @@ use std::time::Duration;
 
 use retry_runtime::store::memory::MemoryStore;
 use retry_runtime::store::{self, Store, StoreStatus};
-use retry_runtime::{configure, observe, resilient, Classify, Config, ErrorClass, Rejected};
-
-#[derive(Debug)]
-struct E(Rejected);
-
-impl From<Rejected> for E {
-    fn from(r: Rejected) -> Self {
-        E(r)
-    }
-}
-
-impl Classify for E {
-    fn class(&self) -> ErrorClass {
-        self.0.class()
-    }
-}
+use retry_runtime::{configure, observe, resilient, Config, Rejected};
 
 #[resilient(max = 1, pace = "paused")]
-async fn paced() -> Result<(), E> {
+async fn paced() -> Result<(), Rejected> {
     Ok(())
 }
 
