@@ -12,31 +12,14 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::classify::ErrorClass;
+use crate::clock::now_ms;
 use crate::config::BreakerConfig;
-use crate::fallback::Queue;
+use crate::queue::Queue;
 use crate::registry::{Named, Registry, Slot};
 use crate::retry_budget::RetryBudget;
-
-/// Milliseconds on the runtime's clock (`tokio::time`, so paused time in tests).
-///
-/// Counted from the first call in the process, plus a day: a runtime whose (paused) clock
-/// started slightly before that first call still gets distinct, correctly ordered times
-/// instead of all saturating to zero.
-pub(crate) fn now_ms() -> u64 {
-    const OFFSET_MS: u64 = 86_400_000;
-    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
-    let now = tokio::time::Instant::now();
-    let epoch = *EPOCH.get_or_init(|| now);
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    match now.checked_duration_since(epoch) {
-        Some(after) => OFFSET_MS.saturating_add(ms(after)),
-        None => OFFSET_MS.saturating_sub(ms(epoch.saturating_duration_since(now))),
-    }
-}
 
 /// A breaker's state, as seen by a caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,137 +13,15 @@
 //! cost a full answer. Before the first success at a call site the estimate is zero: the
 //! first attempts are limited only by what has actually been spent.
 
-use retry_grammar::{AmountError, AmountUnit};
-use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::registry::{Named, Registry, Slot};
-use crate::spend::{write_tokens, write_usd, Spend, Unit};
+use crate::spend::{Spend, Unit};
 
-/// A spend limit in dollars or tokens.
-///
-/// ```
-/// use retry_runtime::Budget;
-///
-/// assert_eq!(Budget::usd(1.00).to_string(), "$1.00");
-/// assert_eq!(Budget::tokens(20_000).to_string(), "20,000 tok");
-/// assert_eq!("0.10usd".parse::<Budget>().unwrap(), Budget::micros(100_000));
-/// assert!("0.10eur".parse::<Budget>().is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Budget {
-    unit: Unit,
-    amount: u64,
-}
-
-impl Budget {
-    /// A dollar limit. Negative or non-finite amounts are zero (nothing may be spent).
-    pub fn usd(dollars: f64) -> Self {
-        let micros = if dollars.is_finite() && dollars > 0.0 {
-            (dollars * 1e6).round().min(u64::MAX as f64) as u64
-        } else {
-            0
-        };
-        Self::micros(micros)
-    }
-
-    /// A limit in micro-dollars.
-    pub const fn micros(micros: u64) -> Self {
-        Self {
-            unit: Unit::Usd,
-            amount: micros,
-        }
-    }
-
-    /// A limit in tokens.
-    pub const fn tokens(tokens: u64) -> Self {
-        Self {
-            unit: Unit::Tokens,
-            amount: tokens,
-        }
-    }
-
-    /// The unit.
-    pub const fn unit(&self) -> Unit {
-        self.unit
-    }
-
-    /// The limit in its unit (micro-dollars or tokens).
-    pub const fn amount(&self) -> u64 {
-        self.amount
-    }
-}
-
-impl fmt::Display for Budget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.unit {
-            Unit::Usd => write_usd(f, self.amount),
-            Unit::Tokens => write_tokens(f, self.amount),
-        }
-    }
-}
-
-/// Largest budget accepted: $1,000,000 or 10^12 tokens (the ledger holds 40 bits).
-pub const MAX_MICROS: u64 = 1_000_000 * 1_000_000;
-
-impl std::str::FromStr for Budget {
-    type Err = String;
-
-    /// `"0.10usd"`, `"5usd"`, `"20000tok"`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let forms = "write dollars as \"0.10usd\" or tokens as \"20000tok\"";
-        let (number, unit) = if let Some(n) = text.strip_suffix("usd") {
-            (n, Unit::Usd)
-        } else if let Some(n) = text.strip_suffix("tok") {
-            (n, Unit::Tokens)
-        } else {
-            return Err(format!("`{text}` has no known unit; {forms}"));
-        };
-        let too_big =
-            || format!("`{text}` is too large: at most $1,000,000 or 1,000,000,000,000 tokens");
-        let grammar_unit = match unit {
-            Unit::Usd => AmountUnit::Usd,
-            Unit::Tokens => AmountUnit::Tokens,
-        };
-        let amount =
-            retry_grammar::amount(number, grammar_unit, MAX_MICROS).map_err(|e| match e {
-                AmountError::NotPlain => format!("`{text}` is not a plain amount; {forms}"),
-                AmountError::TooManyDecimals => {
-                    format!("`{text}` has more than six decimals (micro-dollars)")
-                }
-                AmountError::FractionalTokens => format!("`{text}`: tokens are whole numbers"),
-                AmountError::TooLarge => too_big(),
-            })?;
-        if amount == 0 {
-            return Err(format!("`{text}` is zero: nothing could ever be spent"));
-        }
-        Ok(Budget { unit, amount })
-    }
-}
-
-/// Which limit a call ran into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BudgetScope {
-    /// The attribute's per-call `budget`.
-    Call,
-    /// A [`workflow`] scope the call ran inside.
-    Workflow,
-    /// The named pool (`pool = "…"`).
-    Pool(&'static str),
-}
-
-impl fmt::Display for BudgetScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BudgetScope::Call => f.write_str("call budget"),
-            BudgetScope::Workflow => f.write_str("workflow budget"),
-            BudgetScope::Pool(name) => write!(f, "pool `{name}`"),
-        }
-    }
-}
+pub use crate::spend::{Budget, BudgetScope};
 
 // Ledger word: [window:24][committed:40].
 const COMMITTED_BITS: u32 = 40;
@@ -216,7 +94,7 @@ impl Ledger {
         loop {
             let (at, committed) = unpack(bits);
             let committed = if at == window { committed } else { 0 }; // a new window starts empty
-            if !fits(committed, expected, limit.amount) {
+            if !fits(committed, expected, limit.amount()) {
                 return Err(committed);
             }
             let next = pack(window, committed + expected);
@@ -240,7 +118,7 @@ impl Ledger {
         self.total_micros.fetch_add(real.micros(), Ordering::AcqRel);
         self.total_tokens.fetch_add(real.tokens(), Ordering::AcqRel);
         let Some(limit) = self.limit else { return };
-        let real = real.amount(limit.unit);
+        let real = real.amount(limit.unit());
         let window = self.window_at(now_ms);
         let _ = self
             .state
@@ -280,10 +158,10 @@ impl Ledger {
             return Ok(());
         };
         let committed = self.committed(now_ms);
-        if fits(committed, expected.amount(limit.unit), limit.amount) {
+        if fits(committed, expected.amount(limit.unit()), limit.amount()) {
             Ok(())
         } else {
-            Err((amount(limit.unit, committed), limit))
+            Err((amount(limit.unit(), committed), limit))
         }
     }
 
@@ -573,7 +451,7 @@ pub(crate) struct Ledgers {
 fn reservation_in(ledger: &Ledger, expected: Spend) -> Reservation {
     Reservation {
         window: 0,
-        amount: ledger.limit.map_or(0, |l| expected.amount(l.unit)),
+        amount: ledger.limit.map_or(0, |l| expected.amount(l.unit())),
     }
 }
 
@@ -585,8 +463,8 @@ impl Pool {
         Some(crate::store::PoolAsk {
             name: self.name,
             window_ms: self.ledger.window_ms?,
-            limit: limit.amount,
-            expected: expected.amount(limit.unit),
+            limit: limit.amount(),
+            expected: expected.amount(limit.unit()),
         })
     }
 
@@ -601,7 +479,7 @@ impl Pool {
         let limit = self.ledger.limit.unwrap_or(Budget::micros(0));
         (
             BudgetScope::Pool(self.name),
-            amount(limit.unit, committed),
+            amount(limit.unit(), committed),
             limit,
         )
     }
@@ -649,13 +527,13 @@ impl Ledgers {
     ) -> Result<Held, (BudgetScope, Spend, Budget)> {
         let mut held = Held::default();
         if let Some(pool) = self.pool {
-            let unit_amount = pool.ledger.limit.map_or(0, |l| expected.amount(l.unit));
+            let unit_amount = pool.ledger.limit.map_or(0, |l| expected.amount(l.unit()));
             match pool.ledger.reserve(unit_amount, now_ms) {
                 Ok(r) => held.pool = Some(PoolHold::Local(r)),
                 Err(committed) => {
                     pool.refused(committed, now_ms);
                     let limit = pool.ledger.limit.unwrap_or(Budget::micros(0));
-                    let spent = amount(limit.unit, committed);
+                    let spent = amount(limit.unit(), committed);
                     return Err((BudgetScope::Pool(pool.name), spent, limit));
                 }
             }
@@ -720,7 +598,11 @@ impl Ledgers {
                     undo.ledger.release(reservation_in(&undo.ledger, expected));
                 }
                 let limit = s.ledger.limit.unwrap_or(Budget::micros(0));
-                return Err((BudgetScope::Workflow, amount(limit.unit, committed), limit));
+                return Err((
+                    BudgetScope::Workflow,
+                    amount(limit.unit(), committed),
+                    limit,
+                ));
             }
         }
         Ok(Some(expected))
@@ -738,7 +620,7 @@ impl Ledgers {
                         pool.ledger.limit,
                         pool.ledger.window_ms,
                     ) {
-                        let amount = real.amount(limit.unit);
+                        let amount = real.amount(limit.unit());
                         if amount == 0 {
                         } else if shared.is_shared() {
                             shared.send(crate::store::Update::AddSpend {
@@ -758,7 +640,7 @@ impl Ledgers {
                         pool.ledger.limit,
                         pool.ledger.window_ms,
                     ) {
-                        let real = real.amount(limit.unit);
+                        let real = real.amount(limit.unit());
                         pool.ledger.mirror_settle(amount, real, now_ms);
                         shared.send(crate::store::Update::Settle {
                             pool: pool.name,

@@ -165,23 +165,6 @@ impl Classify for std::io::Error {
     }
 }
 
-impl Classify for crate::Rejected {
-    fn class(&self) -> ErrorClass {
-        match self {
-            crate::Rejected::AttemptTimedOut { .. } => ErrorClass::Timeout,
-            crate::Rejected::DeadlineExceeded { .. } => ErrorClass::Timeout,
-            // The breaker just said no: an outer policy retrying at once would only be
-            // refused again.
-            crate::Rejected::CircuitOpen { .. } => ErrorClass::Other,
-            // A spent budget will not come back in seconds.
-            crate::Rejected::BudgetExhausted { .. } => ErrorClass::Permanent,
-            crate::Rejected::QueueFull { .. } | crate::Rejected::QueueTimeout { .. } => {
-                ErrorClass::Other
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

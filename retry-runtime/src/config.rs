@@ -48,9 +48,46 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 
 use crate::budget::Budget;
-use crate::pace::PaceConfig;
 use crate::store::StoreConfig;
 use serde::Deserialize;
+
+/// A pacer's settings. `Default`: no known limit, adaptive, a burst of one second's worth.
+///
+/// ```
+/// use retry_runtime::pace::PaceConfig;
+///
+/// let openai = PaceConfig { rpm: Some(500), tpm: Some(200_000), ..PaceConfig::default() };
+/// assert!(openai.adaptive);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaceConfig {
+    /// Requests per minute (`None`: no known request limit).
+    pub rpm: Option<u32>,
+    /// Tokens per minute (`None`: no known token limit).
+    pub tpm: Option<u64>,
+    /// Learn a request rate from 429s, successes and the provider's headers, on top of the
+    /// known limits (or alone, when there are none). Off: only `rpm` and `tpm` pace, and
+    /// `on_success`, `on_rate_limited` and `on_hint` change nothing.
+    pub adaptive: bool,
+    /// How much of the known limits may be spent at once after an idle spell: the buckets
+    /// hold `rate × burst` (at least one request, one token). Zero: evenly spaced.
+    pub burst: Duration,
+}
+
+impl Default for PaceConfig {
+    fn default() -> Self {
+        Self {
+            rpm: None,
+            tpm: None,
+            adaptive: true,
+            burst: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The default number of answers a call site keeps for `fallback = cached`; set
+/// `[fallback] cache_capacity` in the run-time configuration to change it.
+pub const DEFAULT_CACHE_CAPACITY: usize = 1024;
 
 /// The environment variable naming a TOML configuration file.
 pub const CONFIG_ENV: &str = "RETRY_RUNTIME_CONFIG";
@@ -322,9 +359,7 @@ pub(crate) fn store_config() -> Option<StoreConfig> {
 }
 
 pub(crate) fn cache_capacity() -> usize {
-    current()
-        .cache_capacity
-        .unwrap_or(crate::fallback::DEFAULT_CACHE_CAPACITY)
+    current().cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY)
 }
 
 // ---- parsing ----

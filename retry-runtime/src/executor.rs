@@ -26,11 +26,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backoff::Jitter;
-use crate::breaker::{now_ms, Admission, Breaker, BreakerSlot, BreakerState, Transition};
+use crate::breaker::{Admission, Breaker, BreakerSlot, BreakerState, Transition};
 use crate::budget::{
     current_workflow, Budget, BudgetScope, Held, Ledgers, PoolSlot, SpendEstimate,
 };
 use crate::classify::{Classify, ErrorClass};
+use crate::clock::now_ms;
 use crate::fallback::{FallbackCache, FallbackKind, FallbackReport, Place};
 use crate::pace::{Pacer, PacerSlot, Permit};
 use crate::policy::Policy;

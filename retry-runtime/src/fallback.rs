@@ -10,61 +10,15 @@ use std::any::Any;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::report::StopReason;
-
-/// What served a degraded answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FallbackKind {
-    /// The last good answer for the same key.
-    Cached,
-    /// Another function (a cheaper model, another provider), by path.
-    Function(&'static str),
-    /// The call waited in its breaker's queue and was served after recovery.
-    Queue,
-}
-
-impl FallbackKind {
-    /// A short, stable name for logs and metrics: `cached`, `function`, `queue`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FallbackKind::Cached => "cached",
-            FallbackKind::Function(_) => "function",
-            FallbackKind::Queue => "queue",
-        }
-    }
-}
-
-impl fmt::Display for FallbackKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FallbackKind::Function(path) => write!(f, "function `{path}`"),
-            other => f.write_str(other.as_str()),
-        }
-    }
-}
-
-/// The fallback that served a call, in its [`CallReport`](crate::CallReport).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FallbackReport {
-    /// What served the answer.
-    pub kind: FallbackKind,
-    /// For `Cached`: how old the answer was.
-    pub age: Option<Duration>,
-    /// For `Queue`: how long the call waited to be released.
-    pub waited: Option<Duration>,
-    /// Why the call fell back.
-    pub because: StopReason,
-}
-
-/// Default number of answers a call site keeps for `fallback = cached`; set
-/// `[fallback] cache_capacity` in the run-time configuration to change it.
-pub const DEFAULT_CACHE_CAPACITY: usize = 1024;
+pub use crate::config::DEFAULT_CACHE_CAPACITY;
+pub(crate) use crate::queue::Place;
+pub use crate::queue::Queue;
+pub use crate::report::{FallbackKind, FallbackReport};
 
 type Entry = (Instant, Arc<dyn Any + Send + Sync>);
 
@@ -149,85 +103,4 @@ pub fn cache_key<K: Hash + ?Sized>(key: &K) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
     hasher.finish()
-}
-
-/// A breaker's waiting line for `fallback = queue`: first in, first out, bounded in length,
-/// and released at a controlled rate so that recovery is not a second storm.
-#[derive(Debug)]
-pub struct Queue {
-    line: Arc<tokio::sync::Mutex<()>>,
-    waiting: AtomicUsize,
-    max_len: usize,
-    interval_ms: u64,
-    // When the next caller may be released (ms on the runtime clock).
-    next_release_ms: AtomicU64,
-}
-
-impl Queue {
-    /// A queue of at most `max_len` waiters, releasing at most `per_sec` callers a second.
-    pub fn new(max_len: usize, per_sec: u32) -> Self {
-        Self {
-            // tokio's Mutex queues waiters in FIFO order: that is the line.
-            line: Arc::new(tokio::sync::Mutex::new(())),
-            waiting: AtomicUsize::new(0),
-            max_len,
-            interval_ms: 1000 / u64::from(per_sec.max(1)),
-            next_release_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Callers waiting (or being served) now.
-    pub fn len(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
-    }
-
-    /// Whether nobody waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Join the line; `None` if it is full.
-    pub(crate) fn join(&self) -> Option<Place<'_>> {
-        let mut n = self.waiting.load(Ordering::Acquire);
-        loop {
-            if n >= self.max_len {
-                return None;
-            }
-            match self
-                .waiting
-                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(Place { queue: self }),
-                Err(actual) => n = actual,
-            }
-        }
-    }
-
-    pub(crate) fn line(&self) -> Arc<tokio::sync::Mutex<()>> {
-        self.line.clone()
-    }
-
-    /// Wait until the release schedule lets the next caller go, and book the slot after.
-    pub(crate) async fn await_release_slot(&self) {
-        let now = crate::breaker::now_ms();
-        let at = self.next_release_ms.load(Ordering::Acquire);
-        if at > now {
-            tokio::time::sleep(Duration::from_millis(at - now)).await;
-        }
-        let now = crate::breaker::now_ms();
-        self.next_release_ms
-            .store(now.saturating_add(self.interval_ms), Ordering::Release);
-    }
-}
-
-/// A caller's place in a [`Queue`]; leaving (or being dropped) frees it.
-#[derive(Debug)]
-pub(crate) struct Place<'q> {
-    queue: &'q Queue,
-}
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
 }

@@ -158,14 +158,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::registry::{Named, Registry, Slot};
 use tokio::time::Instant;
+
+use crate::clock::{from_ns, to_ns};
+use crate::registry::{Named, Registry, Slot};
 
 /// The gauge holding each pacer's current request rate (requests per second), labelled
 /// `pacer`.
@@ -207,39 +209,6 @@ const SLOT_NS: u64 = 100_000_000;
 const HINT_WINDOW_NS: u64 = 5 * NS_PER_SEC;
 // A header-driven drop of at least this share is an INFO event, a smaller one DEBUG.
 const HINT_EVENT_DROP: f64 = 0.05;
-
-// ---------------------------------------------------------------------------------------
-// Time: nanoseconds on the runtime's clock.
-
-/// Nanoseconds on the runtime's clock (`tokio::time`, so paused time in tests), counted from
-/// the first use in the process plus a day: a paused runtime whose clock started slightly
-/// before that still gets distinct, correctly ordered times.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-const OFFSET_NS: u64 = 86_400 * NS_PER_SEC;
-
-fn to_ns(at: Instant) -> u64 {
-    let epoch = epoch();
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    match at.checked_duration_since(epoch) {
-        Some(after) => OFFSET_NS.saturating_add(ns(after)),
-        None => OFFSET_NS.saturating_sub(ns(epoch.saturating_duration_since(at))),
-    }
-}
-
-fn from_ns(ns: u64) -> Instant {
-    let epoch = epoch();
-    if ns >= OFFSET_NS {
-        epoch + Duration::from_nanos(ns - OFFSET_NS)
-    } else {
-        epoch
-            .checked_sub(Duration::from_nanos(OFFSET_NS - ns))
-            .unwrap_or(epoch)
-    }
-}
 
 fn clamp_u64(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
@@ -707,39 +676,7 @@ struct Window {
 // ---------------------------------------------------------------------------------------
 // Configuration, hints and errors.
 
-/// A pacer's settings. `Default`: no known limit, adaptive, a burst of one second's worth.
-///
-/// ```
-/// use retry_runtime::pace::PaceConfig;
-///
-/// let openai = PaceConfig { rpm: Some(500), tpm: Some(200_000), ..PaceConfig::default() };
-/// assert!(openai.adaptive);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaceConfig {
-    /// Requests per minute (`None`: no known request limit).
-    pub rpm: Option<u32>,
-    /// Tokens per minute (`None`: no known token limit).
-    pub tpm: Option<u64>,
-    /// Learn a request rate from 429s, successes and the provider's headers, on top of the
-    /// known limits (or alone, when there are none). Off: only `rpm` and `tpm` pace, and
-    /// `on_success`, `on_rate_limited` and `on_hint` change nothing.
-    pub adaptive: bool,
-    /// How much of the known limits may be spent at once after an idle spell: the buckets
-    /// hold `rate × burst` (at least one request, one token). Zero: evenly spaced.
-    pub burst: Duration,
-}
-
-impl Default for PaceConfig {
-    fn default() -> Self {
-        Self {
-            rpm: None,
-            tpm: None,
-            adaptive: true,
-            burst: Duration::from_secs(1),
-        }
-    }
-}
+pub use crate::config::PaceConfig;
 
 /// What a provider's rate-limit headers say, for [`Pacer::on_hint`]: the request and token
 /// windows' `limit`, what `remaining` of it, and the time until it is full again (`reset`).

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::budget::Budget;
 use crate::classify::ErrorClass;
+use crate::spend::Budget;
 
 /// An inclusive range of HTTP status codes that a policy retries, such as `500..=599`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::budget::{Budget, BudgetScope};
+use crate::classify::{Classify, ErrorClass};
 use crate::spend::Spend;
+use crate::spend::{Budget, BudgetScope};
 
 /// An error produced by the runtime rather than the provider: an attempt cut at its
 /// `timeout`, a call cut at its `deadline`, or a call its circuit breaker or a spend limit
@@ -124,3 +125,18 @@ impl std::error::Error for Rejected {}
 pub trait CanReject: From<Rejected> {}
 
 impl<E: From<Rejected>> CanReject for E {}
+
+impl Classify for Rejected {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Rejected::AttemptTimedOut { .. } => ErrorClass::Timeout,
+            Rejected::DeadlineExceeded { .. } => ErrorClass::Timeout,
+            // The breaker just said no: an outer policy retrying at once would only be
+            // refused again.
+            Rejected::CircuitOpen { .. } => ErrorClass::Other,
+            // A spent budget will not come back in seconds.
+            Rejected::BudgetExhausted { .. } => ErrorClass::Permanent,
+            Rejected::QueueFull { .. } | Rejected::QueueTimeout { .. } => ErrorClass::Other,
+        }
+    }
+}

@@ -17,10 +17,53 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::breaker::{BreakerState, Transition};
-use crate::budget::{Budget, BudgetScope};
 use crate::classify::ErrorClass;
-use crate::fallback::{FallbackKind, FallbackReport};
 use crate::spend::Spend;
+use crate::spend::{Budget, BudgetScope};
+
+/// What served a degraded answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackKind {
+    /// The last good answer for the same key.
+    Cached,
+    /// Another function (a cheaper model, another provider), by path.
+    Function(&'static str),
+    /// The call waited in its breaker's queue and was served after recovery.
+    Queue,
+}
+
+impl FallbackKind {
+    /// A short, stable name for logs and metrics: `cached`, `function`, `queue`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FallbackKind::Cached => "cached",
+            FallbackKind::Function(_) => "function",
+            FallbackKind::Queue => "queue",
+        }
+    }
+}
+
+impl fmt::Display for FallbackKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FallbackKind::Function(path) => write!(f, "function `{path}`"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The fallback that served a call, in its [`CallReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackReport {
+    /// What served the answer.
+    pub kind: FallbackKind,
+    /// For `Cached`: how old the answer was.
+    pub age: Option<Duration>,
+    /// For `Queue`: how long the call waited to be released.
+    pub waited: Option<Duration>,
+    /// Why the call fell back.
+    pub because: StopReason,
+}
 
 /// Why a call ended. Every way out of the executor has its own reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,41 +500,7 @@ pub(crate) fn finished(
     }
 }
 
-/// Counters through the `metrics` facade (feature `metrics`, on by default). With no recorder
-/// installed each costs an atomic load; the per-call-site ones use keys built at compile time,
-/// so a successful call allocates nothing for them.
-///
-/// | metric | labels | counts |
-/// |---|---|---|
-/// | `retry_runtime_attempts_total` | `function` | attempts made (first attempts and retries) |
-/// | `retry_runtime_retries_total` | `function` | retries started |
-/// | `retry_runtime_calls_total` | `function`, `stop` | calls ended, by `StopReason::as_str` |
-/// | `retry_runtime_rejections_total` | `function`, `reason` | calls or retries refused by the runtime (`circuit_open`, `breaker_opened`, `retry_budget_exhausted`, `budget_exhausted`, `queue_full`, `queue_timeout`) |
-/// | `retry_runtime_fallbacks_total` | `function`, `kind` | degraded answers, by `cached`, `function`, `queue` |
-/// | `retry_runtime_spend_micros_total` | `function` | micro-dollars spent (successes and billed failures) |
-/// | `retry_runtime_spend_tokens_total` | `function` | tokens spent |
-/// | `retry_runtime_breaker_transitions_total` | `breaker`, `to` | breaker state changes |
-/// | `retry_runtime_store_transitions_total` | `store`, `to` | a shared store became reachable (`shared`) or unreachable (`local`) |
-pub mod metric_names {
-    /// Attempts made.
-    pub const ATTEMPTS: &str = "retry_runtime_attempts_total";
-    /// Retries started.
-    pub const RETRIES: &str = "retry_runtime_retries_total";
-    /// Calls ended, by stop reason.
-    pub const CALLS: &str = "retry_runtime_calls_total";
-    /// Refusals, by reason.
-    pub const REJECTIONS: &str = "retry_runtime_rejections_total";
-    /// Degraded answers, by fallback kind.
-    pub const FALLBACKS: &str = "retry_runtime_fallbacks_total";
-    /// Micro-dollars spent.
-    pub const SPEND_MICROS: &str = "retry_runtime_spend_micros_total";
-    /// Tokens spent.
-    pub const SPEND_TOKENS: &str = "retry_runtime_spend_tokens_total";
-    /// Breaker state changes.
-    pub const BREAKER_TRANSITIONS: &str = "retry_runtime_breaker_transitions_total";
-    /// Shared-store status changes (see `retry_runtime::store`).
-    pub const STORE_TRANSITIONS: &str = "retry_runtime_store_transitions_total";
-}
+pub use crate::metric_names;
 
 #[cfg(feature = "metrics")]
 pub(crate) mod metered {

@@ -4,6 +4,7 @@
 //! one-cent charges add up to exactly $10,000.00. Floats appear only at the edge, in
 //! [`Price::per_million`], converted once.
 
+use retry_grammar::{AmountError, AmountUnit};
 use std::fmt;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign};
@@ -236,6 +237,130 @@ impl<T: Metered> Metered for Box<T> {
 impl<T: Metered> Metered for std::sync::Arc<T> {
     fn spend(&self) -> Spend {
         (**self).spend()
+    }
+}
+
+// ---- limits ----
+
+/// A spend limit in dollars or tokens.
+///
+/// ```
+/// use retry_runtime::Budget;
+///
+/// assert_eq!(Budget::usd(1.00).to_string(), "$1.00");
+/// assert_eq!(Budget::tokens(20_000).to_string(), "20,000 tok");
+/// assert_eq!("0.10usd".parse::<Budget>().unwrap(), Budget::micros(100_000));
+/// assert!("0.10eur".parse::<Budget>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Budget {
+    unit: Unit,
+    amount: u64,
+}
+
+impl Budget {
+    /// A dollar limit. Negative or non-finite amounts are zero (nothing may be spent).
+    pub fn usd(dollars: f64) -> Self {
+        let micros = if dollars.is_finite() && dollars > 0.0 {
+            (dollars * 1e6).round().min(u64::MAX as f64) as u64
+        } else {
+            0
+        };
+        Self::micros(micros)
+    }
+
+    /// A limit in micro-dollars.
+    pub const fn micros(micros: u64) -> Self {
+        Self {
+            unit: Unit::Usd,
+            amount: micros,
+        }
+    }
+
+    /// A limit in tokens.
+    pub const fn tokens(tokens: u64) -> Self {
+        Self {
+            unit: Unit::Tokens,
+            amount: tokens,
+        }
+    }
+
+    /// The unit.
+    pub const fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The limit in its unit (micro-dollars or tokens).
+    pub const fn amount(&self) -> u64 {
+        self.amount
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.unit {
+            Unit::Usd => write_usd(f, self.amount),
+            Unit::Tokens => write_tokens(f, self.amount),
+        }
+    }
+}
+
+/// Largest budget accepted: $1,000,000 or 10^12 tokens (the ledger holds 40 bits).
+pub const MAX_MICROS: u64 = 1_000_000 * 1_000_000;
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+
+    /// `"0.10usd"`, `"5usd"`, `"20000tok"`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let forms = "write dollars as \"0.10usd\" or tokens as \"20000tok\"";
+        let (number, unit) = if let Some(n) = text.strip_suffix("usd") {
+            (n, Unit::Usd)
+        } else if let Some(n) = text.strip_suffix("tok") {
+            (n, Unit::Tokens)
+        } else {
+            return Err(format!("`{text}` has no known unit; {forms}"));
+        };
+        let too_big =
+            || format!("`{text}` is too large: at most $1,000,000 or 1,000,000,000,000 tokens");
+        let grammar_unit = match unit {
+            Unit::Usd => AmountUnit::Usd,
+            Unit::Tokens => AmountUnit::Tokens,
+        };
+        let amount =
+            retry_grammar::amount(number, grammar_unit, MAX_MICROS).map_err(|e| match e {
+                AmountError::NotPlain => format!("`{text}` is not a plain amount; {forms}"),
+                AmountError::TooManyDecimals => {
+                    format!("`{text}` has more than six decimals (micro-dollars)")
+                }
+                AmountError::FractionalTokens => format!("`{text}`: tokens are whole numbers"),
+                AmountError::TooLarge => too_big(),
+            })?;
+        if amount == 0 {
+            return Err(format!("`{text}` is zero: nothing could ever be spent"));
+        }
+        Ok(Budget { unit, amount })
+    }
+}
+
+/// Which limit a call ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetScope {
+    /// The attribute's per-call `budget`.
+    Call,
+    /// A [`workflow`](crate::budget::workflow) scope the call ran inside.
+    Workflow,
+    /// The named pool (`pool = "…"`).
+    Pool(&'static str),
+}
+
+impl fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetScope::Call => f.write_str("call budget"),
+            BudgetScope::Workflow => f.write_str("workflow budget"),
+            BudgetScope::Pool(name) => write!(f, "pool `{name}`"),
+        }
     }
 }
 

@@ -20,5 +20,5 @@ pub fn seed_jitter(seed: u64) {
 /// The runtime clock in milliseconds, as breakers, retry budgets, pools and pacers see it
 /// (`tokio::time`, so paused time in tests). For diagnostics in tests of windowed limits.
 pub fn clock_ms() -> u64 {
-    crate::breaker::now_ms()
+    crate::clock::now_ms()
 }
