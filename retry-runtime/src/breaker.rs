@@ -524,11 +524,6 @@ pub(crate) fn open_breakers() -> Vec<(&'static str, Duration)> {
         .collect()
 }
 
-/// Names of the breakers created so far (for `configure`'s too-late check).
-pub(crate) fn created_names() -> Vec<&'static str> {
-    BREAKERS.names()
-}
-
 /// A call site's breaker, resolved once: after the first call, one atomic load.
 pub type BreakerSlot = Slot<Breaker>;
 

@@ -42,7 +42,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
@@ -200,10 +200,11 @@ pub enum ConfigError {
     /// `RETRY_RUNTIME_CONFIG`); it is set once, never silently replaced.
     #[error("retry-runtime is already configured; configure() may be called once, before the first call")]
     AlreadyConfigured,
-    /// Breakers were created with the defaults before `configure` ran.
-    #[error("configure() ran after these breakers were created with default settings: {}; call it at startup, before the first #[resilient] call", .names.join(", "))]
+    /// Something read the configuration before `configure` ran (and took the settings in
+    /// force then, the defaults unless a file was loaded).
+    #[error("configure() ran after the configuration was read by: {}; call it at startup, before the first #[resilient] call", .names.join(", "))]
     TooLate {
-        /// The breakers already created.
+        /// What read it first: breakers, pools and pacers by name, `[store]`, `[fallback]`.
         names: Vec<&'static str>,
     },
 }
@@ -300,19 +301,21 @@ impl Config {
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
+// What read the configuration, in the order it first did: breakers, pools and pacers by name,
+// the store and the fallback cache by section. Written on each one's first read only (a cold
+// path: call sites resolve their breaker, pool and pacer once), so a lock is fine.
+static READERS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 
 /// Install the process-wide configuration. Call once, at startup, before the first
-/// `#[resilient]` call that uses a breaker.
+/// `#[resilient]` call that uses a breaker, pool, pacer, store or cache.
 ///
-/// A second call is an error, not a silent overwrite; so is a call after breakers were
-/// already created with default settings.
+/// A second call is an error, not a silent overwrite; so is a call after anything already read
+/// the configuration (a breaker, pool or pacer created on first use, the store, a fallback
+/// cache): the error names what did, since that first use is the mistake to fix.
 pub fn configure(config: Config) -> Result<(), ConfigError> {
-    // Breakers created first took the defaults (which also fixed the configuration): say
-    // which, since that is the mistake to fix.
-    let mut created = crate::breaker::created_names();
-    created.extend(crate::pace::created_names());
-    if !created.is_empty() {
-        return Err(ConfigError::TooLate { names: created });
+    let readers = lock(&READERS).clone();
+    if !readers.is_empty() {
+        return Err(ConfigError::TooLate { names: readers });
     }
     // A bad RETRY_RUNTIME_REDIS_URL is this call's error, not a silent fallback later.
     crate::store::env_url()?;
@@ -332,7 +335,18 @@ pub fn configure_from_env() -> Result<(), ConfigError> {
     }
 }
 
-fn current() -> &'static Config {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The configuration, read by `reader`: from now on `configure` refuses, naming it.
+fn read(reader: &'static str) -> &'static Config {
+    {
+        let mut readers = lock(&READERS);
+        if !readers.contains(&reader) {
+            readers.push(reader);
+        }
+    }
     CONFIG.get_or_init(|| match std::env::var_os(CONFIG_ENV) {
         None => Config::default(),
         Some(path) => Config::from_path(PathBuf::from(path)).unwrap_or_else(|error| {
@@ -342,24 +356,37 @@ fn current() -> &'static Config {
     })
 }
 
-pub(crate) fn breaker_config(name: &str) -> BreakerConfig {
-    current().breaker(name)
+/// The settings of the breaker `name`, read by that breaker.
+pub(crate) fn breaker_config(name: &'static str) -> BreakerConfig {
+    read(name).breaker(name)
 }
 
-pub(crate) fn pool_config(name: &str) -> Option<PoolConfig> {
-    current().pool(name)
+/// The settings of the pool `name`, read by that pool.
+pub(crate) fn pool_config(name: &'static str) -> Option<PoolConfig> {
+    read(name).pool(name)
 }
 
-pub(crate) fn pace_config(name: &str) -> PaceConfig {
-    current().pacer(name)
+/// The settings of the pacer `name`, read by that pacer.
+pub(crate) fn pace_config(name: &'static str) -> PaceConfig {
+    read(name).pacer(name)
 }
 
+/// A pacer registered with settings of its own: a `[pace.NAME]` section installed later
+/// would be ignored for it, so it counts as a read.
+pub(crate) fn fixed_by(name: &'static str) {
+    let _ = read(name);
+}
+
+/// The `[store]` settings, read by the store.
 pub(crate) fn store_config() -> Option<StoreConfig> {
-    current().store.clone()
+    read("[store]").store.clone()
 }
 
+/// The fallback cache's capacity, read by the first cache.
 pub(crate) fn cache_capacity() -> usize {
-    current().cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY)
+    read("[fallback]")
+        .cache_capacity
+        .unwrap_or(DEFAULT_CACHE_CAPACITY)
 }
 
 // ---- parsing ----

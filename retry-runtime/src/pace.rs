@@ -1381,11 +1381,6 @@ impl Named for Pacer {
     }
 }
 
-/// Names of the pacers created so far (for `configure`'s too-late check).
-pub(crate) fn created_names() -> Vec<&'static str> {
-    PACERS.names()
-}
-
 fn find_or_create(name: &str, config: PaceConfig) -> (&'static Pacer, bool) {
     PACERS.get_or_create(name, |name| Pacer::standalone(name, config))
 }
@@ -1421,7 +1416,10 @@ pub fn pacer(name: &str) -> &'static Pacer {
 /// ```
 pub fn register_pacer(name: &str, config: PaceConfig) -> Result<&'static Pacer, AlreadyExists> {
     match find_or_create(name, config) {
-        (created, true) => Ok(created),
+        (created, true) => {
+            crate::config::fixed_by(created.name());
+            Ok(created)
+        }
         (existing, false) => Err(AlreadyExists { existing }),
     }
 }

@@ -53,11 +53,6 @@ impl<T: Named> Registry<T> {
     pub(crate) fn all(&self) -> Vec<&'static T> {
         self.entries().clone()
     }
-
-    /// The names of the entries created so far.
-    pub(crate) fn names(&self) -> Vec<&'static str> {
-        self.entries().iter().map(|e| e.name()).collect()
-    }
 }
 
 /// A call site's handle on a named entry (a breaker, a pool, a pacer): resolved from its
