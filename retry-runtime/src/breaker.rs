@@ -382,6 +382,21 @@ impl Breaker {
         self.update(|s| s.admit(now_ms, probes))
     }
 
+    /// What [`admit`](Self::admit) would refuse with now, without taking anything (no probe
+    /// slot, no count): `Some(retry_in)` while open (or half-open with every probe out).
+    /// Closed is one load, with no clock read.
+    pub fn look(&self) -> Option<Duration> {
+        let state = self.load();
+        if state.state == BreakerState::Closed {
+            return None;
+        }
+        let probes = self.config.probes.clamp(1, PROBES_MASK as u32) as u16;
+        match state.admit(now_ms(), probes).0 {
+            Admission::Rejected { retry_in } => Some(retry_in),
+            _ => None,
+        }
+    }
+
     /// Whether this failure class counts toward opening.
     pub fn counts(&self, class: ErrorClass) -> bool {
         class.is_outage() || (self.config.count_429 && class == ErrorClass::Status(429))

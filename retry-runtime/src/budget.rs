@@ -694,7 +694,10 @@ impl Ledgers {
         if let Some(pool) = self.pool {
             pool.ledger
                 .room_for(expected, now_ms)
-                .map_err(|(spent, limit)| (BudgetScope::Pool(pool.name), spent, limit))?;
+                .map_err(|(spent, limit)| {
+                    pool.refused(spent.amount(limit.unit()), now_ms);
+                    (BudgetScope::Pool(pool.name), spent, limit)
+                })?;
         }
         if let Some(scope) = &self.workflow {
             for s in scope.chain() {

@@ -239,6 +239,9 @@ pub struct CallReport {
     pub(crate) transitions: Vec<Transition>,
     pub(crate) spent: Spend,
     pub(crate) fallback: Option<FallbackReport>,
+    // Time spent waiting for a pacer's permit by an admission that was refused after it (so
+    // no attempt holds it).
+    pub(crate) paced_refused: Duration,
 }
 
 impl CallReport {
@@ -298,7 +301,7 @@ impl CallReport {
 
     /// Total time spent waiting for the pacer's permits.
     pub fn paced(&self) -> Duration {
-        self.attempts.iter().map(|a| a.paced).sum()
+        self.attempts.iter().map(|a| a.paced).sum::<Duration>() + self.paced_refused
     }
 
     /// Total time spent waiting between attempts.

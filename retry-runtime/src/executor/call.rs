@@ -1,0 +1,407 @@
+//! The call: start, attempt, settle, wait, done, and what a dropped call gives back.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::decide::{decide, Decision, Failure};
+use super::gate::{Ask, Gate, Refusal};
+use super::{CallSite, Outcome, Settled, Step};
+use crate::backoff::Jitter;
+use crate::budget::{current_workflow, Ledgers};
+use crate::classify::{Classify, ErrorClass};
+use crate::fallback::{FallbackReport, Place};
+use crate::policy::Policy;
+use crate::rejected::{CanReject, Rejected};
+use crate::report::{self, AttemptReport, CallReport, StopReason};
+use crate::spend::Spend;
+
+/// Why the executor cut the attempt in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cut {
+    Timeout,
+    Deadline,
+}
+
+/// One call in progress: the state the generated loop drives.
+///
+/// Not part of the stable API: use `#[resilient]`, or [`retry`](super::retry) to drive a
+/// policy by hand.
+#[derive(Debug)]
+pub struct Call<'p> {
+    pub(super) site: &'p CallSite<'p>,
+    // The site's compile-time metric labels, when the site is a `static` (the macro's).
+    labels: Option<&'static report::metered::SiteLabels>,
+    pub(super) policy: &'p Policy,
+    // Everything about starting an attempt, and what the attempt in flight holds.
+    pub(super) gate: Gate,
+    // Set when the first attempt was refused.
+    pub(super) refused: Option<Refusal>,
+    spent: Spend,
+    // The class of the failure being retried, for the report if the wait ends the call.
+    last_class: Option<ErrorClass>,
+    started: Instant,
+    pub(super) attempt_started: Instant,
+    pub(super) attempts: u32,
+    pub(super) delay_before: Duration,
+    pub(super) prev_backoff: Duration,
+    jitter: Option<Jitter>,
+    pub(super) cut: Option<Cut>,
+    // `Some` only under `observe`, so an unobserved call never allocates for its report.
+    observed: Option<Vec<AttemptReport>>,
+    pub(super) finished: bool,
+    pub(super) stop: Option<StopReason>,
+    pub(super) fallback: Option<FallbackReport>,
+    // `fallback = queue`: when the call joined the line, its place, and (at the head) the
+    // line itself.
+    pub(super) parked_at: Option<Instant>,
+    pub(super) place: Option<Place<'static>>,
+    pub(super) line_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<'p> Call<'p> {
+    /// Start a call at a `static` call site (what the macro emits): the clock for `deadline`
+    /// starts now, and metrics use the site's compile-time labels.
+    pub fn start_static(site: &'static CallSite<'static>) -> Call<'static> {
+        let mut call = Call::start(site);
+        call.labels = Some(&site.labels);
+        call
+    }
+
+    /// Start a call: the clock for `deadline` starts now.
+    pub fn start(site: &'p CallSite<'p>) -> Self {
+        let now = Instant::now();
+        let policy = site.policy;
+        let observed = report::claim_observer().then(Vec::new);
+        let ledgers = Ledgers {
+            pool: site.pool.get(),
+            workflow: current_workflow(),
+        };
+        Self {
+            site,
+            labels: None,
+            policy,
+            gate: Gate::new(
+                policy.name(),
+                site.breaker.get(),
+                site.pace.get(),
+                ledgers,
+                observed.is_some(),
+            ),
+            refused: None,
+            spent: Spend::ZERO,
+            last_class: None,
+            started: now,
+            attempt_started: now,
+            attempts: 0,
+            delay_before: Duration::ZERO,
+            prev_backoff: policy.base(),
+            jitter: None,
+            cut: None,
+            observed,
+            finished: false,
+            stop: None,
+            fallback: None,
+            parked_at: None,
+            place: None,
+            line_guard: None,
+        }
+    }
+
+    /// Run one attempt with no limit of the executor's own: for policies that can neither
+    /// refuse nor cut an attempt, so the error type needs no `From<Rejected>`.
+    ///
+    /// Inside a [`workflow`](crate::workflow) whose cap is already reached, such a call cannot
+    /// be refused (there is no error to refuse it with): it runs, is counted, and a WARN
+    /// event says the cap was overrun. Its retries are still stopped by the cap.
+    pub async fn attempt<R, Fut>(&mut self, attempt: Fut) -> R
+    where
+        Fut: Future<Output = R>,
+    {
+        if self.attempts == 0 {
+            self.gate.take_unrefusable(self.site.estimate.expected());
+        }
+        self.begin_attempt();
+        attempt.await
+    }
+
+    /// Run one attempt through the gate (the first attempt is admitted here, retries in
+    /// `wait`), bounded by the per-attempt `timeout` and what is left of the `deadline`. A
+    /// refused call becomes `E::from(Rejected::…)` without polling `attempt`, and without
+    /// waiting; an attempt cut short becomes `E::from(Rejected::…)`, classified as a timeout.
+    // `E: CanReject` on a plain type parameter (not `R::Err`) makes rustc report the
+    // trait's own message ("must implement From<Rejected>") rather than the bare `From` bound.
+    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: CanReject,
+    {
+        if self.attempts == 0 {
+            let ask = self.ask(true);
+            if let Err(refusal) = self.gate.admit_first(&ask).await {
+                self.refused = Some(refusal);
+                return Err(E::from(refusal.rejected()));
+            }
+        }
+        self.begin_attempt();
+        let now = self.attempt_started;
+        let by_timeout = self.policy.timeout().map(|t| (now + t, Cut::Timeout));
+        let by_deadline = self
+            .policy
+            .deadline()
+            .map(|d| (self.started + d, Cut::Deadline));
+        let limit = match (by_timeout, by_deadline) {
+            (Some(t), Some(d)) => Some(if d.0 <= t.0 { d } else { t }),
+            (one, other) => one.or(other),
+        };
+        let Some((at, cut)) = limit else {
+            return attempt.await;
+        };
+        match tokio::time::timeout_at(at, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.cut = Some(cut);
+                let rejected = match cut {
+                    Cut::Timeout => Rejected::AttemptTimedOut {
+                        timeout: self.policy.timeout().unwrap_or_default(),
+                    },
+                    Cut::Deadline => Rejected::DeadlineExceeded {
+                        deadline: self.policy.deadline().unwrap_or_default(),
+                    },
+                };
+                Err(E::from(rejected))
+            }
+        }
+    }
+
+    /// What the gate needs to know about the next attempt.
+    fn ask(&self, first: bool) -> Ask {
+        Ask {
+            first,
+            expected: self.site.estimate.expected(),
+            budget: self.policy.budget().map(|limit| (limit, self.spent)),
+            latest_permit: self.latest_permit(),
+            deadline: self.policy.deadline().unwrap_or_default(),
+        }
+    }
+
+    /// The latest a pacing permit is worth having: the attempt must still be able to run
+    /// after it, so it leaves the attempt its `timeout`, at most half the deadline (a permit at
+    /// the deadline itself buys an attempt that is cut at once, and the cut counts against the
+    /// breaker). `None` without a deadline.
+    fn latest_permit(&self) -> Option<Instant> {
+        self.policy.deadline().map(|d| {
+            let room = self.policy.timeout().unwrap_or(d).min(d / 2);
+            self.started + (d - room)
+        })
+    }
+
+    fn begin_attempt(&mut self) {
+        // The first attempt starts when the call did (`start` just read the clock), unless
+        // it waited for the pacer: its `timeout` counts from the permit.
+        if self.attempts > 0 || !self.gate.paced().is_zero() {
+            self.attempt_started = Instant::now();
+        }
+        self.attempts += 1;
+        self.cut = None;
+    }
+
+    /// Classify the attempt's outcome and decide: return it, or retry after a wait.
+    /// `spend_of` tells what a success cost (zero where the success type is not
+    /// [`Metered`](crate::Metered)). Synchronous, so that the one `E: Classify` bound is
+    /// checked (and reported) in one place.
+    pub fn settle<R>(&mut self, outcome: R, spend_of: fn(&R) -> Spend) -> Settled<R>
+    where
+        R: Outcome,
+        R::Err: Classify,
+    {
+        if let Some(refusal) = self.refused.take() {
+            self.finish(refusal.stop(true), None);
+            return Settled::Return(outcome);
+        }
+        let spend = spend_of(&outcome);
+        let error = match outcome.into_result() {
+            Ok(value) => {
+                self.site.estimate.observe(spend);
+                self.spent += spend;
+                self.gate.record(None, spend, None);
+                self.record(None, None, spend);
+                self.finish(StopReason::Success, None);
+                return Settled::Return(R::from_result(Ok(value)));
+            }
+            Err(error) => error,
+        };
+        let failure = match self.cut {
+            Some(cut) => Failure {
+                class: ErrorClass::Timeout,
+                should_retry: None,
+                retry_after: None,
+                cut_by_deadline: cut == Cut::Deadline,
+            },
+            None => Failure {
+                class: error.class(),
+                should_retry: error.should_retry(),
+                retry_after: error.retry_after(),
+                cut_by_deadline: false,
+            },
+        };
+        // A cut attempt's bill is unknown to us; the error says what a failure was billed.
+        let spend = if self.cut.is_some() {
+            Spend::ZERO
+        } else {
+            error.spend()
+        };
+        self.spent += spend;
+        self.gate
+            .record(Some(failure.class), spend, error.rate_limits());
+        self.record(Some(failure.class), failure.retry_after, spend);
+
+        let backoff = self.next_backoff();
+        let elapsed = self.started.elapsed();
+        let decision = match decide(self.policy, self.attempts, failure, backoff, elapsed) {
+            // What the shared state says about a retry the policy allows: an open breaker,
+            // a budget without room or a spent retry budget stops the call before its backoff.
+            Decision::Retry { delay } => match self.gate.check_retry(&self.ask(false)) {
+                Ok(()) => Decision::Retry { delay },
+                Err(denied) => Decision::Stop(denied.stop()),
+            },
+            stop => stop,
+        };
+        match decision {
+            Decision::Retry { delay } => {
+                self.prev_backoff = backoff;
+                self.delay_before = delay;
+                self.last_class = Some(failure.class);
+                report::metered::retry(self.labels);
+                report::retrying(
+                    self.policy.name(),
+                    self.attempts,
+                    failure.class,
+                    delay,
+                    failure.retry_after,
+                );
+                Settled::Retry(error)
+            }
+            Decision::Stop(reason) => {
+                self.finish(reason, Some(failure.class));
+                Settled::Return(R::from_result(Err(error)))
+            }
+        }
+    }
+
+    /// Wait the delay `settle` chose, then ask the gate for the next attempt. The breaker may
+    /// have opened, or a pool filled, while we slept: then the call ends with the last
+    /// attempt's `error`.
+    pub async fn wait<R: Outcome>(&mut self, error: R::Err) -> Step<R> {
+        tokio::time::sleep(self.delay_before).await;
+        let ask = self.ask(false);
+        if let Err(denied) = self.gate.admit_retry(&ask).await {
+            self.finish(denied.stop(), self.last_class);
+            return Step::Return(R::from_result(Err(error)));
+        }
+        Step::Retry
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let policy = self.policy;
+        let jitter = self.jitter.get_or_insert_with(Jitter::for_call);
+        policy.backoff().delay(
+            self.attempts - 1,
+            policy.base(),
+            policy.cap(),
+            self.prev_backoff,
+            jitter,
+        )
+    }
+
+    fn record(&mut self, class: Option<ErrorClass>, retry_after: Option<Duration>, spend: Spend) {
+        if let Some(attempts) = &mut self.observed {
+            let number = attempts.len() as u32 + 1;
+            attempts.push(AttemptReport {
+                number,
+                delay_before: self.delay_before,
+                elapsed: self.attempt_started.elapsed(),
+                class,
+                retry_after,
+                spend,
+                paced: self.gate.paced(),
+            });
+        }
+    }
+
+    /// The attempts are over: say why. The report is delivered by [`Call::done`] (after any
+    /// fallback), or when the call is dropped.
+    pub(super) fn finish(&mut self, stop: StopReason, class: Option<ErrorClass>) {
+        self.finished = true;
+        report::finished(
+            self.policy.name(),
+            self.attempts,
+            &stop,
+            class,
+            self.started,
+        );
+        report::metered::call_ended(
+            self.labels,
+            self.policy.name(),
+            stop.as_str(),
+            u64::from(self.attempts),
+            self.spent.micros(),
+            self.spent.tokens(),
+        );
+        if let Some(reason) = refusal_reason(&stop) {
+            report::metered::rejection(self.policy.name(), reason);
+        }
+        self.stop = Some(stop);
+    }
+
+    /// The call is over: deliver its report, leave any queue, and hand back what the function
+    /// returns.
+    pub fn done<R>(&mut self, result: R) -> R {
+        self.deliver();
+        result
+    }
+
+    fn deliver(&mut self) {
+        self.line_guard = None;
+        self.place = None;
+        if let Some(attempts) = self.observed.take() {
+            report::deliver(CallReport {
+                function: self.policy.name(),
+                attempts,
+                stop: self.stop.clone(),
+                elapsed: self.started.elapsed(),
+                breaker: self.gate.breaker.map(|b| b.name()),
+                transitions: std::mem::take(&mut self.gate.transitions),
+                spent: self.spent,
+                fallback: self.fallback.take(),
+                paced_refused: self.gate.paced_refused,
+            });
+        }
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        // What the attempt in flight holds (a probe slot, reservations) the gate gives back
+        // when it is dropped, right after this.
+        if !self.finished {
+            // Dropped mid-call: the caller gave up on us. Say so rather than vanish.
+            self.finish(StopReason::Cancelled, None);
+        }
+        self.deliver();
+    }
+}
+
+/// The `rejections_total` reason of a stop, if the runtime refused something.
+fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
+    match stop {
+        StopReason::CircuitOpen { .. }
+        | StopReason::BreakerOpened
+        | StopReason::RetryBudgetExhausted
+        | StopReason::BudgetExhausted { .. }
+        | StopReason::QueueFull
+        | StopReason::QueueTimeout { .. } => Some(stop.as_str()),
+        _ => None,
+    }
+}

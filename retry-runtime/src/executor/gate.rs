@@ -1,0 +1,709 @@
+//! The gate: the one component that decides whether an attempt may start, and the only one
+//! in the executor that talks to the shared store.
+//!
+//! An admission runs in three steps, in this order, so that a refused call never waits:
+//! 1. **What needs no waiting** ([`Gate::check`]): the breaker's state (a look that takes no
+//!    probe slot), the call's own budget (retries), the pool's and workflows' room, and the
+//!    retry budget (retries; asked here, or with the store's admission when one is shared).
+//! 2. **The pacer's permit**: the only wait, first in, first out; refused at once if it would
+//!    come too late for the call's deadline.
+//! 3. **What an attempt takes**: the breaker's admission (a probe slot while half-open) and
+//!    the ledger reservations, from this process's atomics or in one round trip to the
+//!    shared store (which also answers the fleet's breaker, retry budget and pacing slot).
+//!
+//! The gate keeps what the attempt in flight holds (permit, admission, reservations) until
+//! the attempt's result is recorded, and gives it back if the call is dropped.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::breaker::{Admission, Breaker, BreakerState, Transition};
+use crate::budget::{Held, Ledgers, Pool};
+use crate::classify::ErrorClass;
+use crate::clock::now_ms;
+use crate::pace::ProviderLimits;
+use crate::pace::{Pacer, Permit};
+use crate::rejected::Rejected;
+use crate::report::{self, StopReason};
+use crate::spend::{Budget, BudgetScope, Spend};
+use crate::store::{Admit, BreakerAsk, RetryRule, Shared, Verdict};
+
+/// Why the gate refused to start an attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusal {
+    Circuit {
+        breaker: &'static str,
+        retry_in: Duration,
+    },
+    Budget {
+        scope: BudgetScope,
+        spent: Spend,
+        limit: Budget,
+    },
+    /// The pacer could not grant a permit before the call's deadline.
+    Deadline { deadline: Duration },
+}
+
+/// Why the gate refused a retry: any refusal, or the retry budget (which only retries ask).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Denied {
+    Refused(Refusal),
+    RetryBudget,
+}
+
+impl From<Refusal> for Denied {
+    fn from(refusal: Refusal) -> Self {
+        Denied::Refused(refusal)
+    }
+}
+
+impl Denied {
+    /// Why the call stops between retries.
+    pub(crate) fn stop(self) -> StopReason {
+        match self {
+            Denied::Refused(refusal) => refusal.stop(false),
+            Denied::RetryBudget => StopReason::RetryBudgetExhausted,
+        }
+    }
+}
+
+impl Refusal {
+    /// What a refused first attempt returns.
+    pub(crate) fn rejected(self) -> Rejected {
+        match self {
+            Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
+            Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
+            Refusal::Budget {
+                scope,
+                spent,
+                limit,
+            } => Rejected::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            },
+        }
+    }
+
+    /// Why the call stops: before its first attempt, or between retries.
+    pub(crate) fn stop(self, first: bool) -> StopReason {
+        match self {
+            Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
+            Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
+            Refusal::Circuit { .. } => StopReason::BreakerOpened,
+            Refusal::Budget {
+                scope,
+                spent,
+                limit,
+            } => StopReason::BudgetExhausted {
+                scope,
+                spent,
+                limit,
+            },
+        }
+    }
+}
+
+/// What the call tells the gate about the attempt it asks for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ask {
+    /// The call's first attempt (a retry otherwise).
+    pub first: bool,
+    /// What the attempt is expected to cost.
+    pub expected: Spend,
+    /// The call's own budget and what the call has spent so far (asked for retries).
+    pub budget: Option<(Budget, Spend)>,
+    /// The latest a pacing permit is worth having (`None`: no deadline).
+    pub latest_permit: Option<Instant>,
+    /// The call's deadline, for the refusal that says it would be missed.
+    pub deadline: Duration,
+}
+
+/// Where this call's retry budget stands for the retry being admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Withdrawal {
+    /// Nothing to ask (a first attempt, or a retry not yet checked).
+    None,
+    /// Withdrawn from this process's retry budget.
+    Taken,
+    /// To be withdrawn from the fleet's, with the store's admission.
+    WithStore,
+}
+
+/// The gate of one call: see the module documentation.
+#[derive(Debug)]
+pub(super) struct Gate {
+    function: &'static str,
+    pub(super) breaker: Option<&'static Breaker>,
+    pacer: Option<&'static Pacer>,
+    ledgers: Ledgers,
+    // What the attempt in flight holds until its result is recorded.
+    permit: Option<Permit<'static>>,
+    paced: Duration,
+    admission: Option<Admission>,
+    held: Option<Held>,
+    withdrawal: Withdrawal,
+    // Waits for a permit that ended in a refusal: no attempt holds them, the report still does.
+    pub(super) paced_refused: Duration,
+    // Only kept under `observe`, so an unobserved call never allocates for them.
+    keep_transitions: bool,
+    pub(super) transitions: Vec<Transition>,
+}
+
+impl Gate {
+    pub(super) fn new(
+        function: &'static str,
+        breaker: Option<&'static Breaker>,
+        pacer: Option<&'static Pacer>,
+        ledgers: Ledgers,
+        keep_transitions: bool,
+    ) -> Self {
+        Self {
+            function,
+            breaker,
+            pacer,
+            ledgers,
+            permit: None,
+            paced: Duration::ZERO,
+            admission: None,
+            held: None,
+            withdrawal: Withdrawal::None,
+            paced_refused: Duration::ZERO,
+            keep_transitions,
+            transitions: Vec::new(),
+        }
+    }
+
+    /// How long the attempt being admitted (or in flight) waited for its permits.
+    pub(super) fn paced(&self) -> Duration {
+        self.paced
+    }
+
+    /// Step 1, from this process's state alone: everything that refuses without waiting
+    /// (a retry's own budget and the retry budget are asked once, in [`Gate::check_retry`]).
+    fn check(&mut self, ask: &Ask) -> Result<(), Refusal> {
+        if self.ledgers.is_empty() && self.breaker.is_none() {
+            return Ok(()); // nothing to ask: no clock read
+        }
+        if !self.ledgers.is_empty() {
+            self.ledgers
+                .has_room(ask.expected, now_ms())
+                .map_err(|(scope, spent, limit)| Refusal::Budget {
+                    scope,
+                    spent,
+                    limit,
+                })?;
+        }
+        if let Some(breaker) = self.breaker {
+            if let Some(retry_in) = breaker.look() {
+                return Err(Refusal::Circuit {
+                    breaker: breaker.name(),
+                    retry_in,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Right after an attempt failed and the policy allows a retry: may it be made at all?
+    /// An open breaker ends the call here (even one whose cooldown is over: it opened on this
+    /// call's watch), as do a spent budget and a spent retry budget, so none of them is
+    /// discovered after the backoff. The retry budget is asked here, in this process, or
+    /// (with a shared store) with the fleet after the backoff.
+    pub(super) fn check_retry(&mut self, ask: &Ask) -> Result<(), Denied> {
+        if let Some((limit, spent)) = ask.budget {
+            // The call's own budget: what it spent, and what one more attempt is expected
+            // to cost. Asked once per retry, here.
+            let after = spent
+                .amount(limit.unit())
+                .saturating_add(ask.expected.amount(limit.unit()));
+            if after > limit.amount() {
+                return Err(Denied::Refused(Refusal::Budget {
+                    scope: BudgetScope::Call,
+                    spent,
+                    limit,
+                }));
+            }
+        }
+        self.check(ask)
+            .or_else(|refusal| match (refusal, self.breaker) {
+                // Half-open with every probe out: the probes decide; the retry waits its backoff.
+                (Refusal::Circuit { .. }, Some(b)) if b.state() == BreakerState::HalfOpen => Ok(()),
+                _ => Err(refusal),
+            })?;
+        let Some(breaker) = self.breaker else {
+            return Ok(());
+        };
+        if breaker.state() == BreakerState::Open {
+            return Err(Denied::Refused(Refusal::Circuit {
+                breaker: breaker.name(),
+                retry_in: Duration::ZERO,
+            }));
+        }
+        if crate::store::shared_now().is_some() {
+            self.withdrawal = Withdrawal::WithStore;
+            return Ok(());
+        }
+        self.withdraw_here(breaker)
+    }
+
+    /// This process's retry budget.
+    fn withdraw_here(&mut self, breaker: &Breaker) -> Result<(), Denied> {
+        if !breaker.retry_budget().try_withdraw(now_ms()) {
+            return Err(Denied::RetryBudget);
+        }
+        self.withdrawal = Withdrawal::Taken;
+        Ok(())
+    }
+
+    /// The fleet's retry budget (with the fleet's breaker state), in one round trip before
+    /// the pacer's line: a retry the fleet refuses does not wait for a permit first. A store
+    /// that does not answer leaves it to this process's budget.
+    async fn withdraw_in_fleet(
+        &mut self,
+        shared: &'static Shared,
+        breaker: &'static Breaker,
+    ) -> Result<(), Denied> {
+        let ask = Admit {
+            breaker: Some(BreakerAsk {
+                name: breaker.name(),
+                deposit: false,
+                withdraw: Some(RetryRule {
+                    ratio_ppm: breaker.config().retry_ratio_ppm,
+                    floor_per_window: u64::from(breaker.config().min_retries_per_sec)
+                        * crate::retry_budget::WINDOW_SECS,
+                }),
+            }),
+            ..Admit::default()
+        };
+        let Some(answer) = shared.admit(ask).await else {
+            return self.withdraw_here(breaker);
+        };
+        if let Some(state) = answer.breaker {
+            let transition = breaker.adopt(state, now_ms());
+            self.note(transition);
+        }
+        match answer.verdict {
+            Verdict::Admitted => {
+                self.withdrawal = Withdrawal::Taken;
+                Ok(())
+            }
+            Verdict::RetryBudget => Err(Denied::RetryBudget),
+            Verdict::BreakerOpen => Err(Denied::Refused(Refusal::Circuit {
+                breaker: breaker.name(),
+                retry_in: answer.breaker.and_then(|b| b.open_for).unwrap_or_default(),
+            })),
+            // Not asked about: the store answered another question; decide here.
+            Verdict::PoolFull | Verdict::PaceTooLate => self.withdraw_here(breaker),
+        }
+    }
+
+    /// The whole admission of the first attempt: check, then the pacer's permit, then take.
+    pub(super) async fn admit_first(&mut self, ask: &Ask) -> Result<(), Refusal> {
+        self.paced = Duration::ZERO;
+        let shared = self.shares().then(crate::store::shared_now).flatten();
+        let result = match self.check_fleet(shared, ask).await {
+            Ok(()) => self.pace_and_take(shared, ask).await,
+            Err(refusal) => Err(refusal),
+        };
+        self.after_admission(result.is_ok());
+        result
+    }
+
+    /// The admission of a retry, after its backoff: check again (the breaker may have opened,
+    /// a pool filled, while it slept), the fleet's retry budget if it is still to be asked,
+    /// then the pacer's permit, then take.
+    pub(super) async fn admit_retry(&mut self, ask: &Ask) -> Result<(), Denied> {
+        self.paced = Duration::ZERO;
+        let shared = self.shares().then(crate::store::shared_now).flatten();
+        let result = self.admit_retry_steps(shared, ask).await;
+        self.after_admission(result.is_ok());
+        result
+    }
+
+    async fn admit_retry_steps(
+        &mut self,
+        shared: Option<&'static Shared>,
+        ask: &Ask,
+    ) -> Result<(), Denied> {
+        self.check_fleet(shared, ask).await?;
+        if let (Some(breaker), Withdrawal::WithStore) = (self.breaker, self.withdrawal) {
+            match shared {
+                Some(shared) => self.withdraw_in_fleet(shared, breaker).await?,
+                None => self.withdraw_here(breaker)?,
+            }
+        }
+        Ok(self.pace_and_take(shared, ask).await?)
+    }
+
+    /// [`Gate::check`], where what refuses here (an open breaker, a full pool) first looks at
+    /// the fleet's state: this process's copy may be out of date.
+    async fn check_fleet(
+        &mut self,
+        shared: Option<&'static Shared>,
+        ask: &Ask,
+    ) -> Result<(), Refusal> {
+        if let Some(shared) = shared {
+            let open = self.breaker.filter(|b| b.look().is_some());
+            let full = self
+                .ledgers
+                .pool
+                .filter(|p| p.ledger().room_for(ask.expected, now_ms()).is_err());
+            if open.is_some() || full.is_some() {
+                self.look_at_fleet(shared, open, full).await;
+            }
+        }
+        self.check(ask)
+    }
+
+    async fn pace_and_take(
+        &mut self,
+        shared: Option<&'static Shared>,
+        ask: &Ask,
+    ) -> Result<(), Refusal> {
+        self.pace(ask).await?;
+        if let Some(shared) = shared {
+            if let Some(admitted) = self.take_shared(shared, ask).await {
+                return admitted;
+            }
+        }
+        self.take_local(ask)
+    }
+
+    fn after_admission(&mut self, admitted: bool) {
+        if !admitted {
+            // The wait stays in the report; the permit goes back unused.
+            self.paced_refused += self.paced;
+            self.paced = Duration::ZERO;
+            self.permit = None;
+        }
+        self.withdrawal = Withdrawal::None;
+    }
+
+    /// Whether anything here is shared through a store (a workflow is this task's own).
+    fn shares(&self) -> bool {
+        self.ledgers.pool.is_some() || self.breaker.is_some() || self.pacer.is_some()
+    }
+
+    /// Open or full here; but the fleet's state wins, and another process's probe may have
+    /// closed the breaker, or its settlement made room, since: look (nothing taken: a
+    /// reservation of zero) and adopt. A store that does not answer leaves the local state.
+    async fn look_at_fleet(
+        &mut self,
+        shared: &'static Shared,
+        breaker: Option<&'static Breaker>,
+        pool: Option<&'static Pool>,
+    ) {
+        let look = Admit {
+            breaker: breaker.map(|b| BreakerAsk {
+                name: b.name(),
+                deposit: false,
+                withdraw: None,
+            }),
+            pool: pool.and_then(|p| p.shared_ask(Spend::ZERO)),
+            pace: None,
+        };
+        let Some(seen) = shared.admit(look).await else {
+            return;
+        };
+        let now = now_ms();
+        if let (Some(breaker), Some(state)) = (breaker, seen.breaker) {
+            let transition = breaker.adopt(state, now);
+            self.note(transition);
+        }
+        if let (Some(pool), Some((_, committed))) = (pool, seen.pool) {
+            pool.ledger().mirror(committed, now);
+        }
+    }
+
+    /// Step 2: the pacer's permit (first in, first out), unless it would come after
+    /// `latest_permit`.
+    async fn pace(&mut self, ask: &Ask) -> Result<(), Refusal> {
+        let Some(pacer) = self.pacer else {
+            return Ok(());
+        };
+        match pacer
+            .acquire(ask.expected.tokens(), ask.latest_permit)
+            .await
+        {
+            Ok(permit) => {
+                self.paced = permit.waited();
+                self.permit = Some(permit);
+                Ok(())
+            }
+            Err(_) => Err(Refusal::Deadline {
+                deadline: ask.deadline,
+            }),
+        }
+    }
+
+    /// Step 3 from this process's state: reserve the expected cost in the pool and workflow
+    /// ledgers, then pass the breaker (and withdraw a retry the store was to be asked about,
+    /// if it could not be). All or nothing.
+    fn take_local(&mut self, ask: &Ask) -> Result<(), Refusal> {
+        if self.ledgers.is_empty() && self.breaker.is_none() {
+            return Ok(());
+        }
+        let now = now_ms();
+        if !self.ledgers.is_empty() {
+            match self.ledgers.reserve(ask.expected, now) {
+                Ok(held) => self.held = Some(held),
+                Err((scope, spent, limit)) => {
+                    return Err(Refusal::Budget {
+                        scope,
+                        spent,
+                        limit,
+                    })
+                }
+            }
+        }
+        if let Some(breaker) = self.breaker {
+            let (admission, transition) = breaker.admit(now);
+            self.note(transition);
+            if let Admission::Rejected { retry_in } = admission {
+                self.give_back_held();
+                return Err(Refusal::Circuit {
+                    breaker: breaker.name(),
+                    retry_in,
+                });
+            }
+            self.admission = Some(admission);
+            if ask.first {
+                breaker.retry_budget().deposit(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3 through the shared store, in one round trip (see [`crate::store`]): the
+    /// breaker's shared state, the retry budget, the pacer's fleet-wide slot and the pool's
+    /// reservation. `None` if the store failed: the caller takes locally.
+    /// (The retry budget was asked before the pacer's line: [`Gate::check_retry`].)
+    async fn take_shared(
+        &mut self,
+        shared: &'static Shared,
+        ask: &Ask,
+    ) -> Option<Result<(), Refusal>> {
+        // This process's breaker first (a probe slot while half-open). The admission is kept
+        // in `self`, so a call dropped while the store answers gives it back.
+        if let Some(breaker) = self.breaker {
+            let (admission, transition) = breaker.admit(now_ms());
+            self.note(transition);
+            if let Admission::Rejected { retry_in } = admission {
+                return Some(Err(Refusal::Circuit {
+                    breaker: breaker.name(),
+                    retry_in,
+                }));
+            }
+            self.admission = Some(admission);
+        }
+        // The fleet's pacing slot, no later than the local pacer's permit may be.
+        let max_wait = ask.latest_permit.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        let request = Admit {
+            breaker: self.breaker.map(|b| BreakerAsk {
+                name: b.name(),
+                deposit: ask.first,
+                withdraw: None,
+            }),
+            pool: self.ledgers.pool.and_then(|p| p.shared_ask(ask.expected)),
+            pace: self.pacer.and_then(|p| p.shared_ask(max_wait)),
+        };
+        if request.breaker.is_none() && request.pool.is_none() && request.pace.is_none() {
+            // Nothing the fleet shares here (e.g. an adaptive pacer alone).
+            self.give_back_admission();
+            return None;
+        }
+        let pool_asked = request.pool.clone();
+        let Some(answer) = shared.admit(request).await else {
+            // The store failed (the process is now on local state): take locally, after
+            // giving back what this process's breaker admitted.
+            self.give_back_admission();
+            return None;
+        };
+        let now = now_ms();
+        if let (Some(breaker), Some(state)) = (self.breaker, answer.breaker) {
+            let transition = breaker.adopt(state, now);
+            self.note(transition);
+        }
+        if let (Some(pool), Some((_, committed))) = (self.ledgers.pool, answer.pool) {
+            pool.ledger().mirror(committed, now);
+        }
+        let refusal = match answer.verdict {
+            Verdict::Admitted => None,
+            Verdict::BreakerOpen => Some(Refusal::Circuit {
+                breaker: self.breaker.map_or("", |b| b.name()),
+                retry_in: answer.breaker.and_then(|b| b.open_for).unwrap_or_default(),
+            }),
+            Verdict::RetryBudget => {
+                // Not asked (the retry budget was asked before the pacer): the store answered
+                // another question, so decide here.
+                self.give_back_admission();
+                return None;
+            }
+            Verdict::PoolFull => match (self.ledgers.pool, answer.pool) {
+                (Some(pool), Some((_, committed))) => {
+                    let (scope, spent, limit) = pool.refused_shared(committed, now);
+                    Some(Refusal::Budget {
+                        scope,
+                        spent,
+                        limit,
+                    })
+                }
+                _ => None,
+            },
+            Verdict::PaceTooLate => Some(Refusal::Deadline {
+                deadline: ask.deadline,
+            }),
+        };
+        if let Some(refusal) = refusal {
+            self.give_back_admission();
+            return Some(Err(refusal));
+        }
+        if !self.ledgers.is_empty() {
+            let reserved = pool_asked
+                .zip(answer.pool)
+                .map(|(asked, (window, _))| (window, asked.expected));
+            match self
+                .ledgers
+                .reserve_after_shared(reserved, ask.expected, now)
+            {
+                Ok(held) => self.held = Some(held),
+                Err((scope, spent, limit)) => {
+                    self.give_back_admission();
+                    return Some(Err(Refusal::Budget {
+                        scope,
+                        spent,
+                        limit,
+                    }));
+                }
+            }
+        }
+        if let (Some(breaker), true) = (self.breaker, ask.first) {
+            // Also here, so that local state is warm if the store goes away.
+            breaker.retry_budget().deposit(now);
+        }
+        if !answer.pace_wait.is_zero() {
+            // The fleet's pacing slot: wait for it (the store said when).
+            tokio::time::sleep(answer.pace_wait).await;
+            self.paced += answer.pace_wait;
+        }
+        Some(Ok(()))
+    }
+
+    /// A call whose policy cannot refuse (no error to refuse with) still reserves in its
+    /// workflows; past a cap it runs anyway, and a WARN event says so.
+    pub(super) fn take_unrefusable(&mut self, expected: Spend) {
+        if self.ledgers.is_empty() {
+            return;
+        }
+        match self.ledgers.reserve(expected, now_ms()) {
+            Ok(held) => self.held = Some(held),
+            Err((scope, spent, limit)) => tracing::warn!(
+                target: "retry_runtime",
+                function = self.function,
+                %scope,
+                %spent,
+                %limit,
+                "a call that cannot be refused (its policy has no timeout, deadline, breaker or pool) started past its workflow budget"
+            ),
+        }
+    }
+
+    /// Record the attempt's result: what it cost (in the ledgers it reserved in), what the
+    /// pacer learns from it, and the breaker's verdict (published to the fleet).
+    pub(super) fn record(
+        &mut self,
+        failure: Option<ErrorClass>,
+        spend: Spend,
+        limits: Option<ProviderLimits>,
+    ) {
+        self.pace_feedback(failure, spend);
+        if let (Some(pacer), Some(limits)) = (self.pacer, limits) {
+            // The provider's own numbers beat anything learned from 429s.
+            pacer.on_hint(&limits, Instant::now());
+        }
+        if let Some(held) = self.held.take() {
+            self.ledgers.settle(held, spend, now_ms());
+        }
+        self.record_breaker(failure);
+    }
+
+    /// Tell the pacer how the attempt went: a 429 cuts its rate, any other answer from the
+    /// provider lets it climb, a timeout or a transport error says nothing about its rate.
+    fn pace_feedback(&mut self, failure: Option<ErrorClass>, spend: Spend) {
+        let Some(mut permit) = self.permit.take() else {
+            return;
+        };
+        let now = Instant::now();
+        match failure {
+            None => {
+                if spend.tokens() > 0 {
+                    permit.settle(spend.tokens());
+                }
+                permit.on_success(now);
+            }
+            Some(ErrorClass::Status(429)) => permit.on_rate_limited(now),
+            Some(ErrorClass::Timeout | ErrorClass::Transport) => {}
+            Some(_) => permit.on_success(now),
+        }
+    }
+
+    fn record_breaker(&mut self, failure: Option<ErrorClass>) {
+        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            if admission == Admission::Normal && breaker.is_quiet(failure) {
+                return;
+            }
+            let transition = breaker.record(admission, failure, now_ms());
+            if let (Some(t), Some(shared)) = (transition, crate::store::active()) {
+                // Publish this process's transition to the fleet (in the background).
+                match t.to {
+                    BreakerState::Open => shared.send(crate::store::Update::BreakerOpened {
+                        breaker: breaker.name(),
+                        cooldown: breaker.config().cooldown,
+                        force: t.from == BreakerState::HalfOpen,
+                    }),
+                    BreakerState::Closed => shared.send(crate::store::Update::BreakerClosed {
+                        breaker: breaker.name(),
+                    }),
+                    BreakerState::HalfOpen => {}
+                }
+            }
+            self.note(transition);
+        }
+    }
+
+    fn note(&mut self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            report::transition(self.function, t);
+            if self.keep_transitions {
+                self.transitions.push(t);
+            }
+        }
+    }
+
+    fn give_back_admission(&mut self) {
+        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            // A probe that never ran gives its slot back, or the breaker would stay
+            // half-open with no probe to decide it.
+            breaker.cancel(admission);
+        }
+    }
+
+    fn give_back_held(&mut self) {
+        if let Some(held) = self.held.take() {
+            // An attempt that never ran, or was dropped, has an unknown bill: give back what
+            // it reserved.
+            self.ledgers.release(held);
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.give_back_admission();
+        self.give_back_held();
+    }
+}
