@@ -755,8 +755,8 @@ min_retries_per_sec = 1
 
 /// The pacer of ours: the account's known limits, learning from 429s on top.
 ///
-/// Built in code rather than as `[pace.NAME]` TOML because the TOML's `rpm` only accepts
-/// 1..=1000 (scenario d's account has 1800 rpm; real accounts have up to 10 000+).
+/// Built in code (`Config::with_pacer`) from the scenario's limits, so that they are written
+/// once, in [`Scenario`].
 pub fn pace_config(spec: &Scenario) -> retry_runtime::pace::PaceConfig {
     retry_runtime::pace::PaceConfig {
         rpm: Some(spec.rpm),
