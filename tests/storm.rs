@@ -1,4 +1,4 @@
-//! Short storms through the storm simulator (`examples/storm`), asserting the direction of
+//! Short storms through the storm simulator (the `storm-sim` crate), asserting the direction of
 //! every comparison between ours and the other policies, so that a regression in any piece
 //! of the full policy (pacing, retry budget, breaker, jitter, the executor around them) fails
 //! here. The figures themselves are in `docs/PERFORMANCE.md`; these runs are shortened
@@ -7,20 +7,17 @@
 //! One test function: the simulator configures the process-wide runtime once, and each
 //! scenario has its own breaker, pacer and cache, used once per process.
 
-#[allow(dead_code)]
-#[path = "../examples/storm/sim.rs"]
-mod sim;
-
-use sim::{Figures, Policy, Scenario};
+use storm_sim::{Figures, Policy, Scenario};
 
 fn run(spec: &Scenario, callers: u32, seed: u64) -> (Vec<Figures>, String) {
-    let runs = sim::run_scenario(spec, callers, seed);
-    let figures: Vec<Figures> = runs.iter().map(|r| sim::figures(spec, r)).collect();
-    let mut table = format!("({}) {}\n{}\n", spec.key, spec.title, sim::table_header());
-    for f in &figures {
-        table.push_str(&sim::table_row(f));
-        table.push('\n');
-    }
+    let runs = storm_sim::run_scenario(spec, callers, seed);
+    let figures: Vec<Figures> = runs.iter().map(|r| storm_sim::figures(spec, r)).collect();
+    let table = format!(
+        "({}) {}\n{}",
+        spec.key,
+        spec.title,
+        storm_sim::table(&figures)
+    );
     (figures, table)
 }
 

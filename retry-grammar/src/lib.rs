@@ -1,8 +1,9 @@
-//! How durations (`"500ms"`, `"1.5s"`) and spend amounts (`"0.10usd"`, `"20000tok"`) are
-//! spelled. The `#[resilient]` attribute checks them at compile time and the run-time
-//! configuration at startup; both call these functions, so the two can never disagree. Each
-//! caller keeps its own limits and error wording (a per-call budget is checked against other
-//! limits than an hourly pool).
+//! How durations (`"500ms"`, `"1.5s"`), spend amounts (`"0.10usd"`, `"20000tok"`) and names
+//! (`"openai"`) are spelled, and how many attempts a policy may make. The `#[resilient]`
+//! attribute checks them at compile time and the run-time configuration at startup; both call
+//! these functions, so the two can never disagree. Each caller keeps its own limits and error
+//! wording (a per-call budget is checked against other limits than an hourly pool), except
+//! for what both must say the same way ([`DURATION_HINT`]).
 //!
 //! ```
 //! assert_eq!(retry_grammar::duration_nanos("1.5s"), Ok(1_500_000_000));
@@ -57,6 +58,28 @@ pub fn duration_nanos(text: &str) -> Result<u64, String> {
         return Err("longer than the limit of one day".into());
     }
     Ok(nanos as u64)
+}
+
+/// What every duration error ends with, after what is wrong: how to write one.
+pub const DURATION_HINT: &str =
+    "write a number and a unit: \"250ms\", \"2s\", \"1.5s\", \"1m\" or \"1h\"";
+
+/// The most attempts (the first included) a policy may make: past that a call is not retrying,
+/// it is polling, and belongs in a queue.
+pub const MAX_ATTEMPTS: u32 = 20;
+
+/// The longest name of a breaker, pool or pacer.
+pub const NAME_MAX_LEN: usize = 64;
+
+/// Whether `name` is a valid breaker, pool or pacer name, `[a-z0-9_-]{1,64}`: in the attribute
+/// (`breaker = "openai"`) and in the configuration's sections (`[breaker.openai]`) alike, so
+/// that every name one accepts the other does too.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// The unit an amount is written in: `usd` (held in micro-dollars) or `tok`.
@@ -147,6 +170,18 @@ mod tests {
         ] {
             assert!(duration_nanos(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("openai"));
+        assert!(valid_name("azure-gpt4_eu"));
+        assert!(valid_name(&"a".repeat(NAME_MAX_LEN)));
+        assert!(!valid_name(&"a".repeat(NAME_MAX_LEN + 1)));
+        assert!(!valid_name("OpenAI"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("café"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Errors are collected, not returned at the first one, so a user fixes an attribute in one go.
 
 use proc_macro2::Span;
-use retry_grammar::{AmountError, AmountUnit};
+use retry_grammar::{
+    valid_name, AmountError, AmountUnit, DURATION_HINT, MAX_ATTEMPTS, NAME_MAX_LEN,
+};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -48,8 +50,6 @@ const CALLER_FAULTS: &[(u16, &str)] = &[
     (413, "Payload Too Large: the request is too big"),
     (422, "Unprocessable Entity: the request is invalid"),
 ];
-
-const MAX_ATTEMPTS: u64 = 20;
 
 /// One `key = value` pair as written.
 pub struct Pair {
@@ -253,7 +253,7 @@ impl Policy {
                                 &n,
                                 "`max = 0` would never call the function: `max` counts attempts including the first, so use 1 for no retries",
                             ),
-                            Ok(v) if v > MAX_ATTEMPTS => errors.at(
+                            Ok(v) if v > u64::from(MAX_ATTEMPTS) => errors.at(
                                 &n,
                                 format!("`max = {v}` is too many attempts: at most {MAX_ATTEMPTS}; past that a call is polling, not retrying"),
                             ),
@@ -328,7 +328,7 @@ impl Policy {
                         } else {
                             errors.at(
                                 &s,
-                                format!("{key} name `{name}` may use only lowercase letters, digits, `_` and `-` (1 to 64 characters), e.g. `{}`", example(&key)),
+                                format!("{key} name `{name}` may use only lowercase letters, digits, `_` and `-` (1 to {NAME_MAX_LEN} characters), e.g. `{}`", example(&key)),
                             );
                         }
                     }
@@ -523,16 +523,6 @@ pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
     Ok(BudgetLit { amount, tokens })
 }
 
-/// `[a-z0-9_-]{1,64}`: the same rule as the run-time config's `[breaker.NAME]` and
-/// `[pool.NAME]` sections.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 impl Policy {
     /// Combinations that cannot work: `queue` needs a breaker; `stale_for` and `key` need
     /// `cached`; `queue_wait` needs `queue`.
@@ -616,10 +606,7 @@ fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<Dur> {
         Err(why) => {
             errors.at(
                 &s,
-                format!(
-                    "`{key} = \"{}\"`: {why}; write a number and a unit: \"250ms\", \"2s\", \"1.5s\", \"1m\" or \"1h\"",
-                    s.value()
-                ),
+                format!("`{key} = \"{}\"`: {why}; {DURATION_HINT}", s.value()),
             );
             None
         }

@@ -142,7 +142,7 @@ pub trait Classify {
     /// The provider's rate-limit numbers carried by this answer (`x-ratelimit-*`,
     /// `anthropic-ratelimit-*`): a `pace` pacer snaps its rate to them. The `http`
     /// integration's `HttpError` (and the errors built on it) fill this in.
-    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+    fn rate_limits(&self) -> Option<ProviderLimits> {
         None
     }
 
@@ -151,6 +151,39 @@ pub trait Classify {
     fn spend(&self) -> crate::Spend {
         crate::Spend::ZERO
     }
+}
+
+/// What an answer tells about the provider's rate limits ([`Classify::rate_limits`]; the
+/// `http` integration reads it from headers), for a pacer's
+/// [`Pacer::on_hint`](crate::pace::Pacer::on_hint): the request and token windows' `limit`,
+/// what `remaining` of it, and the time until it is full again (`reset`).
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_runtime::classify::ProviderLimits;
+///
+/// let limits = ProviderLimits {
+///     limit_requests: Some(500),
+///     remaining_requests: Some(499),
+///     reset_requests: Some(Duration::from_millis(120)),
+///     ..ProviderLimits::default()
+/// };
+/// assert!(limits.limit_tokens.is_none());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderLimits {
+    /// The most requests the provider's window holds.
+    pub limit_requests: Option<u64>,
+    /// Requests left in it.
+    pub remaining_requests: Option<u64>,
+    /// Time until the request window is full again.
+    pub reset_requests: Option<Duration>,
+    /// The most tokens the provider's window holds.
+    pub limit_tokens: Option<u64>,
+    /// Tokens left in it.
+    pub remaining_tokens: Option<u64>,
+    /// Time until the token window is full again.
+    pub reset_tokens: Option<Duration>,
 }
 
 impl Classify for std::io::Error {

@@ -479,7 +479,8 @@ fn parse(text: &str) -> Result<Config, String> {
             .map(|i| format!(" (line {})", i + 1))
             .unwrap_or_default();
         Err(format!(
-            "{kind} name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most 64 characters)"
+            "{kind} name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most {} characters)",
+            retry_grammar::NAME_MAX_LEN
         ))
     };
     if let Some(store) = raw.store {
@@ -564,14 +565,8 @@ fn parse(text: &str) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Breaker names as the attribute accepts them: `[a-z0-9_-]{1,64}`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
+/// Names as the attribute accepts them: `[a-z0-9_-]{1,64}` (one rule, in `retry-grammar`).
+pub use retry_grammar::valid_name;
 
 /// A whole number in `1..=max`, or the message that says which numbers are allowed.
 fn whole_in<'de, D: Deserializer<'de>>(d: D, max: i64, what: &str) -> Result<u32, D::Error> {
@@ -614,7 +609,8 @@ impl<'de> Deserialize<'de> for Dur {
             Ok(d) if !d.is_zero() => Ok(Dur(d)),
             Ok(_) => Err(de::Error::custom("must be longer than zero")),
             Err(why) => Err(de::Error::custom(format!(
-                "`{text}`: {why}; write a number and a unit: \"250ms\", \"2s\", \"1.5s\", \"1m\" or \"1h\""
+                "`{text}`: {why}; {}",
+                retry_grammar::DURATION_HINT
             ))),
         }
     }
@@ -796,15 +792,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`redis` feature"));
-    }
-
-    #[test]
-    fn names() {
-        assert!(valid_name("openai"));
-        assert!(valid_name("azure-gpt4_eu"));
-        assert!(!valid_name("OpenAI"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("a b"));
     }
 
     #[test]

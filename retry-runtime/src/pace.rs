@@ -678,50 +678,7 @@ struct Window {
 
 pub use crate::config::PaceConfig;
 
-/// What a provider's rate-limit headers say, for [`Pacer::on_hint`]: the request and token
-/// windows' `limit`, what `remaining` of it, and the time until it is full again (`reset`).
-///
-/// ```
-/// use std::time::Duration;
-/// use retry_runtime::pace::ProviderLimits;
-///
-/// let limits = ProviderLimits {
-///     limit_requests: Some(500),
-///     remaining_requests: Some(499),
-///     reset_requests: Some(Duration::from_millis(120)),
-///     ..ProviderLimits::default()
-/// };
-/// assert!(limits.limit_tokens.is_none());
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ProviderLimits {
-    /// The most requests the provider's window holds.
-    pub limit_requests: Option<u64>,
-    /// Requests left in it.
-    pub remaining_requests: Option<u64>,
-    /// Time until the request window is full again.
-    pub reset_requests: Option<Duration>,
-    /// The most tokens the provider's window holds.
-    pub limit_tokens: Option<u64>,
-    /// Tokens left in it.
-    pub remaining_tokens: Option<u64>,
-    /// Time until the token window is full again.
-    pub reset_tokens: Option<Duration>,
-}
-
-#[cfg(feature = "http")]
-impl From<&crate::integrations::http::RateLimitHint> for ProviderLimits {
-    fn from(hint: &crate::integrations::http::RateLimitHint) -> Self {
-        Self {
-            limit_requests: hint.requests.limit,
-            remaining_requests: hint.requests.remaining,
-            reset_requests: hint.requests.reset,
-            limit_tokens: hint.tokens.limit,
-            remaining_tokens: hint.tokens.remaining,
-            reset_tokens: hint.tokens.reset,
-        }
-    }
-}
+pub use crate::classify::ProviderLimits;
 
 /// Why a pacer refused a permit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -147,9 +147,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Largest `max` the attribute accepts: past 20 attempts a call is not retrying, it is
+    /// Largest `max` the attribute accepts (20): past that a call is not retrying, it is
     /// polling, and belongs in a queue.
-    pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
+    pub const MAX_ATTEMPTS_LIMIT: u32 = retry_grammar::MAX_ATTEMPTS;
 
     /// The defaults of DESIGN §3: full jitter, 3 attempts, base 500 ms, cap 30 s, no timeout,
     /// no deadline, `Retry-After` honoured up to 60 s, the default retryable set.

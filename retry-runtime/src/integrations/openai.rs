@@ -181,7 +181,7 @@ impl Classify for OpenAIError {
         http_error(self).and_then(|e| e.should_retry())
     }
 
-    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+    fn rate_limits(&self) -> Option<crate::classify::ProviderLimits> {
         http_error(self).and_then(|e| e.rate_limits())
     }
 }

@@ -148,7 +148,7 @@ impl Classify for CallError {
         }
     }
 
-    fn rate_limits(&self) -> Option<crate::pace::ProviderLimits> {
+    fn rate_limits(&self) -> Option<crate::classify::ProviderLimits> {
         match self {
             CallError::Http(e) => e.rate_limits(),
             _ => None,

@@ -1,9 +1,12 @@
-//! The storm simulator's engine, shared by `examples/storm/main.rs` and `tests/storm.rs`.
+//! The storm simulator's engine, shared by the `storm` example (the command line) and
+//! `tests/storm.rs` (the assertions).
 //!
 //! A simulated LLM provider and a population of callers run on tokio's paused clock, so an
 //! hour of traffic takes seconds. Every policy calls the same provider through its own code:
 //! the hand-written loops (naive, the OpenAI SDK's) as written, ours through real
 //! `#[resilient]` functions and the real runtime (breaker, retry budget, pacer, fallback).
+//! [`run_scenario`] runs the five policies through one [`Scenario`], [`figures`] sums a
+//! [`Run`] up, [`table`] prints the figures and [`chart`] draws the provider's load.
 //!
 //! Fresh state per scenario: breakers, pacers and the fallback cache are process-wide, and
 //! `configure` runs once per process. So each scenario's `ours` is its own function with its
@@ -12,6 +15,17 @@
 //! scenario the five policies run one after the other; only `ours` touches the named breaker
 //! and pacer, and it runs once per scenario, so nothing carries over. (Run a scenario twice in
 //! one process and its second `ours` would inherit the first one's breaker and cache.)
+//!
+//! The model and the figures' definitions are in `docs/PERFORMANCE.md`, "Storm simulator".
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod chart;
+mod table;
+
+pub use chart::chart;
+pub use table::{table, table_header, table_row};
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -741,8 +755,8 @@ min_retries_per_sec = 1
 
 /// The pacer of ours: the account's known limits, learning from 429s on top.
 ///
-/// Built in code rather than as `[pace.NAME]` TOML because the TOML's `rpm` only accepts
-/// 1..=1000 (scenario d's account has 1800 rpm; real accounts have up to 10 000+).
+/// Built in code (`Config::with_pacer`) from the scenario's limits, so that they are written
+/// once, in [`Scenario`].
 pub fn pace_config(spec: &Scenario) -> retry_runtime::pace::PaceConfig {
     retry_runtime::pace::PaceConfig {
         rpm: Some(spec.rpm),
@@ -1028,44 +1042,4 @@ pub fn figures(spec: &Scenario, run: &Run) -> Figures {
         recovery,
         rate_limited: run.provider.rate_limited,
     }
-}
-
-/// The table's header.
-pub fn table_header() -> String {
-    format!(
-        "{:<15} {:>6} {:>6} {:>7} {:>8} {:>6} {:>8} {:>9} {:>7} {:>7} {:>9}",
-        "policy",
-        "calls",
-        "amp",
-        "429s",
-        "success",
-        "fallbk",
-        "goodput",
-        "wasted $",
-        "p50 s",
-        "p99 s",
-        "recovery"
-    )
-}
-
-/// One row of the table.
-pub fn table_row(f: &Figures) -> String {
-    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
-    format!(
-        "{:<15} {:>6} {:>6.2} {:>7} {:>8} {:>6} {:>8} {:>9.2} {:>7.1} {:>7.1} {:>9}",
-        f.policy.name(),
-        f.calls,
-        f.amplification,
-        f.rate_limited,
-        pct(f.success),
-        pct(f.fallback),
-        f.goodput.map(pct).unwrap_or_else(|| "-".into()),
-        f.wasted_usd,
-        f.p50,
-        f.p99,
-        match f.recovery {
-            Some(s) => format!("{s:.0} s"),
-            None => "never".into(),
-        }
-    )
 }
