@@ -148,8 +148,8 @@ pub trait Classify {
 
     /// What this failed attempt was billed (a timeout after streaming started, say).
     /// Counted against budgets and pools; zero by default.
-    fn spend(&self) -> crate::Spend {
-        crate::Spend::ZERO
+    fn spend(&self) -> crate::spend::Spend {
+        crate::spend::Spend::ZERO
     }
 }
 

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 
-use crate::budget::Budget;
+use crate::spend::Budget;
 use crate::store::StoreConfig;
 use serde::Deserialize;
 
