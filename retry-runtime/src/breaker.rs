@@ -526,21 +526,6 @@ pub fn breaker(name: &str) -> &'static Breaker {
         .0
 }
 
-/// The breakers open now, with what is left of their cooldown (for reconciling with a shared
-/// store).
-pub(crate) fn open_breakers() -> Vec<(&'static str, Duration)> {
-    let now = now_ms();
-    BREAKERS
-        .all()
-        .into_iter()
-        .filter_map(|b| {
-            let s = b.load();
-            (s.state == BreakerState::Open && s.until_ms > now)
-                .then(|| (b.name, Duration::from_millis(s.until_ms - now)))
-        })
-        .collect()
-}
-
 /// Names of the breakers created so far (for `configure`'s too-late check).
 pub(crate) fn created_names() -> Vec<&'static str> {
     BREAKERS.names()

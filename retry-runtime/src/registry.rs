@@ -49,11 +49,6 @@ impl<T: Named> Registry<T> {
         (created, true)
     }
 
-    /// The entries created so far.
-    pub(crate) fn all(&self) -> Vec<&'static T> {
-        self.entries().clone()
-    }
-
     /// The names of the entries created so far.
     pub(crate) fn names(&self) -> Vec<&'static str> {
         self.entries().iter().map(|e| e.name()).collect()
