@@ -30,7 +30,7 @@ use crate::retry_budget::WINDOW_SECS;
 /// floor_per_window, pool, window_ms, limit, expected, pacer, interval_us, burst, max_wait_us.
 /// Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us}.
 /// `WINDOW_SECS` in the text is a placeholder: replace it by the retry budget's window
-/// ([`WINDOW_SECS`](crate::retry_budget::WINDOW_SECS)) before loading the script.
+/// ([`WINDOW_SECS`]) before loading the script.
 pub const ADMIT_LUA: &str = include_str!("scripts/admit.lua");
 
 /// The settle script. ARGV: prefix, pool, window_ms, window (-1: none), reserved, real.
