@@ -181,13 +181,15 @@ impl Shared {
                     Err(_) => Err(StoreError::Timeout(budget)),
                 };
                 match answer {
-                    Ok(()) => match self.reconcile().await {
+                    Ok(()) => match self.reconcile(true).await {
                         Ok(()) => {
                             self.reconnecting.store(false, Ordering::Release);
                             self.to_shared();
-                            // What was kept while the status changed. A failure here has
-                            // switched to Local already, and the next loop replays it.
-                            let _ = self.reconcile().await;
+                            // What was kept while the status changed; if that fails, it stays
+                            // kept for the next loop.
+                            if let Err(error) = self.reconcile(false).await {
+                                self.to_local(&error);
+                            }
                             return;
                         }
                         Err(error) => self.note_failure(&error),
@@ -275,9 +277,10 @@ impl Shared {
 impl Shared {
     /// The store is back: publish what it is owed (see the module docs of
     /// [`crate::store`]). Breakers first, without `force` (a longer open state in the store is
-    /// kept), then spend, into each pool's current window. What fails stays owed.
-    async fn reconcile(&self) -> Result<(), StoreError> {
-        for opened in self.owed.open_breakers() {
+    /// kept): every one kept, or only those the store never acknowledged; then spend, into
+    /// each pool's current window. What fails stays owed.
+    async fn reconcile(&self, every_breaker: bool) -> Result<(), StoreError> {
+        for opened in self.owed.open_breakers(every_breaker) {
             self.apply(Update::BreakerOpened {
                 breaker: opened.breaker,
                 cooldown: opened.until.saturating_duration_since(Instant::now()),
@@ -411,16 +414,22 @@ impl Owed {
         });
     }
 
-    /// The breakers whose cooldown is still running (the others are forgotten).
-    fn open_breakers(&self) -> Vec<Opened> {
+    /// The breakers whose cooldown is still running (the others are forgotten): all, or only
+    /// those not acknowledged yet.
+    fn open_breakers(&self, acknowledged_too: bool) -> Vec<Opened> {
         let now = Instant::now();
         self.breakers_mut(|b| {
             b.retain(|_, (opened, _)| opened.until > now);
-            b.values().map(|(opened, _)| *opened).collect()
+            b.values()
+                .filter(|(_, delivered)| acknowledged_too || delivered.is_none())
+                .map(|(opened, _)| *opened)
+                .collect()
         })
     }
 
-    /// An admission asked at `asked` found `seen` in the store for `breaker`.
+    /// An admission asked at `asked` found `seen` in the store for `breaker`. (Also forgets
+    /// the breakers whose cooldown is over, so that the map empties and this path stops
+    /// looking at it.)
     fn seen(&self, breaker: &'static str, seen: SharedBreaker, asked: Instant) {
         if seen.open_for.is_some() || self.open.load(Ordering::Acquire) == 0 {
             return;
@@ -431,6 +440,7 @@ impl Owed {
             {
                 b.remove(breaker);
             }
+            b.retain(|_, (opened, _)| opened.until > asked);
         });
     }
 
