@@ -72,8 +72,15 @@ async fn an_open_breaker_refuses_paced_calls_without_waiting() {
             matches!(result, Err(ApiError::Runtime(Rejected::CircuitOpen { .. }))),
             "{result:?}"
         );
-        assert!(matches!(report.stop(), Some(StopReason::CircuitOpen { .. })));
-        assert_eq!(report.paced(), Duration::ZERO, "a refusal waited for nothing");
+        assert!(matches!(
+            report.stop(),
+            Some(StopReason::CircuitOpen { .. })
+        ));
+        assert_eq!(
+            report.paced(),
+            Duration::ZERO,
+            "a refusal waited for nothing"
+        );
     }
     assert!(
         start.elapsed() < TEN_MS,

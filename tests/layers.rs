@@ -52,8 +52,7 @@ fn code_only(src: &str) -> String {
                 i += 1;
             }
             i += 2;
-        } else if c == 'r' && (next == Some('"') || next == Some('#')) && !ident_before(&bytes, i)
-        {
+        } else if c == 'r' && (next == Some('"') || next == Some('#')) && !ident_before(&bytes, i) {
             // A raw string: r"…" or r#"…"#.
             let mut j = i + 1;
             let mut hashes = 0;
@@ -164,7 +163,7 @@ fn imports(code: &str, top_level_file: bool) -> Vec<String> {
             found.push(ident);
         }
     };
-    let mut scan = |prefix: &str, found_list: &mut dyn FnMut(&str)| {
+    let scan = |prefix: &str, found_list: &mut dyn FnMut(&str)| {
         let mut rest = code;
         while let Some(at) = rest.find(prefix) {
             let preceded = rest[..at]
@@ -217,7 +216,11 @@ fn violations(
             continue; // the crate root re-exports what users need
         }
         let Some(&own) = layers.get(module) else {
-            bad.push((path.clone(), module.to_string(), "(not in the table)".into()));
+            bad.push((
+                path.clone(),
+                module.to_string(),
+                "(not in the table)".into(),
+            ));
             continue;
         };
         let top_level_file = !path.contains('/') || path.ends_with("/mod.rs");
@@ -243,7 +246,11 @@ fn sources(dir: &Path, base: &Path, out: &mut Vec<(String, String)>) {
         if path.is_dir() {
             sources(&path, base, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
-            let rel = path.strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/");
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
             out.push((rel, std::fs::read_to_string(&path).unwrap()));
         }
     }
@@ -279,10 +286,11 @@ fn runtime_modules_import_only_lower_layers() {
 
 #[test]
 fn the_checker_sees_upward_and_sideways_imports() {
-    let layers: BTreeMap<String, u32> = [("clock", 1), ("spend", 2), ("store", 3), ("a", 4), ("b", 4)]
-        .into_iter()
-        .map(|(m, l)| (m.to_string(), l))
-        .collect();
+    let layers: BTreeMap<String, u32> =
+        [("clock", 1), ("spend", 2), ("store", 3), ("a", 4), ("b", 4)]
+            .into_iter()
+            .map(|(m, l)| (m.to_string(), l))
+            .collect();
     let file = |path: &str, src: &str| (path.to_string(), src.to_string());
     let clean = [
         file("store/mod.rs", "use crate::{clock::now_ms, spend::{Spend, Budget}};\nuse super::clock;"),
@@ -301,8 +309,15 @@ fn the_checker_sees_upward_and_sideways_imports() {
     let grouped = [file("clock.rs", "use crate::{spend::Spend, store};")];
     assert_eq!(violations(&layers, &grouped).len(), 2);
     let sideways = [file("a.rs", "fn f() { crate::b::g() }")];
-    assert_eq!(violations(&layers, &sideways).len(), 1, "same layer: a cycle waiting to happen");
-    let through_root = [file("store/shared.rs", "fn f() -> crate::Spend { todo!() }")];
+    assert_eq!(
+        violations(&layers, &sideways).len(),
+        1,
+        "same layer: a cycle waiting to happen"
+    );
+    let through_root = [file(
+        "store/shared.rs",
+        "fn f() -> crate::Spend { todo!() }",
+    )];
     assert_eq!(violations(&layers, &through_root).len(), 1);
     let unlisted = [file("newcomer.rs", "")];
     assert_eq!(violations(&layers, &unlisted).len(), 1);

@@ -524,21 +524,6 @@ pub fn breaker(name: &str) -> &'static Breaker {
         .0
 }
 
-/// The breakers open now, with what is left of their cooldown (for reconciling with a shared
-/// store).
-pub(crate) fn open_breakers() -> Vec<(&'static str, Duration)> {
-    let now = now_ms();
-    BREAKERS
-        .all()
-        .into_iter()
-        .filter_map(|b| {
-            let s = b.load();
-            (s.state == BreakerState::Open && s.until_ms > now)
-                .then(|| (b.name, Duration::from_millis(s.until_ms - now)))
-        })
-        .collect()
-}
-
 /// A call site's breaker, resolved once: after the first call, one atomic load.
 pub type BreakerSlot = Slot<Breaker>;
 

@@ -196,9 +196,6 @@ impl Ledger {
 pub struct Pool {
     name: &'static str,
     ledger: Ledger,
-    // Spend (in the limit's unit) settled on local state while a shared store was
-    // unreachable: added to the shared window when it is back.
-    owed: AtomicU64,
 }
 
 impl Pool {
@@ -210,23 +207,6 @@ impl Pool {
     /// Its ledger: limit, committed amount, total spend.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
-    }
-
-    /// The window, for a pool with a limit.
-    pub(crate) fn window_ms(&self) -> Option<u64> {
-        self.ledger.limit.and(self.ledger.window_ms)
-    }
-
-    /// Spend settled on local state, owed to the shared store.
-    pub(crate) fn owe(&self, amount: u64) {
-        if amount > 0 && self.ledger.limit.is_some() {
-            self.owed.fetch_add(amount, Ordering::AcqRel);
-        }
-    }
-
-    /// Take what is owed to the shared store (to add it there).
-    pub(crate) fn take_owed(&self) -> u64 {
-        self.owed.swap(0, Ordering::AcqRel)
     }
 
     /// Log the first refusal of each window (one WARN event, not one per call).
@@ -264,15 +244,9 @@ pub fn pool(name: &str) -> &'static Pool {
             Pool {
                 name,
                 ledger: Ledger::new(config.map(|c| c.limit), config.map(|c| c.window)),
-                owed: AtomicU64::new(0),
             }
         })
         .0
-}
-
-/// Every pool created so far (for reconciling with a shared store).
-pub(crate) fn pools() -> Vec<&'static Pool> {
-    POOLS.all()
 }
 
 /// A call site's pool, resolved once.
@@ -614,22 +588,20 @@ impl Ledgers {
             match hold {
                 PoolHold::Local(r) => {
                     pool.ledger.settle(r, real, now_ms);
-                    // Configured to share, but settled on local state: owed to the store.
+                    // Configured to share, but settled on local state: owed to the store
+                    // (which keeps it while it is away, and adds it when it is back).
                     if let (Some(shared), Some(limit), Some(window_ms)) = (
                         crate::store::active(),
                         pool.ledger.limit,
                         pool.ledger.window_ms,
                     ) {
                         let amount = real.amount(limit.unit());
-                        if amount == 0 {
-                        } else if shared.is_shared() {
+                        if amount > 0 {
                             shared.send(crate::store::Update::AddSpend {
                                 pool: pool.name,
                                 window_ms,
                                 amount,
                             });
-                        } else {
-                            pool.owe(amount);
                         }
                     }
                 }

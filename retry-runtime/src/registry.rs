@@ -48,11 +48,6 @@ impl<T: Named> Registry<T> {
         all.push(created);
         (created, true)
     }
-
-    /// The entries created so far.
-    pub(crate) fn all(&self) -> Vec<&'static T> {
-        self.entries().clone()
-    }
 }
 
 /// A call site's handle on a named entry (a breaker, a pool, a pacer): resolved from its

@@ -35,9 +35,11 @@
 //! and a background task tries the store again every `reconnect` (500 ms). When it answers,
 //! the process reconciles and shares again (one INFO event):
 //!
-//! * spend settled locally while away is added to the pool's *current* shared window;
-//! * a breaker this process opened while away is published if its cooldown is still running
-//!   (an open breaker already in the store for longer is kept);
+//! * spend settled locally while away (or whose settlement was lost) is added to the pool's
+//!   *current* shared window;
+//! * a breaker this process opened is published if its cooldown is still running (an open
+//!   breaker already in the store for longer is kept), so that a store that lost it (a
+//!   restarted Redis) has it again;
 //! * from then on the store's breaker state wins over the local one;
 //! * the retry budget's and the pacer's local counts are not replayed: they describe seconds
 //!   that are over.

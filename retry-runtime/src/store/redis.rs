@@ -29,126 +29,22 @@ use crate::retry_budget::WINDOW_SECS;
 /// The admission script. ARGV: prefix, breaker, deposit, withdraw, ratio_ppm,
 /// floor_per_window, pool, window_ms, limit, expected, pacer, interval_us, burst, max_wait_us.
 /// Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us}.
-pub const ADMIT_LUA: &str = r#"
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now_ms = math.floor(now_us / 1000)
-local p = ARGV[1]
-local bname, deposit, withdraw = ARGV[2], ARGV[3], ARGV[4]
-local ratio, floor = tonumber(ARGV[5]), tonumber(ARGV[6])
-local pool, wms, limit, expected = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local pace, interval, burst, max_wait = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local function n(x) return string.format('%.0f', x) end
-local verdict = 0
-local b_found, b_gen, b_open = 0, 0, 0
-if bname ~= '' then
-  local v = redis.call('HMGET', p .. ':breaker:' .. bname, 'until', 'gen')
-  if v[1] then
-    b_found = 1
-    b_gen = tonumber(v[2]) or 0
-    local until_ms = tonumber(v[1]) or 0
-    if until_ms > now_ms then
-      b_open = until_ms - now_ms
-      verdict = 1
-    end
-  end
-end
-local sec = math.floor(now_us / 1000000)
-if verdict == 0 and bname ~= '' and withdraw == '1' then
-  local d, r = 0, 0
-  for s = sec - WINDOW_SECS + 1, sec do
-    local v = redis.call('HMGET', p .. ':retry:' .. bname .. ':' .. n(s), 'd', 'r')
-    d = d + (tonumber(v[1]) or 0)
-    r = r + (tonumber(v[2]) or 0)
-  end
-  if (r + 1) * 1000000 > d * ratio + floor * 1000000 then verdict = 2 end
-end
-local pace_key, new_tat, wait_us = nil, nil, 0
-if verdict == 0 and pace ~= '' then
-  pace_key = p .. ':pace:' .. pace
-  local tat = tonumber(redis.call('GET', pace_key) or '0') or 0
-  local at = math.max(tat - (burst - 1) * interval, now_us)
-  wait_us = at - now_us
-  if wait_us > max_wait then
-    verdict = 4
-  else
-    new_tat = math.max(tat, at) + interval
-  end
-end
-local committed, widx, pool_key = 0, 0, nil
-if pool ~= '' then
-  widx = math.floor(now_ms / wms)
-  pool_key = p .. ':pool:' .. pool .. ':' .. n(widx)
-  committed = math.max(tonumber(redis.call('GET', pool_key) or '0') or 0, 0)
-  if verdict == 0 and (committed >= limit or committed + expected > limit) then verdict = 3 end
-end
-if verdict == 0 then
-  if pool_key then
-    committed = redis.call('INCRBY', pool_key, n(expected))
-    redis.call('PEXPIRE', pool_key, n(2 * wms))
-  end
-  if new_tat then
-    redis.call('SET', pace_key, n(new_tat), 'PX', n(math.ceil((new_tat - now_us) / 1000) + 1000))
-  end
-  if bname ~= '' and (deposit == '1' or withdraw == '1') then
-    local rk = p .. ':retry:' .. bname .. ':' .. n(sec)
-    if deposit == '1' then redis.call('HINCRBY', rk, 'd', 1) end
-    if withdraw == '1' then redis.call('HINCRBY', rk, 'r', 1) end
-    redis.call('EXPIRE', rk, WINDOW_SECS + 1)
-  end
-end
-return {verdict, b_found, b_gen, b_open, committed, widx, wait_us}
-"#;
+/// `WINDOW_SECS` in the text is a placeholder: replace it by the retry budget's window
+/// ([`WINDOW_SECS`]) before loading the script.
+pub const ADMIT_LUA: &str = include_str!("scripts/admit.lua");
 
 /// The settle script. ARGV: prefix, pool, window_ms, window (-1: none), reserved, real.
 /// In the reservation's window: add real - reserved; after it rolled over: add real to the
 /// current one.
-pub const SETTLE_LUA: &str = r#"
-local t = redis.call('TIME')
-local now_ms = math.floor((tonumber(t[1]) * 1000000 + tonumber(t[2])) / 1000)
-local p, pool = ARGV[1], ARGV[2]
-local wms, window, reserved, real = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local function n(x) return string.format('%.0f', x) end
-local current = math.floor(now_ms / wms)
-local key, delta
-if current == window then
-  key, delta = p .. ':pool:' .. pool .. ':' .. n(window), real - reserved
-else
-  key, delta = p .. ':pool:' .. pool .. ':' .. n(current), real
-end
-local v = redis.call('INCRBY', key, n(delta))
-if v < 0 then redis.call('SET', key, 0) end
-redis.call('PEXPIRE', key, n(2 * wms))
-return v
-"#;
+pub const SETTLE_LUA: &str = include_str!("scripts/settle.lua");
 
 /// The release script. ARGV: prefix, pool, window, reserved. Never creates a key.
-pub const RELEASE_LUA: &str = r#"
-local key = ARGV[1] .. ':pool:' .. ARGV[2] .. ':' .. ARGV[3]
-if redis.call('EXISTS', key) == 1 then
-  local v = redis.call('DECRBY', key, ARGV[4])
-  if v < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
-end
-return 0
-"#;
+pub const RELEASE_LUA: &str = include_str!("scripts/release.lua");
 
 /// The breaker-open script. ARGV: prefix, breaker, cooldown_ms, force. Without `force`, a
 /// stored open state that still runs is kept. The generation becomes max(now µs, old + 1),
 /// so it never repeats, even after the key expired.
-pub const BREAKER_OPEN_LUA: &str = r#"
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now_ms = math.floor(now_us / 1000)
-local function n(x) return string.format('%.0f', x) end
-local key = ARGV[1] .. ':breaker:' .. ARGV[2]
-local cooldown = tonumber(ARGV[3])
-local v = redis.call('HMGET', key, 'until', 'gen')
-local until_ms, gen = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-if ARGV[4] ~= '1' and until_ms > now_ms then return 0 end
-redis.call('HSET', key, 'until', n(now_ms + cooldown), 'gen', n(math.max(now_us, gen + 1)))
-redis.call('PEXPIRE', key, n(cooldown + math.max(cooldown, 60000)))
-return 1
-"#;
+pub const BREAKER_OPEN_LUA: &str = include_str!("scripts/breaker_open.lua");
 
 struct Scripts {
     admit: Script,

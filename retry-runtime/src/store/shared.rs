@@ -1,14 +1,20 @@
 //! The process's handle on a [`Store`]: status, the one WARN / INFO per change, the
 //! background runtime that talks to the store, reconnecting and reconciling.
+//!
+//! What the store is owed is kept here too, in [`Owed`]: spend settled while the store was
+//! away (or whose settlement was lost in flight) and the breakers this process opened. The
+//! modules above only send their writes ([`Shared::send`]), whatever the status; the store
+//! side decides what to keep and replays it when the store is back.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use super::{Admit, Admitted, Store, StoreConfig, StoreError, StoreStatus, Update};
+use super::{Admit, Admitted, SharedBreaker, Store, StoreConfig, StoreError, StoreStatus, Update};
 use super::{LOCAL, SHARED, STARTING};
 
 /// A store in use: every operation runs on the store's own thread and runtime (real time,
@@ -21,6 +27,7 @@ pub(crate) struct Shared {
     timeout: Duration,
     reconnect_every: Duration,
     reconnecting: AtomicBool,
+    owed: Owed,
 }
 
 impl std::fmt::Debug for Shared {
@@ -83,6 +90,7 @@ impl Shared {
             timeout: config.timeout(),
             reconnect_every: config.reconnect_every(),
             reconnecting: AtomicBool::new(false),
+            owed: Owed::default(),
         }
     }
 
@@ -173,12 +181,15 @@ impl Shared {
                     Err(_) => Err(StoreError::Timeout(budget)),
                 };
                 match answer {
-                    Ok(()) => match reconcile(self).await {
+                    Ok(()) => match self.reconcile(true).await {
                         Ok(()) => {
                             self.reconnecting.store(false, Ordering::Release);
                             self.to_shared();
-                            // Spend settled locally while the status changed.
-                            let _ = reconcile_pools(self).await;
+                            // What was kept while the status changed; if that fails, it stays
+                            // kept for the next loop.
+                            if let Err(error) = self.reconcile(false).await {
+                                self.to_local(&error);
+                            }
                             return;
                         }
                         Err(error) => self.note_failure(&error),
@@ -206,12 +217,19 @@ impl Shared {
     pub(crate) async fn admit(&'static self, ask: Admit) -> Option<Admitted> {
         let store = self.store.clone();
         let timeout = self.timeout;
+        let breaker = ask.breaker.as_ref().map(|b| b.name);
+        let asked = Instant::now();
         let answer = self
             .handle
             .spawn(async move { tokio::time::timeout(timeout, store.admit(ask)).await })
             .await;
         let error = match answer {
-            Ok(Ok(Ok(admitted))) => return Some(admitted),
+            Ok(Ok(Ok(admitted))) => {
+                if let (Some(name), Some(seen)) = (breaker, admitted.breaker) {
+                    self.owed.seen(name, seen, asked);
+                }
+                return Some(admitted);
+            }
             Ok(Ok(Err(error))) => error,
             Ok(Err(_)) => StoreError::Timeout(timeout),
             Err(join) => StoreError::Backend(format!("store task failed: {join}")),
@@ -220,22 +238,29 @@ impl Shared {
         None
     }
 
-    /// Send a write in the background. While the store is unreachable (or when the write
-    /// fails), what it carried is kept locally for reconciliation.
+    /// Send a write in the background, whatever the status: while the store is unreachable
+    /// (or when the write fails), what it carried is kept here and replayed when the store is
+    /// back (see [`Owed`]).
     pub(crate) fn send(&'static self, update: Update) {
+        let opened = self.owed.sending(&update);
         if !self.is_shared() {
-            keep_local(&update);
+            self.owed.undelivered(&update);
             return;
         }
         let store = self.store.clone();
         let timeout = self.timeout;
         self.handle.spawn(async move {
             let error = match tokio::time::timeout(timeout, store.update(update.clone())).await {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => {
+                    if let Some(opened) = opened {
+                        self.owed.delivered(opened);
+                    }
+                    return;
+                }
                 Ok(Err(error)) => error,
                 Err(_) => StoreError::Timeout(timeout),
             };
-            keep_local(&update);
+            self.owed.undelivered(&update);
             self.to_local(&error);
         });
     }
@@ -249,53 +274,377 @@ impl Shared {
     }
 }
 
-/// What a write that could not reach the store leaves behind: a pool's real spend is owed to
-/// the shared window (reconciled on return). A lost settlement's reservation stays in its
-/// window (it over-counts, never under-counts). Breaker writes are not replayed: open
-/// breakers are published again by [`reconcile`].
-fn keep_local(update: &Update) {
-    match *update {
-        Update::Settle { pool, real, .. } => crate::budget::pool(pool).owe(real),
-        Update::AddSpend { pool, amount, .. } => crate::budget::pool(pool).owe(amount),
-        Update::Release { .. } | Update::BreakerOpened { .. } | Update::BreakerClosed { .. } => {}
-    }
-}
-
-/// The store is back: publish what happened locally (see the module docs of
-/// [`crate::store`]).
-async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
-    for (breaker, open_for) in crate::breaker::open_breakers() {
-        shared
-            .apply(Update::BreakerOpened {
-                breaker,
-                cooldown: open_for,
+impl Shared {
+    /// The store is back: publish what it is owed (see the module docs of
+    /// [`crate::store`]). Breakers first, without `force` (a longer open state in the store is
+    /// kept): every one kept, or only those the store never acknowledged; then spend, into
+    /// each pool's current window. What fails stays owed.
+    async fn reconcile(&self, every_breaker: bool) -> Result<(), StoreError> {
+        for opened in self.owed.open_breakers(every_breaker) {
+            self.apply(Update::BreakerOpened {
+                breaker: opened.breaker,
+                cooldown: opened.until.saturating_duration_since(Instant::now()),
                 force: false,
             })
             .await?;
+            self.owed.delivered(opened);
+        }
+        let mut spend = self.owed.take_spend().into_iter();
+        while let Some((pool, (window_ms, amount))) = spend.next() {
+            let added = self
+                .apply(Update::AddSpend {
+                    pool,
+                    window_ms,
+                    amount,
+                })
+                .await;
+            if let Err(error) = added {
+                self.owed.owe(pool, window_ms, amount);
+                for (pool, (window_ms, amount)) in spend {
+                    self.owed.owe(pool, window_ms, amount);
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
     }
-    reconcile_pools(shared).await
 }
 
-async fn reconcile_pools(shared: &Shared) -> Result<(), StoreError> {
-    for pool in crate::budget::pools() {
-        let Some(window_ms) = pool.window_ms() else {
-            continue;
-        };
-        let amount = pool.take_owed();
-        if amount == 0 {
-            continue;
-        }
-        let added = shared
-            .apply(Update::AddSpend {
-                pool: pool.name(),
-                window_ms,
-                amount,
-            })
-            .await;
-        if let Err(error) = added {
-            pool.owe(amount);
-            return Err(error);
+/// A breaker this process opened, as the store side remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Opened {
+    breaker: &'static str,
+    /// The end of its cooldown, on this process's real clock (the store thread's).
+    until: Instant,
+}
+
+/// What the store is owed, replayed by [`Shared::reconcile`]:
+///
+/// * spend (per pool, with its window) settled while the store was away, or whose write
+///   failed: a lost settlement's real cost is owed in full (its reservation stays in the
+///   store's window and expires with it: the pool over-counts, never under-counts);
+/// * the breakers this process opened whose cooldown is still running, delivered or not, so
+///   that a store that lost them (a restarted Redis) has them again. One is forgotten when
+///   this process closes it, when its cooldown ends, or when an admission asked after it was
+///   delivered finds nothing stored (another process closed it: this one adopts that).
+///
+/// Retry-budget and pacer counts are not kept: they describe seconds that are over.
+#[derive(Debug, Default)]
+struct Owed {
+    spend: Mutex<HashMap<&'static str, (u64, u64)>>,
+    // breaker -> (its open state, when the store acknowledged it)
+    breakers: Mutex<HashMap<&'static str, (Opened, Option<Instant>)>>,
+    // How many breakers are kept: the admission path looks at the map only when some are.
+    open: AtomicUsize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change below is complete between statements: a poisoned lock is still valid.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Owed {
+    /// A write is about to be sent (or kept): remember a breaker's open state, forget a
+    /// closed one. The open state, to confirm once the store has it.
+    fn sending(&self, update: &Update) -> Option<Opened> {
+        match *update {
+            Update::BreakerOpened {
+                breaker, cooldown, ..
+            } => {
+                let now = Instant::now();
+                let opened = Opened {
+                    breaker,
+                    // (A cooldown too long for the clock is cut to a year: still open.)
+                    until: now
+                        .checked_add(cooldown.min(Duration::from_secs(365 * 86_400)))
+                        .unwrap_or(now),
+                };
+                self.breakers_mut(|b| b.insert(breaker, (opened, None)));
+                Some(opened)
+            }
+            Update::BreakerClosed { breaker } => {
+                self.breakers_mut(|b| b.remove(breaker));
+                None
+            }
+            Update::Settle { .. } | Update::Release { .. } | Update::AddSpend { .. } => None,
         }
     }
-    Ok(())
+
+    /// A write did not reach the store: keep the spend it carried. (A lost release is not
+    /// kept: the reservation over-counts until its window ends. A breaker's open state is
+    /// kept already.)
+    fn undelivered(&self, update: &Update) {
+        match *update {
+            Update::Settle {
+                pool,
+                window_ms,
+                real,
+                ..
+            } => self.owe(pool, window_ms, real),
+            Update::AddSpend {
+                pool,
+                window_ms,
+                amount,
+            } => self.owe(pool, window_ms, amount),
+            Update::Release { .. }
+            | Update::BreakerOpened { .. }
+            | Update::BreakerClosed { .. } => {}
+        }
+    }
+
+    fn owe(&self, pool: &'static str, window_ms: u64, amount: u64) {
+        if amount == 0 {
+            return;
+        }
+        let mut spend = lock(&self.spend);
+        let owed = spend.entry(pool).or_insert((window_ms, 0));
+        *owed = (window_ms, owed.1.saturating_add(amount));
+    }
+
+    fn take_spend(&self) -> HashMap<&'static str, (u64, u64)> {
+        std::mem::take(&mut *lock(&self.spend))
+    }
+
+    /// The store has this open state (unless this process opened the breaker again since).
+    fn delivered(&self, opened: Opened) {
+        self.breakers_mut(|b| {
+            if let Some(kept) = b.get_mut(opened.breaker).filter(|k| k.0 == opened) {
+                kept.1 = Some(Instant::now());
+            }
+        });
+    }
+
+    /// The breakers whose cooldown is still running (the others are forgotten): all, or only
+    /// those not acknowledged yet.
+    fn open_breakers(&self, acknowledged_too: bool) -> Vec<Opened> {
+        let now = Instant::now();
+        self.breakers_mut(|b| {
+            b.retain(|_, (opened, _)| opened.until > now);
+            b.values()
+                .filter(|(_, delivered)| acknowledged_too || delivered.is_none())
+                .map(|(opened, _)| *opened)
+                .collect()
+        })
+    }
+
+    /// An admission asked at `asked` found `seen` in the store for `breaker`. (Also forgets
+    /// the breakers whose cooldown is over, so that the map empties and this path stops
+    /// looking at it.)
+    fn seen(&self, breaker: &'static str, seen: SharedBreaker, asked: Instant) {
+        if seen.open_for.is_some() || self.open.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        self.breakers_mut(|b| {
+            if b.get(breaker)
+                .is_some_and(|(_, delivered)| delivered.is_some_and(|d| d <= asked))
+            {
+                b.remove(breaker);
+            }
+            b.retain(|_, (opened, _)| opened.until > asked);
+        });
+    }
+
+    fn breakers_mut<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<&'static str, (Opened, Option<Instant>)>) -> R,
+    ) -> R {
+        let mut breakers = lock(&self.breakers);
+        let answer = f(&mut breakers);
+        self.open.store(breakers.len(), Ordering::Release);
+        answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The store side's ledger, against a `MemoryStore` on its own thread (real time: the
+    //! store's thread is real time whatever the caller's clock, and nothing here reads the
+    //! caller's).
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{BreakerAsk, PoolAsk, StoreFuture, Verdict};
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn config() -> StoreConfig {
+        StoreConfig::none()
+            .with_timeout(Duration::from_secs(2))
+            .with_reconnect_every(Duration::from_millis(10))
+    }
+
+    fn open(breaker: &'static str, cooldown: Duration) -> Update {
+        Update::BreakerOpened {
+            breaker,
+            cooldown,
+            force: false,
+        }
+    }
+
+    fn look(name: &'static str) -> Admit {
+        Admit {
+            breaker: Some(BreakerAsk {
+                name,
+                deposit: false,
+                withdraw: None,
+            }),
+            ..Admit::default()
+        }
+    }
+
+    async fn committed(store: &dyn Store, pool: &'static str) -> u64 {
+        let ask = Admit {
+            pool: Some(PoolAsk {
+                name: pool,
+                window_ms: HOUR_MS,
+                limit: 1_000,
+                expected: 0,
+            }),
+            ..Admit::default()
+        };
+        store.admit(ask).await.unwrap().pool.unwrap().1
+    }
+
+    async fn breaker(store: &dyn Store, name: &'static str) -> Option<Duration> {
+        store
+            .admit(look(name))
+            .await
+            .unwrap()
+            .breaker
+            .unwrap()
+            .open_for
+    }
+
+    async fn until_local(shared: &Shared) {
+        let until = Instant::now() + Duration::from_secs(2);
+        while shared.is_shared() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(!shared.is_shared(), "the failed write switched to Local");
+    }
+
+    #[tokio::test]
+    async fn what_was_settled_and_opened_while_away_is_replayed_when_the_store_is_back() {
+        let store = Arc::new(MemoryStore::new());
+        store.set_reachable(false);
+        let shared = Shared::start(store.clone(), &config()).unwrap();
+        let settle = Update::Settle {
+            pool: "away",
+            window_ms: HOUR_MS,
+            window: 0,
+            reserved: 5,
+            real: 3,
+        };
+        shared.send(settle);
+        shared.send(Update::AddSpend {
+            pool: "away",
+            window_ms: HOUR_MS,
+            amount: 7,
+        });
+        shared.send(open("away-open", Duration::from_secs(30)));
+        shared.send(open("away-closed", Duration::from_secs(30)));
+        shared.send(Update::BreakerClosed {
+            breaker: "away-closed",
+        });
+        shared.send(open("away-short", Duration::from_millis(1)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        store.set_reachable(true);
+        assert!(shared.wait_shared(Duration::from_secs(5)).await);
+        assert_eq!(committed(&*store, "away").await, 10, "owed: 3 + 7");
+        let left = breaker(&*store, "away-open").await.expect("published");
+        assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
+        assert_eq!(breaker(&*store, "away-closed").await, None, "closed here");
+        assert_eq!(breaker(&*store, "away-short").await, None, "cooled down");
+        // Replayed once: nothing is owed any more.
+        assert!(shared.owed.take_spend().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_lost_in_flight_is_kept_and_replayed() {
+        let store = Arc::new(MemoryStore::new());
+        let shared = Shared::start(store.clone(), &config()).unwrap();
+        assert!(shared.wait_shared(Duration::from_secs(5)).await);
+        store.set_reachable(false);
+        shared.send(Update::Settle {
+            pool: "lost",
+            window_ms: HOUR_MS,
+            window: 0,
+            reserved: 5,
+            real: 4,
+        });
+        shared.send(open("lost-open", Duration::from_secs(30)));
+        until_local(shared).await;
+        store.set_reachable(true);
+        assert!(shared.wait_shared(Duration::from_secs(5)).await);
+        assert_eq!(
+            committed(&*store, "lost").await,
+            4,
+            "the real cost, in full"
+        );
+        assert!(breaker(&*store, "lost-open").await.is_some());
+    }
+
+    /// A store that can restart empty, like a Redis without persistence.
+    struct Restartable(Mutex<Arc<MemoryStore>>);
+
+    impl Restartable {
+        fn now(&self) -> Arc<MemoryStore> {
+            lock(&self.0).clone()
+        }
+    }
+
+    impl Store for Restartable {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted> {
+            let store = self.now();
+            Box::pin(async move { store.admit(ask).await })
+        }
+        fn update(&self, update: Update) -> StoreFuture<'_, ()> {
+            let store = self.now();
+            Box::pin(async move { store.update(update).await })
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            let store = self.now();
+            Box::pin(async move { store.ping().await })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_lost_an_open_breaker_gets_it_again_unless_the_fleet_closed_it() {
+        let store = Arc::new(Restartable(Mutex::new(Arc::new(MemoryStore::new()))));
+        let shared = Shared::start(store.clone(), &config()).unwrap();
+        assert!(shared.wait_shared(Duration::from_secs(5)).await);
+        shared.send(open("kept", Duration::from_secs(30)));
+        shared.send(open("closed-there", Duration::from_secs(30)));
+        // Seen through the store's thread, so both sends (and their acknowledgements) ran.
+        let seen = |name| async move { shared.admit(look(name)).await.unwrap() };
+        assert_eq!(seen("kept").await.verdict, Verdict::BreakerOpen);
+        assert_eq!(seen("closed-there").await.verdict, Verdict::BreakerOpen);
+        // Another process's probe closed one; this process sees it at its next admission.
+        store
+            .now()
+            .update(Update::BreakerClosed {
+                breaker: "closed-there",
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen("closed-there").await.breaker.unwrap().open_for, None);
+
+        // The store fails, and comes back empty.
+        store.now().set_reachable(false);
+        assert!(shared.admit(look("kept")).await.is_none());
+        *lock(&store.0) = Arc::new(MemoryStore::new());
+        assert!(shared.wait_shared(Duration::from_secs(5)).await);
+        assert!(
+            breaker(&*store, "kept").await.is_some(),
+            "published again: still open here"
+        );
+        assert_eq!(
+            breaker(&*store, "closed-there").await,
+            None,
+            "the fleet had closed it"
+        );
+    }
 }
