@@ -135,7 +135,7 @@ impl Shared {
     fn count(&self, to: StoreStatus) {
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            crate::report::metric_names::STORE_TRANSITIONS,
+            crate::metric_names::STORE_TRANSITIONS,
             "store" => self.store.kind(),
             "to" => to.as_str()
         )

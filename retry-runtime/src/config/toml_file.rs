@@ -1,0 +1,285 @@
+//! Reading the TOML configuration: the raw sections as serde sees them, each value checked
+//! with its key's own limits and unit, and every error naming the key and its line.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::*;
+
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    breaker: BTreeMap<String, RawBreaker>,
+    #[serde(default)]
+    pool: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pace: BTreeMap<String, RawPace>,
+    fallback: Option<RawFallback>,
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    redis_url: Option<String>,
+    prefix: Option<String>,
+    timeout: Option<Dur>,
+    reconnect: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPace {
+    rpm: Option<Rpm>,
+    tpm: Option<u64>,
+    adaptive: Option<bool>,
+    burst: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    cache_capacity: Option<Count>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    limit: Limit,
+    window: Option<Dur>,
+}
+
+/// A spend limit written like `"5.00usd"` or `"20000tok"`.
+struct Limit(Budget);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<Budget>().map(Limit).map_err(de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failures: Option<Count>,
+    window: Option<Dur>,
+    failure_rate: Option<Ratio>,
+    cooldown: Option<Dur>,
+    probes: Option<Count>,
+    count_429: Option<bool>,
+    retry_ratio: Option<Ratio>,
+    min_retries_per_sec: Option<u32>,
+    queue_len: Option<Count>,
+    queue_release_per_sec: Option<Count>,
+}
+
+pub(super) fn parse(text: &str) -> Result<Config, String> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut config = Config {
+        cache_capacity: raw
+            .fallback
+            .and_then(|f| f.cache_capacity)
+            .map(|c| c.0 as usize),
+        ..Config::default()
+    };
+    let check_name = |kind: &str, name: &str| {
+        if valid_name(name) {
+            return Ok(());
+        }
+        let line = text
+            .lines()
+            .position(|l| l.contains(name))
+            .map(|i| format!(" (line {})", i + 1))
+            .unwrap_or_default();
+        Err(format!(
+            "{kind} name `{name}`{line} may use only a-z, 0-9, `_` and `-` (at most {} characters)",
+            retry_grammar::NAME_MAX_LEN
+        ))
+    };
+    if let Some(store) = raw.store {
+        let line = |key: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map(|i| format!(" (line {})", i + 1))
+                .unwrap_or_default()
+        };
+        let mut config_store = match store.redis_url {
+            Some(url) => StoreConfig::redis(&url)
+                .map_err(|e| format!("[store] redis_url{}: {e}", line("redis_url")))?,
+            None => StoreConfig::none(),
+        };
+        if let Some(prefix) = store.prefix {
+            config_store = config_store
+                .with_prefix(&prefix)
+                .map_err(|e| format!("[store] prefix{}: {e}", line("prefix")))?;
+        }
+        if let Some(timeout) = store.timeout {
+            config_store = config_store.with_timeout(timeout.0);
+        }
+        if let Some(every) = store.reconnect {
+            config_store = config_store.with_reconnect_every(every.0);
+        }
+        config.store = Some(config_store);
+    }
+    for (name, raw) in raw.pool {
+        check_name("pool", &name)?;
+        config.pools.insert(
+            name,
+            PoolConfig {
+                limit: raw.limit.0,
+                window: raw.window.map_or(Duration::from_secs(3600), |w| w.0),
+            },
+        );
+    }
+    for (name, raw) in raw.pace {
+        check_name("pace", &name)?;
+        let d = PaceConfig::default();
+        config.pacers.insert(
+            name,
+            PaceConfig {
+                rpm: raw.rpm.map(|c| c.0).or(d.rpm),
+                tpm: raw.tpm.or(d.tpm),
+                adaptive: raw.adaptive.unwrap_or(d.adaptive),
+                burst: raw.burst.map_or(d.burst, |b| b.0),
+            },
+        );
+    }
+    for (name, raw) in raw.breaker {
+        check_name("breaker", &name)?;
+        let d = BreakerConfig::default();
+        let failure_rate_ppm = match raw.failure_rate {
+            Some(Ratio(ppm)) if ppm > 1_000_000 => {
+                return Err(format!(
+                    "breaker `{name}`: failure_rate is a share of the calls: write a number \
+                     from 0 to 1, or from \"0%\" to \"100%\""
+                ))
+            }
+            Some(Ratio(ppm)) => ppm,
+            None => d.failure_rate_ppm,
+        };
+        config.breakers.insert(
+            name,
+            BreakerConfig {
+                failures: raw.failures.map_or(d.failures, |c| c.0),
+                window: raw.window.map_or(d.window, |w| w.0),
+                failure_rate_ppm,
+                cooldown: raw.cooldown.map_or(d.cooldown, |c| c.0),
+                probes: raw.probes.map_or(d.probes, |c| c.0),
+                count_429: raw.count_429.unwrap_or(d.count_429),
+                retry_ratio_ppm: raw.retry_ratio.map_or(d.retry_ratio_ppm, |r| r.0),
+                min_retries_per_sec: raw.min_retries_per_sec.unwrap_or(d.min_retries_per_sec),
+                queue_len: raw.queue_len.map_or(d.queue_len, |c| c.0),
+                queue_release_per_sec: raw
+                    .queue_release_per_sec
+                    .map_or(d.queue_release_per_sec, |c| c.0),
+            },
+        );
+    }
+    Ok(config)
+}
+
+/// Names as the attribute accepts them: `[a-z0-9_-]{1,64}` (one rule, in `retry-grammar`).
+
+/// A whole number in `1..=max`, or the message that says which numbers are allowed.
+fn whole_in<'de, D: Deserializer<'de>>(d: D, max: i64, what: &str) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    if (1..=max).contains(&n) {
+        Ok(n as u32)
+    } else {
+        Err(de::Error::custom(format!(
+            "{n} is out of range: use a whole number{what} from 1 to {max}"
+        )))
+    }
+}
+
+/// A provider's requests-per-minute limit: 1 up to ten million (large accounts have limits in
+/// the tens of thousands, far above the 1..=1000 of [`Count`]).
+struct Rpm(u32);
+
+impl<'de> Deserialize<'de> for Rpm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        whole_in(d, 10_000_000, " of requests per minute").map(Rpm)
+    }
+}
+
+/// A count in 1..=1000.
+struct Count(u32);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        whole_in(d, 1000, "").map(Count)
+    }
+}
+
+/// A positive duration written like `"30s"`.
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match parse_duration(&text) {
+            Ok(d) if !d.is_zero() => Ok(Dur(d)),
+            Ok(_) => Err(de::Error::custom("must be longer than zero")),
+            Err(why) => Err(de::Error::custom(format!(
+                "`{text}`: {why}; {}",
+                retry_grammar::DURATION_HINT
+            ))),
+        }
+    }
+}
+
+/// A ratio written as `0.2` or `"20%"`, held in parts per million; 0 to 10 (1000%).
+struct Ratio(u64);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Ratio;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a ratio such as 0.2 or \"20%\"")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ratio, E> {
+                ratio_ppm(v).map(Ratio).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ratio, E> {
+                ratio_ppm(v as f64).map(Ratio).map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ratio, E> {
+                let pct = v
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .ok_or_else(|| {
+                        E::custom(format!("`{v}` is not a ratio: write 0.2 or \"20%\""))
+                    })?;
+                ratio_ppm(pct / 100.0).map(Ratio).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn ratio_ppm(v: f64) -> Result<u64, String> {
+    if v.is_finite() && (0.0..=10.0).contains(&v) {
+        // Converted once, here; all budget arithmetic after this is integer.
+        Ok((v * 1e6).round() as u64)
+    } else {
+        Err(format!(
+            "{v} is out of range: a ratio lies between 0 and 10 (1000%)"
+        ))
+    }
+}
+
+/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"`; at most a day. The same grammar the
+/// attribute accepts: both call [`retry_grammar::duration_nanos`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    retry_grammar::duration_nanos(text).map(Duration::from_nanos)
+}
+
