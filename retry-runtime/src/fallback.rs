@@ -2,7 +2,7 @@
 //! the provider to recover. Whatever serves the answer says so, in the report and in a WARN
 //! event.
 //!
-//! Fallbacks run only for outage-class endings ([`StopReason::is_outage`]): retries exhausted,
+//! Fallbacks run only for outage-class endings ([`StopReason::is_outage`](crate::report::StopReason::is_outage)): retries exhausted,
 //! breaker open, retry budget spent, deadline, a `Retry-After` too long. A `Permanent` error or
 //! a caller-fault 4xx never falls back: it is a bug to surface, not an outage to hide.
 

@@ -45,7 +45,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-
 use crate::spend::Budget;
 
 pub mod store;
@@ -390,9 +389,9 @@ pub(crate) fn cache_capacity() -> usize {
 }
 
 mod toml_file;
+use self::toml_file::parse;
 pub use self::toml_file::parse_duration;
 pub use retry_grammar::valid_name;
-use self::toml_file::parse;
 
 #[cfg(test)]
 mod tests {

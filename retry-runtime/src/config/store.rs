@@ -181,7 +181,6 @@ pub(crate) fn env_url() -> Result<Option<String>, ConfigError> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use super::*;
 
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -282,4 +281,3 @@ fn ratio_ppm(v: f64) -> Result<u64, String> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     retry_grammar::duration_nanos(text).map(Duration::from_nanos)
 }
-

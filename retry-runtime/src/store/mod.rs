@@ -66,7 +66,6 @@ mod shared;
 
 pub(crate) use shared::Shared;
 
-
 /// Where the shared state lives now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StoreStatus {
@@ -304,7 +303,9 @@ fn from_config() -> Option<&'static Shared> {
     let config = crate::config::store_config();
     let url = match env_url() {
         Ok(Some(url)) => Some(url),
-        Ok(None) => config.as_ref().and_then(|c| c.redis_url().map(str::to_owned)),
+        Ok(None) => config
+            .as_ref()
+            .and_then(|c| c.redis_url().map(str::to_owned)),
         Err(error) => {
             tracing::error!(target: "retry_runtime", %error, "ignoring {REDIS_URL_ENV}; state stays in memory");
             None
