@@ -391,6 +391,7 @@ pub(crate) fn cache_capacity() -> usize {
 mod toml_file;
 use self::toml_file::parse;
 pub use self::toml_file::parse_duration;
+/// Names as the attribute accepts them: `[a-z0-9_-]{1,64}` (one rule, in `retry-grammar`).
 pub use retry_grammar::valid_name;
 
 #[cfg(test)]

@@ -183,8 +183,6 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Names as the attribute accepts them: `[a-z0-9_-]{1,64}` (one rule, in `retry-grammar`).
-
 /// A whole number in `1..=max`, or the message that says which numbers are allowed.
 fn whole_in<'de, D: Deserializer<'de>>(d: D, max: i64, what: &str) -> Result<u32, D::Error> {
     let n = i64::deserialize(d)?;
