@@ -1,4 +1,4 @@
-//! DESIGN §4 "Hot path": a `#[resilient]` call whose first attempt succeeds allocates nothing.
+//! The hot path (ARCHITECTURE, "Hot path"): a `#[resilient]` call whose first attempt succeeds allocates nothing.
 //!
 //! A counting global allocator wraps `System`. Counting is switched on per thread, only around
 //! the `.await` of the call under test, so the test harness, `block_on` and the runtime's own
@@ -205,7 +205,7 @@ fn retry_fn_first_success_allocates_nothing() {
 
 #[test]
 fn breaker_and_budget_first_success_allocate_nothing() {
-    // DESIGN §4: "with breaker and budget". The breaker is resolved (and created, which
+    // With a breaker and a budget. The breaker is resolved (and created, which
     // allocates) by the warm-up call; after that the call site holds a `&'static Breaker`.
     assert_eq!(allocations_of_second_call(|| with_breaker(7)), 0);
     assert_eq!(allocations_of_second_call(|| billed(7)), 0);

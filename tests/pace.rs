@@ -1,4 +1,4 @@
-//! Pacing (issue 7): the adaptive rate against a simulated provider with a fixed limit, the
+//! Pacing: the adaptive rate against a simulated provider with a fixed limit, the
 //! provider's headers, the line (FIFO, deadlines, cancellation), token settling, events and
 //! the gauge, and properties of the bucket and the law. All on paused time, seeded.
 

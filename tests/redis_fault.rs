@@ -1,4 +1,4 @@
-//! Redis stops mid-run (issue 9, done-when 2): calls go on with local state within the store's
+//! Redis stops mid-run: calls go on with local state within the store's
 //! timeout, nothing panics, one WARN event says so; after redis-server restarts, the state is
 //! shared again. Real time and a real `redis-server` (see `tests/common/redis_server.rs`);
 //! skips with a message where none is installed, unless `RESILIENT_REQUIRE_REDIS=1` (CI).

@@ -1,5 +1,5 @@
 //! A fleet of four OS processes sharing one spend pool, one breaker and one pacer through a
-//! real `redis-server` (issue 9, done-when 1).
+//! real `redis-server`.
 //!
 //! The test binary is its own worker: run without `FLEET_ROLE` it is the parent, which starts
 //! redis-server and re-executes itself with `FLEET_ROLE` set for each worker process, then

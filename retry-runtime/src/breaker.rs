@@ -368,6 +368,7 @@ impl Breaker {
         }
     }
 
+    #[doc(hidden)]
     /// Ask to make an attempt now.
     pub fn admit(&self, now_ms: u64) -> (Admission, Option<Transition>) {
         // Closed is the common case: one load, no write.
@@ -382,6 +383,7 @@ impl Breaker {
         self.update(|s| s.admit(now_ms, probes))
     }
 
+    #[doc(hidden)]
     /// What [`admit`](Self::admit) would refuse with now, without taking anything (no probe
     /// slot, no count): `Some(retry_in)` while open (or half-open with every probe out).
     /// Closed is one load, with no clock read.
@@ -402,6 +404,7 @@ impl Breaker {
         class.is_outage() || (self.config.count_429 && class == ErrorClass::Status(429))
     }
 
+    #[doc(hidden)]
     /// Record the result of an attempt admitted as `admission`: `None` for a success.
     pub fn record(
         &self,
@@ -427,12 +430,14 @@ impl Breaker {
         transition
     }
 
+    #[doc(hidden)]
     /// Whether recording this result would change nothing: a success (or an uncounted
     /// failure) while closed. The executor checks it first, so the happy path reads no clock.
     pub fn is_quiet(&self, failure: Option<ErrorClass>) -> bool {
         failure.is_none_or(|class| !self.counts(class)) && self.load().state == BreakerState::Closed
     }
 
+    #[doc(hidden)]
     /// A probe's future was dropped: give its slot back.
     pub fn cancel(&self, admission: Admission) {
         if let Admission::Probe { .. } = admission {
@@ -440,6 +445,7 @@ impl Breaker {
         }
     }
 
+    #[doc(hidden)]
     /// Adopt the shared store's state of this breaker if it changed since this process last
     /// saw it: the store's state wins (an open state rejects here too; a cleared one closes).
     pub fn adopt(&self, shared: crate::store::SharedBreaker, now_ms: u64) -> Option<Transition> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::registry::{Named, Registry, Slot};
-use crate::spend::{Spend, Unit};
+use crate::spend::{Exhausted, Spend, Unit};
 
 pub use crate::spend::{Budget, BudgetScope};
 
@@ -42,6 +42,7 @@ fn fits(committed: u64, expected: u64, limit: u64) -> bool {
     committed < limit && committed.saturating_add(expected) <= limit
 }
 
+#[doc(hidden)]
 /// A reservation held by an attempt in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
@@ -83,6 +84,7 @@ impl Ledger {
         self.window_ms.map_or(0, |w| (now_ms / w) & WINDOW_MASK)
     }
 
+    #[doc(hidden)]
     /// Reserve `expected` (in the limit's unit) for an attempt. Refused, with what is
     /// committed in the current window, when it would not fit or the limit is already reached.
     pub fn reserve(&self, expected: u64, now_ms: u64) -> Result<Reservation, u64> {
@@ -113,6 +115,7 @@ impl Ledger {
         }
     }
 
+    #[doc(hidden)]
     /// Replace a reservation by the real cost.
     pub fn settle(&self, reservation: Reservation, real: Spend, now_ms: u64) {
         self.total_micros.fetch_add(real.micros(), Ordering::AcqRel);
@@ -140,6 +143,7 @@ impl Ledger {
             });
     }
 
+    #[doc(hidden)]
     /// Give a reservation back (the attempt never ran, or was dropped).
     pub fn release(&self, reservation: Reservation) {
         let _ = self
@@ -444,18 +448,14 @@ impl Pool {
 
     /// A refusal by the shared store: what is committed there, as the scope, spend and limit
     /// a `Rejected::BudgetExhausted` carries (logged once per window, like a local refusal).
-    pub(crate) fn refused_shared(
-        &self,
-        committed: u64,
-        now_ms: u64,
-    ) -> (BudgetScope, Spend, Budget) {
+    pub(crate) fn refused_shared(&self, committed: u64, now_ms: u64) -> Exhausted {
         self.refused(committed, now_ms);
         let limit = self.ledger.limit.unwrap_or(Budget::micros(0));
-        (
-            BudgetScope::Pool(self.name),
-            amount(limit.unit(), committed),
+        Exhausted {
+            scope: BudgetScope::Pool(self.name),
+            spent: amount(limit.unit(), committed),
             limit,
-        )
+        }
     }
 }
 
@@ -494,11 +494,7 @@ impl Ledgers {
     }
 
     /// Reserve `expected` everywhere, or nowhere: on refusal, what was reserved is released.
-    pub(crate) fn reserve(
-        &self,
-        expected: Spend,
-        now_ms: u64,
-    ) -> Result<Held, (BudgetScope, Spend, Budget)> {
+    pub(crate) fn reserve(&self, expected: Spend, now_ms: u64) -> Result<Held, Exhausted> {
         let mut held = Held::default();
         if let Some(pool) = self.pool {
             let unit_amount = pool.ledger.limit.map_or(0, |l| expected.amount(l.unit()));
@@ -508,7 +504,11 @@ impl Ledgers {
                     pool.refused(committed, now_ms);
                     let limit = pool.ledger.limit.unwrap_or(Budget::micros(0));
                     let spent = amount(limit.unit(), committed);
-                    return Err((BudgetScope::Pool(pool.name), spent, limit));
+                    return Err(Exhausted {
+                        scope: BudgetScope::Pool(pool.name),
+                        spent,
+                        limit,
+                    });
                 }
             }
         }
@@ -523,7 +523,7 @@ impl Ledgers {
         shared: Option<(u64, u64)>,
         expected: Spend,
         now_ms: u64,
-    ) -> Result<Held, (BudgetScope, Spend, Budget)> {
+    ) -> Result<Held, Exhausted> {
         let mut held = Held::default();
         if let Some(pool) = self.pool {
             held.pool = Some(match shared {
@@ -544,7 +544,7 @@ impl Ledgers {
         mut held: Held,
         expected: Spend,
         now_ms: u64,
-    ) -> Result<Held, (BudgetScope, Spend, Budget)> {
+    ) -> Result<Held, Exhausted> {
         match self.reserve_workflows(expected, now_ms) {
             Ok(workflow) => {
                 held.workflow = workflow;
@@ -557,11 +557,7 @@ impl Ledgers {
         }
     }
 
-    fn reserve_workflows(
-        &self,
-        expected: Spend,
-        now_ms: u64,
-    ) -> Result<Option<Spend>, (BudgetScope, Spend, Budget)> {
+    fn reserve_workflows(&self, expected: Spend, now_ms: u64) -> Result<Option<Spend>, Exhausted> {
         let Some(scope) = &self.workflow else {
             return Ok(None);
         };
@@ -572,11 +568,11 @@ impl Ledgers {
                     undo.ledger.release(reservation_in(&undo.ledger, expected));
                 }
                 let limit = s.ledger.limit.unwrap_or(Budget::micros(0));
-                return Err((
-                    BudgetScope::Workflow,
-                    amount(limit.unit(), committed),
+                return Err(Exhausted {
+                    scope: BudgetScope::Workflow,
+                    spent: amount(limit.unit(), committed),
                     limit,
-                ));
+                });
             }
         }
         Ok(Some(expected))
@@ -658,24 +654,28 @@ impl Ledgers {
 
     /// Would one more attempt costing `expected` fit everywhere? (Checked before a retry's
     /// wait, so a call does not sleep for an attempt it could not afford.)
-    pub(crate) fn has_room(
-        &self,
-        expected: Spend,
-        now_ms: u64,
-    ) -> Result<(), (BudgetScope, Spend, Budget)> {
+    pub(crate) fn has_room(&self, expected: Spend, now_ms: u64) -> Result<(), Exhausted> {
         if let Some(pool) = self.pool {
             pool.ledger
                 .room_for(expected, now_ms)
                 .map_err(|(spent, limit)| {
                     pool.refused(spent.amount(limit.unit()), now_ms);
-                    (BudgetScope::Pool(pool.name), spent, limit)
+                    Exhausted {
+                        scope: BudgetScope::Pool(pool.name),
+                        spent,
+                        limit,
+                    }
                 })?;
         }
         if let Some(scope) = &self.workflow {
             for s in scope.chain() {
                 s.ledger
                     .room_for(expected, now_ms)
-                    .map_err(|(spent, limit)| (BudgetScope::Workflow, spent, limit))?;
+                    .map_err(|(spent, limit)| Exhausted {
+                        scope: BudgetScope::Workflow,
+                        spent,
+                        limit,
+                    })?;
             }
         }
         Ok(())

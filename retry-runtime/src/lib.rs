@@ -68,17 +68,31 @@ pub mod spend;
 pub mod store;
 pub mod testing;
 
+// What a user does, in order: declare a policy, classify errors, set limits and name shared
+// state, configure it at run time, read what happened, or drive a policy by hand.
+
+// Declaring a policy (the attributes below build these as `static`s).
 pub use backoff::{Backoff, Jitter};
-pub use breaker::{breaker, Breaker, BreakerState, Transition};
-pub use budget::{pool, workflow, Budget, BudgetScope, Pool, Workflow};
-pub use classify::{Classify, ErrorClass};
-pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};
-pub use executor::{decide, retry, CallSite, Decision, Failure};
-pub use fallback::{FallbackKind, FallbackReport};
 pub use policy::{CodeRange, Policy, RetryOn};
+
+// Classifying errors, and what the runtime itself refuses with.
+pub use classify::{Classify, ErrorClass};
 pub use rejected::{CanReject, Rejected};
+
+// Spend, limits and named shared state.
+pub use breaker::{breaker, Breaker, BreakerState, Transition};
+pub use budget::{pool, workflow, Pool, Workflow};
+pub use spend::{Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
+
+// Configuring at run time.
+pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};
+
+// What happened: reports and fallbacks.
+pub use fallback::{FallbackKind, FallbackReport};
 pub use report::{observe, AttemptReport, CallReport, StopReason};
-pub use spend::{Metered, Price, Spend, Unit, Usage};
+
+// Driving a policy by hand, without the attribute.
+pub use executor::{decide, retry, CallSite, Decision, Failure};
 
 /// Retry an async function under a policy checked at compile time.
 ///

@@ -151,7 +151,7 @@ impl Policy {
     /// polling, and belongs in a queue.
     pub const MAX_ATTEMPTS_LIMIT: u32 = retry_grammar::MAX_ATTEMPTS;
 
-    /// The defaults of DESIGN §3: full jitter, 3 attempts, base 500 ms, cap 30 s, no timeout,
+    /// The defaults: full jitter, 3 attempts, base 500 ms, cap 30 s, no timeout,
     /// no deadline, `Retry-After` honoured up to 60 s, the default retryable set.
     pub const fn new(name: &'static str) -> Self {
         Self {

@@ -242,6 +242,15 @@ impl<T: Metered> Metered for std::sync::Arc<T> {
 
 // ---- limits ----
 
+/// A limit without room: which one, what is committed against it (in its unit), and the
+/// limit. What a `Rejected::BudgetExhausted` and a `StopReason::BudgetExhausted` carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exhausted {
+    pub scope: BudgetScope,
+    pub spent: Spend,
+    pub limit: Budget,
+}
+
 /// A spend limit in dollars or tokens.
 ///
 /// ```

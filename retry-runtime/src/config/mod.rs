@@ -91,12 +91,13 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 1024;
 /// The environment variable naming a TOML configuration file.
 pub const CONFIG_ENV: &str = "RETRY_RUNTIME_CONFIG";
 
-/// One breaker's settings (and its retry budget's). `Default` gives DESIGN §4's defaults.
+/// One breaker's settings (and its retry budget's). `Default` gives the default each field
+/// states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// Outage-class failures inside `window` that open the breaker (1..=1000).
+    /// Outage-class failures inside `window` that open the breaker (1..=1000). Default 5.
     pub failures: u32,
-    /// The sliding window failures are counted in.
+    /// The sliding window failures are counted in. Default 60 s.
     pub window: Duration,
     /// The share of calls, in parts per million, that must have failed for `failures` counted
     /// failures to open the breaker: of the calls made since the oldest of those failures.
@@ -104,19 +105,20 @@ pub struct BreakerConfig {
     /// traffic. Set it where the volume is high: at 100 calls a second, five timeouts a minute
     /// are 0.08% of the calls, and a count alone would open the breaker on them.
     pub failure_rate_ppm: u64,
-    /// How long an open breaker rejects before admitting probes.
+    /// How long an open breaker rejects before admitting probes. Default 30 s.
     pub cooldown: Duration,
-    /// Probe calls admitted while half-open (1..=1000).
+    /// Probe calls admitted while half-open (1..=1000). Default 1.
     pub probes: u32,
-    /// Whether a 429 counts as an outage failure.
+    /// Whether a 429 counts as an outage failure. Default `false`: a 429 says "slow down".
     pub count_429: bool,
-    /// Retries allowed per first attempt, in parts per million (200 000 = 20%).
+    /// Retries allowed per first attempt, in parts per million (200 000 = 20%, the default).
     pub retry_ratio_ppm: u64,
-    /// Floor of the retry budget: retries per second always allowed.
+    /// Floor of the retry budget: retries per second always allowed. Default 1.
     pub min_retries_per_sec: u32,
     /// Most callers that may wait in this breaker's queue (`fallback = queue`) at once.
+    /// Default 100.
     pub queue_len: u32,
-    /// Most queued callers released per second once the breaker admits again.
+    /// Most queued callers released per second once the breaker admits again. Default 10.
     pub queue_release_per_sec: u32,
 }
 

@@ -24,6 +24,7 @@ pub(super) enum Cut {
     Deadline,
 }
 
+#[doc(hidden)]
 /// One call in progress: the state the generated loop drives.
 ///
 /// Not part of the stable API: use `#[resilient]`, or [`retry`](super::retry) to drive a

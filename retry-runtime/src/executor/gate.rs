@@ -26,7 +26,7 @@ use crate::pace::ProviderLimits;
 use crate::pace::{Pacer, Permit};
 use crate::rejected::Rejected;
 use crate::report::{self, StopReason};
-use crate::spend::{Budget, BudgetScope, Spend};
+use crate::spend::{Budget, BudgetScope, Exhausted, Spend};
 use crate::store::{Admit, BreakerAsk, RetryRule, Shared, Verdict};
 
 /// Why the gate refused to start an attempt.
@@ -36,13 +36,11 @@ pub(crate) enum Refusal {
         breaker: &'static str,
         retry_in: Duration,
     },
-    Budget {
-        scope: BudgetScope,
-        spent: Spend,
-        limit: Budget,
-    },
+    Budget(Exhausted),
     /// The pacer could not grant a permit before the call's deadline.
-    Deadline { deadline: Duration },
+    Deadline {
+        deadline: Duration,
+    },
 }
 
 /// Why the gate refused a retry: any refusal, or the retry budget (which only retries ask).
@@ -74,11 +72,11 @@ impl Refusal {
         match self {
             Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
             Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
-            Refusal::Budget {
+            Refusal::Budget(Exhausted {
                 scope,
                 spent,
                 limit,
-            } => Rejected::BudgetExhausted {
+            }) => Rejected::BudgetExhausted {
                 scope,
                 spent,
                 limit,
@@ -92,11 +90,11 @@ impl Refusal {
             Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
             Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
             Refusal::Circuit { .. } => StopReason::BreakerOpened,
-            Refusal::Budget {
+            Refusal::Budget(Exhausted {
                 scope,
                 spent,
                 limit,
-            } => StopReason::BudgetExhausted {
+            }) => StopReason::BudgetExhausted {
                 scope,
                 spent,
                 limit,
@@ -189,11 +187,7 @@ impl Gate {
         if !self.ledgers.is_empty() {
             self.ledgers
                 .has_room(ask.expected, now_ms())
-                .map_err(|(scope, spent, limit)| Refusal::Budget {
-                    scope,
-                    spent,
-                    limit,
-                })?;
+                .map_err(Refusal::Budget)?;
         }
         if let Some(breaker) = self.breaker {
             if let Some(retry_in) = breaker.look() {
@@ -219,11 +213,11 @@ impl Gate {
                 .amount(limit.unit())
                 .saturating_add(ask.expected.amount(limit.unit()));
             if after > limit.amount() {
-                return Err(Denied::Refused(Refusal::Budget {
+                return Err(Denied::Refused(Refusal::Budget(Exhausted {
                     scope: BudgetScope::Call,
                     spent,
                     limit,
-                }));
+                })));
             }
         }
         self.check(ask)
@@ -449,13 +443,7 @@ impl Gate {
         if !self.ledgers.is_empty() {
             match self.ledgers.reserve(ask.expected, now) {
                 Ok(held) => self.held = Some(held),
-                Err((scope, spent, limit)) => {
-                    return Err(Refusal::Budget {
-                        scope,
-                        spent,
-                        limit,
-                    })
-                }
+                Err(exhausted) => return Err(Refusal::Budget(exhausted)),
             }
         }
         if let Some(breaker) = self.breaker {
@@ -545,12 +533,7 @@ impl Gate {
             }
             Verdict::PoolFull => match (self.ledgers.pool, answer.pool) {
                 (Some(pool), Some((_, committed))) => {
-                    let (scope, spent, limit) = pool.refused_shared(committed, now);
-                    Some(Refusal::Budget {
-                        scope,
-                        spent,
-                        limit,
-                    })
+                    Some(Refusal::Budget(pool.refused_shared(committed, now)))
                 }
                 _ => None,
             },
@@ -571,13 +554,9 @@ impl Gate {
                 .reserve_after_shared(reserved, ask.expected, now)
             {
                 Ok(held) => self.held = Some(held),
-                Err((scope, spent, limit)) => {
+                Err(exhausted) => {
                     self.give_back_admission();
-                    return Some(Err(Refusal::Budget {
-                        scope,
-                        spent,
-                        limit,
-                    }));
+                    return Some(Err(Refusal::Budget(exhausted)));
                 }
             }
         }
@@ -601,7 +580,11 @@ impl Gate {
         }
         match self.ledgers.reserve(expected, now_ms()) {
             Ok(held) => self.held = Some(held),
-            Err((scope, spent, limit)) => tracing::warn!(
+            Err(Exhausted {
+                scope,
+                spent,
+                limit,
+            }) => tracing::warn!(
                 target: "retry_runtime",
                 function = self.function,
                 %scope,

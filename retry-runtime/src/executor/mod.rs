@@ -57,6 +57,7 @@ mod site;
     message = "a #[resilient] fn must return `Result<T, E>`, not `{Self}`",
     label = "the error is what decides whether to retry: return `Result<T, E>` with `E: Classify`"
 )]
+#[doc(hidden)]
 pub trait Outcome: Sized {
     /// The success type.
     type Ok;
@@ -91,6 +92,7 @@ impl<T, E> Outcome for Result<T, E> {
     }
 }
 
+#[doc(hidden)]
 /// What [`Call::settle`] decided.
 #[derive(Debug)]
 pub enum Settled<R: Outcome> {
@@ -101,6 +103,7 @@ pub enum Settled<R: Outcome> {
     Retry(R::Err),
 }
 
+#[doc(hidden)]
 /// What the generated loop does after a wait.
 #[derive(Debug)]
 pub enum Step<R> {

@@ -5,21 +5,29 @@ use std::time::Duration;
 
 use super::{clamp_u64, NS_PER_SEC};
 
+#[doc(hidden)]
 /// AWS's multiplicative decrease: the rate after the first 429, or one that comes while the
 /// rate still climbs after a cut, as a share of the rate it came at.
 pub const BETA: f64 = 0.7;
+#[doc(hidden)]
 /// The cut for a 429 after resting on a plateau a while: it was a little too high.
 pub const BETA_REST: f64 = 0.95;
+#[doc(hidden)]
 /// How far above the plateau the first probe step goes (the next ones double).
 pub const PROBE: f64 = 0.05;
+#[doc(hidden)]
 /// AWS's CUBIC scale constant, in requests per second per second cubed.
 pub const SCALE_C: f64 = 0.4;
+#[doc(hidden)]
 /// Where the climb after a cut pauses, as a share of the rate the 429 came at.
 pub const PLATEAU: f64 = 0.97;
+#[doc(hidden)]
 /// The first pause on a plateau (and each probe step); a 429 that answers a probe doubles it.
 pub const HOLD_MIN: Duration = Duration::from_secs(2);
+#[doc(hidden)]
 /// The longest pause on a plateau.
 pub const HOLD_MAX: Duration = Duration::from_secs(64);
+#[doc(hidden)]
 /// AWS's floor: the adaptive rate never drops below this many requests per second.
 pub const MIN_RATE: f64 = 0.5;
 

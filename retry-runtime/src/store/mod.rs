@@ -137,6 +137,7 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> StoreFuture<'_, ()>;
 }
 
+#[doc(hidden)]
 /// One admission: the parts an attempt's call site needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admit {
@@ -148,6 +149,7 @@ pub struct Admit {
     pub pace: Option<PaceAsk>,
 }
 
+#[doc(hidden)]
 /// The breaker part of an [`Admit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerAsk {
@@ -159,6 +161,7 @@ pub struct BreakerAsk {
     pub withdraw: Option<RetryRule>,
 }
 
+#[doc(hidden)]
 /// The retry budget's rule (see [`crate::retry_budget`]): over the last
 /// [`WINDOW_SECS`](crate::retry_budget::WINDOW_SECS) seconds, `retries * 10^6 <= first_attempts *
 /// ratio_ppm + floor_per_window * 10^6`.
@@ -170,6 +173,7 @@ pub struct RetryRule {
     pub floor_per_window: u64,
 }
 
+#[doc(hidden)]
 /// The pool part of an [`Admit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolAsk {
@@ -183,6 +187,7 @@ pub struct PoolAsk {
     pub expected: u64,
 }
 
+#[doc(hidden)]
 /// The pacing part of an [`Admit`]: one request from a fleet-wide GCRA bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaceAsk {
@@ -196,6 +201,7 @@ pub struct PaceAsk {
     pub max_wait_us: u64,
 }
 
+#[doc(hidden)]
 /// What the store decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -211,6 +217,7 @@ pub enum Verdict {
     PaceTooLate,
 }
 
+#[doc(hidden)]
 /// The breaker's shared state, as the store sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedBreaker {
@@ -222,6 +229,7 @@ pub struct SharedBreaker {
     pub open_for: Option<Duration>,
 }
 
+#[doc(hidden)]
 /// The store's answer to an [`Admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted {
@@ -236,6 +244,7 @@ pub struct Admitted {
     pub pace_wait: Duration,
 }
 
+#[doc(hidden)]
 /// A write the caller does not wait for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::retry_budget::WINDOW_SECS;
 
+#[doc(hidden)]
 /// The admission script. ARGV: prefix, breaker, deposit, withdraw, ratio_ppm,
 /// floor_per_window, pool, window_ms, limit, expected, pacer, interval_us, burst, max_wait_us.
 /// Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us}.
@@ -33,14 +34,17 @@ use crate::retry_budget::WINDOW_SECS;
 /// ([`WINDOW_SECS`]) before loading the script.
 pub const ADMIT_LUA: &str = include_str!("scripts/admit.lua");
 
+#[doc(hidden)]
 /// The settle script. ARGV: prefix, pool, window_ms, window (-1: none), reserved, real.
 /// In the reservation's window: add real - reserved; after it rolled over: add real to the
 /// current one.
 pub const SETTLE_LUA: &str = include_str!("scripts/settle.lua");
 
+#[doc(hidden)]
 /// The release script. ARGV: prefix, pool, window, reserved. Never creates a key.
 pub const RELEASE_LUA: &str = include_str!("scripts/release.lua");
 
+#[doc(hidden)]
 /// The breaker-open script. ARGV: prefix, breaker, cooldown_ms, force. Without `force`, a
 /// stored open state that still runs is kept. The generation becomes max(now µs, old + 1),
 /// so it never repeats, even after the key expired.
