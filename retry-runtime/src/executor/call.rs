@@ -356,6 +356,19 @@ impl<'p> Call<'p> {
         self.stop = Some(stop);
     }
 
+    // In this file rather than with the other fallbacks, so that a `cached` answer that is
+    // not `Clone` is reported against `Call::cache_store`, not a private module's impl block.
+    /// Remember a good answer for `fallback = cached`.
+    pub fn cache_store<R>(&self, key: u64, result: &R)
+    where
+        R: Outcome,
+        R::Ok: Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = result.ok_ref() {
+            self.site.cache.store(key, value);
+        }
+    }
+
     /// The call is over: deliver its report, leave any queue, and hand back what the function
     /// returns.
     pub fn done<R>(&mut self, result: R) -> R {

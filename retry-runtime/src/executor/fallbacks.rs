@@ -19,17 +19,6 @@ impl Call<'_> {
         !result.is_ok() && self.stop.as_ref().is_some_and(StopReason::is_outage)
     }
 
-    /// Remember a good answer for `fallback = cached`.
-    pub fn cache_store<R>(&self, key: u64, result: &R)
-    where
-        R: Outcome,
-        R::Ok: Clone + Send + Sync + 'static,
-    {
-        if let Some(value) = result.ok_ref() {
-            self.site.cache.store(key, value);
-        }
-    }
-
     /// `fallback = cached`: the last good answer for `key`, if it is no older than the
     /// policy's `stale_for`.
     pub fn serve_cached<R>(&mut self, key: u64) -> Option<R>
