@@ -138,7 +138,7 @@ impl<'p> Call<'p> {
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
     {
-        if self.attempts == 0 {
+        if self.attempts == 0 && !self.gate.is_empty() {
             let ask = self.ask(true);
             if let Err(refusal) = self.gate.admit_first(&ask).await {
                 self.refused = Some(refusal);

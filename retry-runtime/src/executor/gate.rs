@@ -173,6 +173,12 @@ impl Gate {
         }
     }
 
+    /// Whether there is nothing to admit: no breaker, pacer, pool or workflow (a policy with
+    /// only a `timeout` or `deadline`), so an attempt needs no admission at all.
+    pub(super) fn is_empty(&self) -> bool {
+        self.breaker.is_none() && self.pacer.is_none() && self.ledgers.is_empty()
+    }
+
     /// How long the attempt being admitted (or in flight) waited for its permits.
     pub(super) fn paced(&self) -> Duration {
         self.paced
@@ -297,6 +303,22 @@ impl Gate {
     pub(super) async fn admit_first(&mut self, ask: &Ask) -> Result<(), Refusal> {
         self.paced = Duration::ZERO;
         let shared = self.shares().then(crate::store::shared_now).flatten();
+        if shared.is_none() {
+            // No store to ask (the common case): the steps inline. Without a pacer nothing
+            // waits between checking and taking, and taking is all or nothing (a refused
+            // breaker or ledger takes nothing), so the take alone decides: no await, and no
+            // second look at the same atomics on the hot path.
+            let mut result = Ok(());
+            if self.pacer.is_some() {
+                result = self.check(ask);
+                if result.is_ok() {
+                    result = self.pace(ask).await;
+                }
+            }
+            let result = result.and_then(|()| self.take_local(ask));
+            self.after_admission(result.is_ok());
+            return result;
+        }
         let result = match self.check_fleet(shared, ask).await {
             Ok(()) => self.pace_and_take(shared, ask).await,
             Err(refusal) => Err(refusal),
