@@ -23,7 +23,7 @@
 //! burst = "1s"             # how much of the known limits may go at once after an idle spell
 //!
 //! [fallback]
-//! cache_capacity = 1024    # answers each `fallback = cached` call site keeps
+//! cache_capacity = 1024    # answers each `fallback = cached` call site keeps (1 to 1,000,000)
 //!
 //! [pool.openai-hourly]
 //! limit = "5.00usd"        # or "2000000tok"; calls naming the pool are refused past it

@@ -43,7 +43,7 @@ struct RawPace {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFallback {
-    cache_capacity: Option<Count>,
+    cache_capacity: Option<Capacity>,
 }
 
 #[derive(Deserialize)]
@@ -68,7 +68,7 @@ impl<'de> Deserialize<'de> for Limit {
 struct RawBreaker {
     failures: Option<Count>,
     window: Option<Dur>,
-    failure_rate: Option<Ratio>,
+    failure_rate: Option<Share>,
     cooldown: Option<Dur>,
     probes: Option<Count>,
     count_429: Option<bool>,
@@ -152,16 +152,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     for (name, raw) in raw.breaker {
         check_name("breaker", &name)?;
         let d = BreakerConfig::default();
-        let failure_rate_ppm = match raw.failure_rate {
-            Some(Ratio(ppm)) if ppm > 1_000_000 => {
-                return Err(format!(
-                    "breaker `{name}`: failure_rate is a share of the calls: write a number \
-                     from 0 to 1, or from \"0%\" to \"100%\""
-                ))
-            }
-            Some(Ratio(ppm)) => ppm,
-            None => d.failure_rate_ppm,
-        };
+        let failure_rate_ppm = raw.failure_rate.map_or(d.failure_rate_ppm, |s| s.0);
         config.breakers.insert(
             name,
             BreakerConfig {
@@ -211,6 +202,30 @@ struct Count(u32);
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         whole_in(d, 1000, "").map(Count)
+    }
+}
+
+/// How many answers a fallback cache keeps: 1 up to a million (the default is 1024).
+struct Capacity(u32);
+
+impl<'de> Deserialize<'de> for Capacity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        whole_in(d, 1_000_000, " of answers").map(Capacity)
+    }
+}
+
+/// A share of the calls: a [`Ratio`] from 0 to 1. Checked while deserializing, so that the
+/// error carries the key's line like every other.
+struct Share(u64);
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Ratio::deserialize(d)? {
+            Ratio(ppm) if ppm > 1_000_000 => Err(de::Error::custom(
+                "failure_rate is a share of the calls: write a number from 0 to 1, or from \"0%\" to \"100%\"",
+            )),
+            Ratio(ppm) => Ok(Share(ppm)),
+        }
     }
 }
 
