@@ -192,8 +192,10 @@ impl Price {
     /// What `usage` costs, rounded up to the micro-dollar (never under-count spend).
     pub fn cost(&self, usage: Usage) -> Spend {
         let part = |tokens: u64, rate: u64| u128::from(tokens) * u128::from(rate);
+        // Each product fits a u128; their sum may not: saturate (an extreme bill is the
+        // largest one, never a wrapped small one).
         let total = part(usage.input, self.input_micros_per_million)
-            + part(usage.output, self.output_micros_per_million);
+            .saturating_add(part(usage.output, self.output_micros_per_million));
         let micros = total.div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64;
         Spend::new(micros, usage.input.saturating_add(usage.output))
     }
@@ -376,6 +378,18 @@ impl fmt::Display for BudgetScope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extreme_usage_saturates_and_never_wraps() {
+        let price = Price::per_million(f64::MAX, f64::MAX);
+        let usage = Usage {
+            input: u64::MAX,
+            output: u64::MAX,
+        };
+        let cost = price.cost(usage);
+        assert_eq!(cost.micros(), u64::MAX);
+        assert_eq!(cost.tokens(), u64::MAX);
+    }
 
     #[test]
     fn display() {
