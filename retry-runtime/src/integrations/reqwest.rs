@@ -35,9 +35,11 @@ use crate::rejected::Rejected;
 
 /// Where a reqwest failure happened decides its class: a timeout is
 /// [`Timeout`](ErrorClass::Timeout); a failed connection, or a connection lost while sending
-/// or reading, is [`Transport`](ErrorClass::Transport); an error from
+/// or reading, is [`Transport`](ErrorClass::Transport) (a 200 whose body ends before its
+/// `content-length` included: reqwest calls that a decode error); an error from
 /// `Response::error_for_status` is [`Status`](ErrorClass::Status); a bad URL, a redirect
-/// loop or an undecodable body is [`Other`](ErrorClass::Other) (a bug, not an outage).
+/// loop or a complete body that does not decode is [`Other`](ErrorClass::Other) (a bug or a
+/// broken provider, not an outage: the same bytes would come again).
 ///
 /// `reqwest::Error` keeps no headers, so an error from reqwest's own `error_for_status` cannot
 /// pass on `Retry-After`: use this module's [`error_for_status`] for that.
@@ -49,6 +51,9 @@ impl Classify for reqwest::Error {
             ErrorClass::Transport
         } else if let Some(status) = self.status() {
             ErrorClass::Status(status.as_u16())
+        } else if cut_while_reading(self) {
+            // reqwest calls a body that ends early a "decode" error; it is the connection.
+            ErrorClass::Transport
         } else if self.is_builder() || self.is_redirect() || self.is_decode() {
             ErrorClass::Other
         } else if self.is_request() || self.is_body() {
@@ -57,6 +62,29 @@ impl Classify for reqwest::Error {
             ErrorClass::Other
         }
     }
+}
+
+/// Whether the connection ended (or broke) while the response was being read: somewhere in
+/// the error's sources, an I/O error of that kind (hyper reports a body shorter than its
+/// `content-length` as `UnexpectedEof`).
+fn cut_while_reading(error: &reqwest::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl HttpError {
