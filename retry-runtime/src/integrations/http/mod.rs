@@ -50,9 +50,10 @@ const CONTENT_POLICY_MARKERS: &[&str] = &["content_policy", "content_filter"];
 ///
 /// - a 429 whose body says `insufficient_quota` is [`ErrorClass::Permanent`]: the quota will
 ///   not come back in seconds, retrying only burns the rest of the budget of attempts;
-/// - a 4xx about the context length (`context_length_exceeded`, "maximum context length",
+/// - every 4xx about the context length (`context_length_exceeded`, "maximum context length",
 ///   Anthropic's "prompt is too long") or a content policy (`content_policy_violation`,
-///   `content_filter`) is `Permanent`: the same prompt fails the same way;
+///   `content_filter`) is `Permanent`, a 429 included: the body says the prompt itself cannot
+///   be served, and waiting does not make it fit, so the same prompt fails the same way;
 /// - anything else is `Status(code)`, so 529 "overloaded" stays a retryable 5xx and a plain
 ///   429 a retryable rate limit.
 ///
@@ -82,9 +83,7 @@ pub(crate) fn class_from_texts(status: u16, texts: &[&str]) -> ErrorClass {
     };
     match status {
         429 if says(QUOTA_MARKERS) => ErrorClass::Permanent,
-        400..=499 if status != 429 && (says(CONTEXT_MARKERS) || says(CONTENT_POLICY_MARKERS)) => {
-            ErrorClass::Permanent
-        }
+        400..=499 if says(CONTEXT_MARKERS) || says(CONTENT_POLICY_MARKERS) => ErrorClass::Permanent,
         _ => ErrorClass::Status(status),
     }
 }
@@ -195,9 +194,10 @@ mod tests {
             provider_class(500, "insufficient_quota context_length_exceeded"),
             ErrorClass::Status(500)
         );
+        // A 429 about the prompt's size: no wait makes the prompt fit.
         assert_eq!(
             provider_class(429, "context_length_exceeded"),
-            ErrorClass::Status(429)
+            ErrorClass::Permanent
         );
         assert_eq!(provider_class(529, "overloaded"), ErrorClass::Status(529));
     }
