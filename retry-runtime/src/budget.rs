@@ -10,8 +10,10 @@
 //! **The expected cost of an attempt** is a running estimate per call site: an exponentially
 //! weighted moving average of what successful attempts there cost (weight 1/8 on the newest,
 //! integer arithmetic). Successes, because the attempt about to be made may well succeed and
-//! cost a full answer. Before the first success at a call site the estimate is zero: the
-//! first attempts are limited only by what has actually been spent.
+//! cost a full answer. Within one call, the costliest attempt so far is a floor for the next
+//! one's estimate (its own billed failures say more than the site's successes). Before the
+//! first success at a call site the estimate is zero: the first attempts are limited only by
+//! what has actually been spent.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

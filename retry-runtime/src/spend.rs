@@ -57,6 +57,22 @@ impl Spend {
         self.tokens
     }
 
+    /// The larger of each part: what the more expensive of two attempts cost, in either unit.
+    pub const fn max_each(self, other: Spend) -> Spend {
+        Spend::new(
+            if self.micros >= other.micros {
+                self.micros
+            } else {
+                other.micros
+            },
+            if self.tokens >= other.tokens {
+                self.tokens
+            } else {
+                other.tokens
+            },
+        )
+    }
+
     /// Whether nothing was spent.
     pub const fn is_zero(&self) -> bool {
         self.micros == 0 && self.tokens == 0

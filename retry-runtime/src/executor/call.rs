@@ -40,6 +40,9 @@ pub struct Call<'p> {
     // Set when the first attempt was refused.
     pub(super) refused: Option<Refusal>,
     spent: Spend,
+    // The most an attempt of this call has cost so far: a floor for the next one's estimate
+    // (the site's estimate learns from successes; this call's own billed failures say more).
+    costliest: Spend,
     // The class of the failure being retried, for the report if the wait ends the call.
     last_class: Option<ErrorClass>,
     started: Instant,
@@ -92,6 +95,7 @@ impl<'p> Call<'p> {
             ),
             refused: None,
             spent: Spend::ZERO,
+            costliest: Spend::ZERO,
             last_class: None,
             started: now,
             attempt_started: now,
@@ -180,7 +184,7 @@ impl<'p> Call<'p> {
     fn ask(&self, first: bool) -> Ask {
         Ask {
             first,
-            expected: self.site.estimate.expected(),
+            expected: self.site.estimate.expected().max_each(self.costliest),
             budget: self.policy.budget().map(|limit| (limit, self.spent)),
             latest_permit: self.latest_permit(),
             deadline: self.policy.deadline().unwrap_or_default(),
@@ -254,6 +258,7 @@ impl<'p> Call<'p> {
             error.spend()
         };
         self.spent += spend;
+        self.costliest = self.costliest.max_each(spend);
         self.gate
             .record(Some(failure.class), spend, error.rate_limits());
         self.record(Some(failure.class), failure.retry_after, spend);
