@@ -213,6 +213,15 @@ impl State {
             until_ms: until_ms.min(TIME_MASK),
         };
         match self.state {
+            // An open state whose cooldown is already over (a process started after it and
+            // finds it still stored): join the fleet's probing, half-open, without passing
+            // through an open state (whose WARN would be a false alarm on every deploy).
+            BreakerState::Closed if until_ms <= now_ms => State {
+                state: BreakerState::HalfOpen,
+                epoch: self.epoch.wrapping_add(1),
+                probes: 0,
+                until_ms: 0,
+            },
             BreakerState::Closed => open,
             BreakerState::Open if self.until_ms >= until_ms => self,
             BreakerState::Open => open,
@@ -545,6 +554,18 @@ impl Slot<Breaker> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_stored_open_state_whose_cooldown_is_over_is_adopted_half_open() {
+        let closed = State::CLOSED;
+        for until in [900, 1_000] {
+            let adopted = closed.forced_open(until, 1_000);
+            assert_eq!(adopted.state, BreakerState::HalfOpen, "never through Open");
+            assert_eq!(adopted.probes, 0);
+            assert!(matches!(adopted.admit(1_000, 1).0, Admission::Probe { .. }));
+        }
+        assert_eq!(closed.forced_open(1_001, 1_000).state, BreakerState::Open);
+    }
+
     fn config(failures: u32, probes: u32) -> BreakerConfig {
         BreakerConfig {
             failures,
@@ -725,7 +746,12 @@ mod tests {
         assert_eq!(t.to, BreakerState::Closed);
         assert_eq!(b.admit(5_001).0, Admission::Normal);
         // A stored state whose cooldown is over turns into a probe here, not a closed breaker.
-        b.adopt(open(9, 0), 6_000).unwrap();
+        let t = b.adopt(open(9, 0), 6_000).unwrap();
+        assert_eq!(
+            (t.from, t.to),
+            (BreakerState::Closed, BreakerState::HalfOpen),
+            "no WARN"
+        );
         assert!(matches!(b.admit(6_000).0, Admission::Probe { .. }));
         // A longer local cooldown is kept.
         b.record(
