@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::PoolSetting;
 use crate::registry::{Named, Registry, Slot};
 use crate::spend::{Exhausted, Spend, Unit};
 
@@ -202,9 +203,32 @@ impl Ledger {
 pub struct Pool {
     name: &'static str,
     ledger: Ledger,
+    // Why the pool refuses every call (its configuration is missing where it should be), and
+    // when that was last said (ms on the runtime clock).
+    refused: Option<String>,
+    said_at: AtomicU64,
 }
 
 impl Pool {
+    /// Whether this pool refuses every call (its configuration is missing where it should
+    /// be). The ERROR event that says why comes at most once a minute, for as long as calls
+    /// keep coming: an operator who missed the first one sees it again.
+    pub(crate) fn refuses(&self, now_ms: u64) -> bool {
+        let Some(why) = &self.refused else {
+            return false;
+        };
+        let said = self.said_at.load(Ordering::Acquire);
+        if (said == 0 || now_ms.saturating_sub(said) >= 60_000)
+            && self
+                .said_at
+                .compare_exchange(said, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            tracing::error!(target: "retry_runtime", pool = self.name, "{why}: its calls are refused (set {}=1 to count without a limit)", crate::config::POOLS_FAIL_OPEN_ENV);
+        }
+        true
+    }
+
     /// The pool's name.
     pub fn name(&self) -> &'static str {
         self.name
@@ -238,18 +262,27 @@ impl Named for Pool {
     }
 }
 
-/// The process-wide pool with this name, created on first use from the run-time config. An
-/// unconfigured pool counts spend but limits nothing, and says so once.
+/// The process-wide pool with this name, created on first use from the run-time config. With
+/// no pool configured at all, a pool counts spend but limits nothing, and says so once; a pool
+/// the configuration should limit and does not (the file failed to load, or it configures
+/// other pools but not this name) refuses its calls with `Rejected::PoolUnconfigured` and an
+/// ERROR event, unless `RETRY_RUNTIME_POOLS_FAIL_OPEN=1` lets it count without a limit.
 pub fn pool(name: &str) -> &'static Pool {
     POOLS
         .get_or_create(name, |name| {
-            let config = crate::config::pool_config(name);
-            if config.is_none() {
-                tracing::warn!(target: "retry_runtime", pool = name, "pool is not configured: it counts spend but limits nothing; add [pool.{name}] to the configuration");
-            }
+            let (config, refused) = match crate::config::pool_config(name) {
+                PoolSetting::Limited(config) => (Some(config), None),
+                PoolSetting::Unlimited => {
+                    tracing::warn!(target: "retry_runtime", pool = name, "pool is not configured: it counts spend but limits nothing; add [pool.{name}] to the configuration");
+                    (None, None)
+                }
+                PoolSetting::Refused { why } => (None, Some(why)),
+            };
             Pool {
                 name,
                 ledger: Ledger::new(config.map(|c| c.limit), config.map(|c| c.window)),
+                refused,
+                said_at: AtomicU64::new(0),
             }
         })
         .0

@@ -79,6 +79,15 @@ pub enum Rejected {
         /// The limit.
         limit: Budget,
     },
+    /// The call names a pool whose limit the configuration should give and does not: the
+    /// configuration file failed to load, or it configures other pools but not this name (a
+    /// typo, most likely). Refused rather than spent without a limit; an ERROR event says why.
+    /// `RETRY_RUNTIME_POOLS_FAIL_OPEN=1` (or `Config::with_pools_fail_open`) lets such pools
+    /// count without a limit instead.
+    PoolUnconfigured {
+        /// The pool's name.
+        pool: &'static str,
+    },
 }
 
 impl fmt::Display for Rejected {
@@ -104,6 +113,10 @@ impl fmt::Display for Rejected {
             Rejected::QueueFull { breaker } => {
                 write!(f, "the queue of breaker `{breaker}` is full")
             }
+            Rejected::PoolUnconfigured { pool } => write!(
+                f,
+                "pool `{pool}` has no configured limit (see the ERROR event); refused rather than spent without one"
+            ),
             Rejected::QueueTimeout { breaker, waited } => write!(
                 f,
                 "waited {waited:?} in the queue of breaker `{breaker}` without being released"
@@ -136,6 +149,8 @@ impl Classify for Rejected {
             Rejected::CircuitOpen { .. } => ErrorClass::Other,
             // A spent budget will not come back in seconds.
             Rejected::BudgetExhausted { .. } => ErrorClass::Permanent,
+            // A configuration to fix, not an outage to wait out.
+            Rejected::PoolUnconfigured { .. } => ErrorClass::Permanent,
             Rejected::QueueFull { .. } | Rejected::QueueTimeout { .. } => ErrorClass::Other,
         }
     }

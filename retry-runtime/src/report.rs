@@ -114,6 +114,12 @@ pub enum StopReason {
         /// The limit.
         limit: Budget,
     },
+    /// The call names a pool whose configuration is missing (see
+    /// [`Rejected::PoolUnconfigured`](crate::Rejected::PoolUnconfigured)): refused.
+    PoolUnconfigured {
+        /// The pool's name.
+        pool: &'static str,
+    },
 }
 
 impl StopReason {
@@ -133,6 +139,7 @@ impl StopReason {
             StopReason::BudgetExhausted { .. } => "budget_exhausted",
             StopReason::QueueFull => "queue_full",
             StopReason::QueueTimeout { .. } => "queue_timeout",
+            StopReason::PoolUnconfigured { .. } => "pool_unconfigured",
         }
     }
 
@@ -170,6 +177,9 @@ impl fmt::Display for StopReason {
                 spent,
                 limit,
             } => write!(f, "budget_exhausted ({scope}: {spent} of {limit})"),
+            StopReason::PoolUnconfigured { pool } => {
+                write!(f, "pool_unconfigured (pool `{pool}`)")
+            }
             other => f.write_str(other.as_str()),
         }
     }

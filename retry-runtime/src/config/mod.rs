@@ -166,6 +166,7 @@ pub struct Config {
     pacers: BTreeMap<String, PaceConfig>,
     cache_capacity: Option<usize>,
     store: Option<StoreConfig>,
+    pools_fail_open: bool,
 }
 
 /// A spend pool's settings: `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
@@ -284,6 +285,16 @@ impl Config {
         self.pacers.get(name).cloned().unwrap_or_default()
     }
 
+    /// Let a pool this configuration has no section for count spend without a limit, as
+    /// when no pool is configured at all, instead of refusing its calls. Off by default: a
+    /// name that is not configured while others are is most likely a typo, and a limit never
+    /// fails open in silence. (`RETRY_RUNTIME_POOLS_FAIL_OPEN=1` does the same, also when a
+    /// file named by `RETRY_RUNTIME_CONFIG` fails to load.)
+    pub fn with_pools_fail_open(mut self, fail_open: bool) -> Self {
+        self.pools_fail_open = fail_open;
+        self
+    }
+
     /// Set (or replace) one pool's settings.
     pub fn with_pool(mut self, name: &str, config: PoolConfig) -> Self {
         self.pools.insert(name.to_owned(), config);
@@ -306,6 +317,14 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 // the store and the fallback cache by section. Written on each one's first read only (a cold
 // path: call sites resolve their breaker, pool and pacer once), so a lock is fine.
 static READERS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+// The file named by RETRY_RUNTIME_CONFIG that could not be loaded, and why: pools then refuse
+// (a limit never fails open in silence) until the process runs with a file that loads.
+static LOAD_ERROR: OnceLock<String> = OnceLock::new();
+
+/// The environment variable that lets pools count without a limit when their configuration
+/// is missing (`RETRY_RUNTIME_POOLS_FAIL_OPEN=1`): a file that failed to load, or a pool name
+/// the file has no section for. Off by default: such pools refuse their calls.
+pub const POOLS_FAIL_OPEN_ENV: &str = "RETRY_RUNTIME_POOLS_FAIL_OPEN";
 
 /// Install the process-wide configuration. Call once, at startup, before the first
 /// `#[resilient]` call that uses a breaker, pool, pacer, store or cache.
@@ -351,7 +370,8 @@ fn read(reader: &'static str) -> &'static Config {
     CONFIG.get_or_init(|| match std::env::var_os(CONFIG_ENV) {
         None => Config::default(),
         Some(path) => Config::from_path(PathBuf::from(path)).unwrap_or_else(|error| {
-            tracing::error!(target: "retry_runtime", %error, "ignoring {CONFIG_ENV}; using the defaults");
+            tracing::error!(target: "retry_runtime", %error, "ignoring {CONFIG_ENV}: breakers and pacers use their defaults, and pools refuse calls until it loads (unless {POOLS_FAIL_OPEN_ENV}=1)");
+            let _ = LOAD_ERROR.set(error.to_string());
             Config::default()
         }),
     })
@@ -362,9 +382,67 @@ pub(crate) fn breaker_config(name: &'static str) -> BreakerConfig {
     read(name).breaker(name)
 }
 
+/// What the configuration says about one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PoolSetting {
+    /// Its `[pool.NAME]` section.
+    Limited(PoolConfig),
+    /// No pool is configured at all: it counts spend and limits nothing (and says so).
+    Unlimited,
+    /// Its configuration is missing where it should be (the file failed to load, or it has
+    /// pool sections but none of this name): refuse, and say why.
+    Refused {
+        /// The ERROR event's text.
+        why: String,
+    },
+}
+
 /// The settings of the pool `name`, read by that pool.
-pub(crate) fn pool_config(name: &'static str) -> Option<PoolConfig> {
-    read(name).pool(name)
+pub(crate) fn pool_config(name: &'static str) -> PoolSetting {
+    let config = read(name);
+    let fail_open = config.pools_fail_open
+        || std::env::var(POOLS_FAIL_OPEN_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true"));
+    pool_setting(
+        config,
+        LOAD_ERROR.get().map(String::as_str),
+        fail_open,
+        name,
+    )
+}
+
+/// [`pool_config`] as a pure function of the configuration, the load error and the opt-out.
+pub(crate) fn pool_setting(
+    config: &Config,
+    load_error: Option<&str>,
+    fail_open: bool,
+    name: &str,
+) -> PoolSetting {
+    if let Some(pool) = config.pool(name) {
+        return PoolSetting::Limited(pool);
+    }
+    let why = match load_error {
+        Some(error) => format!(
+            "pool `{name}` has no limit because the configuration file did not load ({error})"
+        ),
+        None if config.pools.is_empty() => return PoolSetting::Unlimited,
+        None => {
+            let closest = config
+                .pools
+                .keys()
+                .map(|known| (strsim::damerau_levenshtein(name, known), known))
+                .min()
+                .map(|(_, known)| known.as_str())
+                .unwrap_or_default();
+            format!(
+                "pool `{name}` is not in the configuration, which configures other pools; did you mean `{closest}`?"
+            )
+        }
+    };
+    if fail_open {
+        PoolSetting::Unlimited
+    } else {
+        PoolSetting::Refused { why }
+    }
 }
 
 /// The settings of the pacer `name`, read by that pacer.
@@ -399,6 +477,42 @@ pub use retry_grammar::valid_name;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_pool_refuses_unless_no_pool_is_configured_or_it_may_fail_open() {
+        let limit = PoolConfig {
+            limit: Budget::usd(1.0),
+            window: Duration::from_secs(3600),
+        };
+        let none = Config::default();
+        let some = Config::default().with_pool("openai_hourly", limit);
+        assert_eq!(
+            pool_setting(&some, None, false, "openai_hourly"),
+            PoolSetting::Limited(limit)
+        );
+        assert_eq!(
+            pool_setting(&none, None, false, "x"),
+            PoolSetting::Unlimited
+        );
+        match pool_setting(&some, None, false, "openai-hourly") {
+            PoolSetting::Refused { why } => {
+                assert!(why.contains("did you mean `openai_hourly`"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            pool_setting(&some, None, true, "openai-hourly"),
+            PoolSetting::Unlimited
+        );
+        match pool_setting(&none, Some("line 2: bad unit"), false, "x") {
+            PoolSetting::Refused { why } => assert!(why.contains("bad unit"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            pool_setting(&none, Some("bad"), true, "x"),
+            PoolSetting::Unlimited
+        );
+    }
 
     #[test]
     fn full_section() {

@@ -419,6 +419,7 @@ fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
         | StopReason::BreakerOpened
         | StopReason::RetryBudgetExhausted
         | StopReason::BudgetExhausted { .. }
+        | StopReason::PoolUnconfigured { .. }
         | StopReason::QueueFull
         | StopReason::QueueTimeout { .. } => Some(stop.as_str()),
         _ => None,

@@ -41,6 +41,10 @@ pub(crate) enum Refusal {
     Deadline {
         deadline: Duration,
     },
+    /// The call's pool has no configured limit where it should have one.
+    Unconfigured {
+        pool: &'static str,
+    },
 }
 
 /// Why the gate refused a retry: any refusal, or the retry budget (which only retries ask).
@@ -71,6 +75,7 @@ impl Refusal {
     pub(crate) fn rejected(self) -> Rejected {
         match self {
             Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
+            Refusal::Unconfigured { pool } => Rejected::PoolUnconfigured { pool },
             Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
             Refusal::Budget(Exhausted {
                 scope,
@@ -88,6 +93,7 @@ impl Refusal {
     pub(crate) fn stop(self, first: bool) -> StopReason {
         match self {
             Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
+            Refusal::Unconfigured { pool } => StopReason::PoolUnconfigured { pool },
             Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
             Refusal::Circuit { .. } => StopReason::BreakerOpened,
             Refusal::Budget(Exhausted {
@@ -190,6 +196,7 @@ impl Gate {
         if self.ledgers.is_empty() && self.breaker.is_none() {
             return Ok(()); // nothing to ask: no clock read
         }
+        self.pool_configured()?;
         if !self.ledgers.is_empty() {
             self.ledgers
                 .has_room(ask.expected, now_ms())
@@ -397,6 +404,17 @@ impl Gate {
         self.withdrawal = Withdrawal::None;
     }
 
+    /// A pool whose configuration is missing where it should be refuses (and says why, once a
+    /// minute): a limit never fails open in silence.
+    fn pool_configured(&self) -> Result<(), Refusal> {
+        match self.ledgers.pool {
+            Some(pool) if pool.refuses(now_ms()) => {
+                Err(Refusal::Unconfigured { pool: pool.name() })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether anything here is shared through a store (a workflow is this task's own).
     fn shares(&self) -> bool {
         self.ledgers.pool.is_some() || self.breaker.is_some() || self.pacer.is_some()
@@ -461,6 +479,7 @@ impl Gate {
         if self.ledgers.is_empty() && self.breaker.is_none() {
             return Ok(());
         }
+        self.pool_configured()?;
         let now = now_ms();
         if !self.ledgers.is_empty() {
             match self.ledgers.reserve(ask.expected, now) {

@@ -1,0 +1,88 @@
+//! A spend limit never fails open in silence: a pool name the configuration does not know
+//! while it configures other pools (a typo) refuses its calls, and the ERROR event names the
+//! pool the user most likely meant; the opt-out lets it count without a limit instead.
+
+mod common;
+
+use common::{EventLog, Reply};
+use retry_runtime::{
+    configure, resilient, Classify, Config, ErrorClass, Rejected, Spend, StopReason,
+};
+
+#[derive(Debug)]
+enum Billed {
+    Runtime(Rejected),
+}
+
+impl From<Rejected> for Billed {
+    fn from(r: Rejected) -> Self {
+        Billed::Runtime(r)
+    }
+}
+
+impl Classify for Billed {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Billed::Runtime(r) => r.class(),
+        }
+    }
+}
+
+// The file says `openai_hourly`; the code says `openai-hourly`.
+#[resilient(max = 1, pool = "openai-hourly")]
+async fn typo(cost: Spend) -> Result<Reply, Billed> {
+    Ok(Reply(cost))
+}
+
+#[resilient(max = 1, pool = "openai_hourly")]
+async fn configured(cost: Spend) -> Result<Reply, Billed> {
+    Ok(Reply(cost))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_name_typo_refuses_and_names_the_configured_pool() {
+    let log = EventLog::global();
+    configure(
+        Config::from_toml_str("[pool.openai_hourly]\nlimit = \"1.00usd\"\nwindow = \"1h\"\n")
+            .unwrap(),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let (result, report) = retry_runtime::observe(typo(Spend::from_micros(1_000_000))).await;
+        assert!(
+            matches!(
+                result,
+                Err(Billed::Runtime(Rejected::PoolUnconfigured {
+                    pool: "openai-hourly"
+                }))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(
+            report.stop(),
+            Some(&StopReason::PoolUnconfigured {
+                pool: "openai-hourly"
+            })
+        );
+    }
+    let errors: Vec<_> = log
+        .events()
+        .into_iter()
+        .filter(|e| e.level == tracing::Level::ERROR && e.field("pool") == Some("openai-hourly"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one ERROR per minute, not one per call: {errors:?}"
+    );
+    assert!(
+        errors[0].message.contains("did you mean `openai_hourly`"),
+        "{errors:?}"
+    );
+    // The configured name is limited as configured.
+    assert!(configured(Spend::from_micros(600_000)).await.is_ok());
+    assert!(matches!(
+        configured(Spend::from_micros(600_000)).await,
+        Err(Billed::Runtime(Rejected::BudgetExhausted { .. }))
+    ));
+}
