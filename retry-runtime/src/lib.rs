@@ -89,7 +89,7 @@ pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};
 
 // What happened: reports and fallbacks.
 pub use fallback::{FallbackKind, FallbackReport};
-pub use report::{observe, AttemptReport, CallReport, StopReason};
+pub use report::{observe, observe_all, AttemptReport, CallReport, StopReason};
 
 // Driving a policy by hand, without the attribute.
 pub use executor::{decide, retry, CallSite, Decision, Failure};

@@ -376,56 +376,91 @@ impl fmt::Display for CallReport {
     }
 }
 
-/// Where `observe` collects the report; the first `#[resilient]` call that starts inside the
-/// observed future claims it, so nested calls (a fallback with its own policy) do not
-/// overwrite the outer call's report.
+// What an `observe` (or `observe_all`) in scope collects: the first call's report, or every
+// call's, each in the seat it took when it started.
 pub(crate) struct ObserverSlot {
-    claimed: bool,
-    report: Option<CallReport>,
+    all: bool,
+    seats: usize,
+    reports: Vec<Option<CallReport>>,
 }
 
 tokio::task_local! {
     static OBSERVER: RefCell<ObserverSlot>;
 }
 
+async fn observed<F: Future>(fut: F, all: bool) -> (F::Output, Vec<Option<CallReport>>) {
+    let slot = RefCell::new(ObserverSlot {
+        all,
+        seats: 0,
+        reports: Vec::new(),
+    });
+    OBSERVER
+        .scope(slot, async move {
+            let output = fut.await;
+            let reports = OBSERVER.with(|s| std::mem::take(&mut s.borrow_mut().reports));
+            (output, reports)
+        })
+        .await
+}
+
 /// Run `fut` and return its output with the report of the first `#[resilient]` call that ran
-/// inside it (the outermost, when calls nest).
+/// inside it (the outermost, when calls nest). [`observe_all`] gives every call's.
 ///
 /// The report is collected only under `observe`: an unobserved call builds no report and so
 /// allocates nothing on its happy path. Spawned tasks are not observed (task-local scope).
 pub async fn observe<F: Future>(fut: F) -> (F::Output, CallReport) {
-    let slot = RefCell::new(ObserverSlot {
-        claimed: false,
-        report: None,
-    });
-    let (output, slot) = OBSERVER
-        .scope(slot, async move {
-            let output = fut.await;
-            let slot = OBSERVER.with(|s| s.borrow_mut().report.take());
-            (output, slot)
-        })
-        .await;
-    (output, slot.unwrap_or_default())
+    let (output, mut reports) = observed(fut, false).await;
+    let first = reports.first_mut().and_then(Option::take);
+    (output, first.unwrap_or_default())
 }
 
-/// Claim the current observer for a call that is starting; `true` if this call will report.
-pub(crate) fn claim_observer() -> bool {
+/// Run `fut` and return its output with the report of every `#[resilient]` call that ran
+/// inside it, in the order the calls started (a fallback's own call, nested in the call it
+/// serves, comes right after it). A call still running when `fut` ends (dropped with it)
+/// reports `Cancelled`.
+///
+/// ```
+/// use retry_runtime::{observe_all, resilient, Rejected};
+///
+/// #[resilient(max = 1)]
+/// async fn step(n: u32) -> Result<u32, Rejected> { Ok(n) }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (_, reports) = observe_all(async { (step(1).await, step(2).await) }).await;
+/// assert_eq!(reports.len(), 2);
+/// assert!(reports.iter().all(|r| r.attempts().len() == 1));
+/// # }
+/// ```
+pub async fn observe_all<F: Future>(fut: F) -> (F::Output, Vec<CallReport>) {
+    let (output, reports) = observed(fut, true).await;
+    (output, reports.into_iter().flatten().collect())
+}
+
+/// Claim a seat in the current observer for a call that is starting: `Some(seat)` if this
+/// call will report (the first call under `observe`, every call under `observe_all`).
+pub(crate) fn claim_observer() -> Option<usize> {
     OBSERVER
         .try_with(|slot| {
             let mut slot = slot.borrow_mut();
-            if slot.claimed {
-                false
-            } else {
-                slot.claimed = true;
-                true
+            if !slot.all && slot.seats > 0 {
+                return None;
             }
+            let seat = slot.seats;
+            slot.seats += 1;
+            slot.reports.push(None);
+            Some(seat)
         })
-        .unwrap_or(false)
+        .ok()
+        .flatten()
 }
 
-/// Hand the finished report to the observer that this call claimed.
-pub(crate) fn deliver(report: CallReport) {
-    let _ = OBSERVER.try_with(|slot| slot.borrow_mut().report = Some(report));
+/// Hand the finished report to the seat that this call claimed.
+pub(crate) fn deliver(seat: usize, report: CallReport) {
+    let _ = OBSERVER.try_with(|slot| {
+        if let Some(place) = slot.borrow_mut().reports.get_mut(seat) {
+            *place = Some(report);
+        }
+    });
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {

@@ -54,6 +54,8 @@ pub struct Call<'p> {
     pub(super) cut: Option<Cut>,
     // `Some` only under `observe`, so an unobserved call never allocates for its report.
     observed: Option<Vec<AttemptReport>>,
+    // Its seat in the observer (when `observed`).
+    seat: usize,
     pub(super) finished: bool,
     pub(super) stop: Option<StopReason>,
     pub(super) fallback: Option<FallbackReport>,
@@ -77,7 +79,8 @@ impl<'p> Call<'p> {
     pub fn start(site: &'p CallSite<'p>) -> Self {
         let now = Instant::now();
         let policy = site.policy;
-        let observed = report::claim_observer().then(Vec::new);
+        let seat = report::claim_observer();
+        let observed = seat.map(|_| Vec::new());
         let ledgers = Ledgers {
             pool: site.pool.get(),
             workflow: current_workflow(),
@@ -105,6 +108,7 @@ impl<'p> Call<'p> {
             jitter: None,
             cut: None,
             observed,
+            seat: seat.unwrap_or(0),
             finished: false,
             stop: None,
             fallback: None,
@@ -385,17 +389,20 @@ impl<'p> Call<'p> {
         self.line_guard = None;
         self.place = None;
         if let Some(attempts) = self.observed.take() {
-            report::deliver(CallReport {
-                function: self.policy.name(),
-                attempts,
-                stop: self.stop.clone(),
-                elapsed: self.started.elapsed(),
-                breaker: self.gate.breaker.map(|b| b.name()),
-                transitions: std::mem::take(&mut self.gate.transitions),
-                spent: self.spent,
-                fallback: self.fallback.take(),
-                paced_refused: self.gate.paced_refused,
-            });
+            report::deliver(
+                self.seat,
+                CallReport {
+                    function: self.policy.name(),
+                    attempts,
+                    stop: self.stop.clone(),
+                    elapsed: self.started.elapsed(),
+                    breaker: self.gate.breaker.map(|b| b.name()),
+                    transitions: std::mem::take(&mut self.gate.transitions),
+                    spent: self.spent,
+                    fallback: self.fallback.take(),
+                    paced_refused: self.gate.paced_refused,
+                },
+            );
         }
     }
 }
