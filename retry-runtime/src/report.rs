@@ -378,27 +378,38 @@ impl fmt::Display for CallReport {
 
 // What an `observe` (or `observe_all`) in scope collects: the first call's report, or every
 // call's, each in the seat it took when it started.
+// The first seat has a field of its own, so that `observe` allocates nothing for its slot.
 pub(crate) struct ObserverSlot {
     all: bool,
     seats: usize,
-    reports: Vec<Option<CallReport>>,
+    first: Option<CallReport>,
+    rest: Vec<Option<CallReport>>,
 }
 
 tokio::task_local! {
     static OBSERVER: RefCell<ObserverSlot>;
 }
 
-async fn observed<F: Future>(fut: F, all: bool) -> (F::Output, Vec<Option<CallReport>>) {
+async fn observed<F: Future>(fut: F, all: bool) -> (F::Output, ObserverSlot) {
     let slot = RefCell::new(ObserverSlot {
         all,
         seats: 0,
-        reports: Vec::new(),
+        first: None,
+        rest: Vec::new(),
     });
     OBSERVER
         .scope(slot, async move {
             let output = fut.await;
-            let reports = OBSERVER.with(|s| std::mem::take(&mut s.borrow_mut().reports));
-            (output, reports)
+            let slot = OBSERVER.with(|s| {
+                let mut s = s.borrow_mut();
+                ObserverSlot {
+                    all,
+                    seats: s.seats,
+                    first: s.first.take(),
+                    rest: std::mem::take(&mut s.rest),
+                }
+            });
+            (output, slot)
         })
         .await
 }
@@ -409,9 +420,8 @@ async fn observed<F: Future>(fut: F, all: bool) -> (F::Output, Vec<Option<CallRe
 /// The report is collected only under `observe`: an unobserved call builds no report and so
 /// allocates nothing on its happy path. Spawned tasks are not observed (task-local scope).
 pub async fn observe<F: Future>(fut: F) -> (F::Output, CallReport) {
-    let (output, mut reports) = observed(fut, false).await;
-    let first = reports.first_mut().and_then(Option::take);
-    (output, first.unwrap_or_default())
+    let (output, slot) = observed(fut, false).await;
+    (output, slot.first.unwrap_or_default())
 }
 
 /// Run `fut` and return its output with the report of every `#[resilient]` call that ran
@@ -432,8 +442,12 @@ pub async fn observe<F: Future>(fut: F) -> (F::Output, CallReport) {
 /// # }
 /// ```
 pub async fn observe_all<F: Future>(fut: F) -> (F::Output, Vec<CallReport>) {
-    let (output, reports) = observed(fut, true).await;
-    (output, reports.into_iter().flatten().collect())
+    let (output, slot) = observed(fut, true).await;
+    let reports = slot
+        .first
+        .into_iter()
+        .chain(slot.rest.into_iter().flatten());
+    (output, reports.collect())
 }
 
 /// Claim a seat in the current observer for a call that is starting: `Some(seat)` if this
@@ -447,7 +461,9 @@ pub(crate) fn claim_observer() -> Option<usize> {
             }
             let seat = slot.seats;
             slot.seats += 1;
-            slot.reports.push(None);
+            if seat > 0 {
+                slot.rest.push(None);
+            }
             Some(seat)
         })
         .ok()
@@ -457,8 +473,14 @@ pub(crate) fn claim_observer() -> Option<usize> {
 /// Hand the finished report to the seat that this call claimed.
 pub(crate) fn deliver(seat: usize, report: CallReport) {
     let _ = OBSERVER.try_with(|slot| {
-        if let Some(place) = slot.borrow_mut().reports.get_mut(seat) {
-            *place = Some(report);
+        let mut slot = slot.borrow_mut();
+        match seat {
+            0 => slot.first = Some(report),
+            n => {
+                if let Some(place) = slot.rest.get_mut(n - 1) {
+                    *place = Some(report);
+                }
+            }
         }
     });
 }
