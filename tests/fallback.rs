@@ -4,15 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use common::recorder::TestRecorder;
 use common::{ApiError, EventLog};
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
 use retry_runtime::{
     configure, observe, resilient, BreakerConfig, Config, FallbackKind, Rejected, StopReason,
 };
@@ -38,68 +35,6 @@ fn setup() {
         .unwrap();
         metrics::set_global_recorder((*RECORDER).clone()).unwrap();
     });
-}
-
-// ---- a metrics recorder that keeps counters by name and labels ----
-
-#[derive(Clone, Default)]
-struct TestRecorder {
-    counters: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
-}
-
-struct AtomicCounter(Arc<AtomicU64>);
-
-impl CounterFn for AtomicCounter {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::SeqCst);
-    }
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::SeqCst);
-    }
-}
-
-fn key_string(key: &Key) -> String {
-    let mut labels: Vec<String> = key
-        .labels()
-        .map(|l| format!("{}={}", l.key(), l.value()))
-        .collect();
-    labels.sort();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-impl TestRecorder {
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let mut labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
-        let key = format!("{name}{{{}}}", labels.join(","));
-        self.counters
-            .lock()
-            .unwrap()
-            .get(&key)
-            .map_or(0, |c| c.load(Ordering::SeqCst))
-    }
-}
-
-impl Recorder for TestRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let cell = self
-            .counters
-            .lock()
-            .unwrap()
-            .entry(key_string(key))
-            .or_default()
-            .clone();
-        Counter::from_arc(Arc::new(AtomicCounter(cell)))
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
 }
 
 static RECORDER: std::sync::LazyLock<TestRecorder> =

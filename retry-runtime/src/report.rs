@@ -33,6 +33,10 @@ pub enum FallbackKind {
 }
 
 impl FallbackKind {
+    /// Every kind's [`as_str`](Self::as_str) name: the `kind` label values of
+    /// `retry_runtime_fallbacks_total`.
+    pub const NAMES: &'static [&'static str] = &["cached", "function", "queue"];
+
     /// A short, stable name for logs and metrics: `cached`, `function`, `queue`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -123,6 +127,26 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// Every reason's [`as_str`](Self::as_str) name, in declaration order: the `stop` label
+    /// values of `retry_runtime_calls_total`, for dashboards and for tests that want to see
+    /// each one.
+    pub const NAMES: &'static [&'static str] = &[
+        "success",
+        "not_retryable",
+        "server_said_no_retry",
+        "attempts_exhausted",
+        "retry_after_too_long",
+        "deadline_exceeded",
+        "cancelled",
+        "circuit_open",
+        "breaker_opened",
+        "retry_budget_exhausted",
+        "queue_full",
+        "queue_timeout",
+        "budget_exhausted",
+        "pool_unconfigured",
+    ];
+
     /// A short, stable name for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -719,4 +743,74 @@ pub(crate) mod metered {
     pub fn rejection(_: &'static str, _: &'static str) {}
     pub fn fallback(_: &'static str, _: &'static str) {}
     pub fn transition(_: &'static str, _: &'static str) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_list_every_stop_reason_and_fallback_kind() {
+        // An exhaustive match: a new variant does not compile until it has a place here,
+        // and then this test fails until NAMES has its name.
+        fn seat(stop: &StopReason) -> usize {
+            match stop {
+                StopReason::Success => 0,
+                StopReason::NotRetryable => 1,
+                StopReason::ServerSaidNoRetry => 2,
+                StopReason::AttemptsExhausted => 3,
+                StopReason::RetryAfterTooLong { .. } => 4,
+                StopReason::DeadlineExceeded => 5,
+                StopReason::Cancelled => 6,
+                StopReason::CircuitOpen { .. } => 7,
+                StopReason::BreakerOpened => 8,
+                StopReason::RetryBudgetExhausted => 9,
+                StopReason::QueueFull => 10,
+                StopReason::QueueTimeout { .. } => 11,
+                StopReason::BudgetExhausted { .. } => 12,
+                StopReason::PoolUnconfigured { .. } => 13,
+            }
+        }
+        let d = Duration::ZERO;
+        let every = [
+            StopReason::Success,
+            StopReason::NotRetryable,
+            StopReason::ServerSaidNoRetry,
+            StopReason::AttemptsExhausted,
+            StopReason::RetryAfterTooLong {
+                requested: d,
+                max: d,
+            },
+            StopReason::DeadlineExceeded,
+            StopReason::Cancelled,
+            StopReason::CircuitOpen { retry_in: d },
+            StopReason::BreakerOpened,
+            StopReason::RetryBudgetExhausted,
+            StopReason::QueueFull,
+            StopReason::QueueTimeout { waited: d },
+            StopReason::BudgetExhausted {
+                scope: BudgetScope::Call,
+                spent: Spend::ZERO,
+                limit: Budget::micros(1),
+            },
+            StopReason::PoolUnconfigured { pool: "p" },
+        ];
+        assert_eq!(StopReason::NAMES.len(), every.len());
+        for (i, stop) in every.iter().enumerate() {
+            assert_eq!(seat(stop), i);
+            assert_eq!(StopReason::NAMES[i], stop.as_str());
+        }
+        let kinds = |kind: &FallbackKind| match kind {
+            FallbackKind::Cached => 0,
+            FallbackKind::Function(_) => 1,
+            FallbackKind::Queue => 2,
+        };
+        for kind in [
+            FallbackKind::Cached,
+            FallbackKind::Function("f"),
+            FallbackKind::Queue,
+        ] {
+            assert_eq!(FallbackKind::NAMES[kinds(&kind)], kind.as_str());
+        }
+    }
 }

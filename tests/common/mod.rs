@@ -1,6 +1,8 @@
 //! A scripted provider for tests: each call takes the next scripted outcome and is counted.
 #![allow(dead_code)]
 
+pub mod recorder;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
