@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "max_retry_after",
     "breaker",
     "budget",
+    "max_cost",
     "pool",
     "pace",
     "fallback",
@@ -88,6 +89,7 @@ fn example(key: &str) -> &'static str {
         "max_retry_after" => "max_retry_after = \"60s\"",
         "breaker" => "breaker = \"openai\"",
         "budget" => "budget = \"0.10usd\"",
+        "max_cost" => "max_cost = \"0.002usd\"",
         "pool" => "pool = \"openai-hourly\"",
         "pace" => "pace = \"openai\"",
         "fallback" => "fallback = cached",
@@ -131,6 +133,8 @@ pub struct Policy {
     pub krate: Option<syn::Path>,
     pub breaker: Option<String>,
     pub budget: Option<BudgetLit>,
+    /// The most one attempt can cost: what pools and workflows reserve.
+    pub max_cost: Option<BudgetLit>,
     pub pool: Option<String>,
     pub pace: Option<String>,
     /// Where `budget`/`pool` were written: their need for a `Metered` success type is
@@ -194,6 +198,7 @@ impl Policy {
             krate: None,
             breaker: None,
             budget: None,
+            max_cost: None,
             pool: None,
             pace: None,
             metered_span: None,
@@ -343,6 +348,24 @@ impl Policy {
                             Err(why) => {
                                 errors.at(&s, format!("`budget = \"{}\"`: {why}", s.value()))
                             }
+                        }
+                    }
+                }
+                "max_cost" => {
+                    if let Some(s) = string(&pair.value, &key, "\"0.002usd\"", errors) {
+                        match parse_budget(&s.value()) {
+                            Ok(b) => policy.max_cost = Some(b),
+                            Err(why) if why.starts_with("a zero budget") => errors.at(
+                                &s,
+                                format!(
+                                    "`max_cost = \"{}\"`: an attempt that costs nothing reserves nothing; leave `max_cost` out",
+                                    s.value()
+                                ),
+                            ),
+                            Err(why) => errors.at(
+                                &s,
+                                format!("`max_cost = \"{}\"`: {why}", s.value()),
+                            ),
                         }
                     }
                 }

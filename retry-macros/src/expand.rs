@@ -259,6 +259,11 @@ pub fn expand(
         let ctor = format_ident!("{}", if budget.tokens { "tokens" } else { "micros" });
         builder.extend(quote!(.with_budget(#rt::Budget::#ctor(#amount))));
     }
+    if let Some(cost) = &policy.max_cost {
+        let amount = cost.amount;
+        let ctor = format_ident!("{}", if cost.tokens { "tokens" } else { "micros" });
+        builder.extend(quote!(.with_max_cost(#rt::Budget::#ctor(#amount))));
+    }
     if let Some(name) = &policy.pool {
         builder.extend(quote!(.with_pool(#name)));
     }

@@ -299,12 +299,27 @@ impl Slot<Pool> {
     }
 }
 
-/// Running estimate of one attempt's cost at a call site (see the module docs).
-#[derive(Debug, Default)]
+/// Running estimate of one attempt's cost at a call site (see the module docs): an average of
+/// what successes cost (the expected cost), and the most any attempt has cost (what pools and
+/// workflows reserve). Until the site has seen a cost, attempts that reserve in a pool or
+/// workflow take turns: one at a time, so that a burst of calls at a site nobody has measured
+/// cannot all be admitted on an estimate of zero.
+#[derive(Debug)]
 pub struct SpendEstimate {
     // EWMA scaled by 8: est = scaled / 8; update scaled += x - scaled / 8.
     micros8: AtomicU64,
     tokens8: AtomicU64,
+    // The costliest attempt seen (a success or a billed failure), per unit.
+    max_micros: AtomicU64,
+    max_tokens: AtomicU64,
+    known: std::sync::atomic::AtomicBool,
+    turn: tokio::sync::Semaphore,
+}
+
+impl Default for SpendEstimate {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SpendEstimate {
@@ -313,10 +328,15 @@ impl SpendEstimate {
         Self {
             micros8: AtomicU64::new(0),
             tokens8: AtomicU64::new(0),
+            max_micros: AtomicU64::new(0),
+            max_tokens: AtomicU64::new(0),
+            known: std::sync::atomic::AtomicBool::new(false),
+            turn: tokio::sync::Semaphore::const_new(1),
         }
     }
 
-    /// Learn from a successful attempt's cost.
+    /// Learn from a successful attempt's cost (a success says what an answer costs, even a
+    /// free one).
     pub fn observe(&self, spend: Spend) {
         fn update(cell: &AtomicU64, x: u64) {
             let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
@@ -331,6 +351,18 @@ impl SpendEstimate {
             update(&self.micros8, spend.micros());
             update(&self.tokens8, spend.tokens());
         }
+        self.observe_billed(spend);
+        self.known.store(true, Ordering::Release);
+    }
+
+    /// Learn from a failed attempt's bill: it raises the most an attempt is known to cost.
+    pub fn observe_billed(&self, spend: Spend) {
+        if spend.is_zero() {
+            return;
+        }
+        self.max_micros.fetch_max(spend.micros(), Ordering::AcqRel);
+        self.max_tokens.fetch_max(spend.tokens(), Ordering::AcqRel);
+        self.known.store(true, Ordering::Release);
     }
 
     /// The expected cost of one more attempt.
@@ -339,6 +371,24 @@ impl SpendEstimate {
             self.micros8.load(Ordering::Acquire) / 8,
             self.tokens8.load(Ordering::Acquire) / 8,
         )
+    }
+
+    /// The most one attempt has cost here: what a ledger reserves for the next one.
+    pub fn costliest(&self) -> Spend {
+        Spend::new(
+            self.max_micros.load(Ordering::Acquire),
+            self.max_tokens.load(Ordering::Acquire),
+        )
+    }
+
+    /// Whether any attempt here has said what it costs.
+    pub fn is_known(&self) -> bool {
+        self.known.load(Ordering::Acquire)
+    }
+
+    /// Wait for this site's turn to make an attempt of unknown cost.
+    pub(crate) async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.turn.acquire().await.ok()
     }
 }
 

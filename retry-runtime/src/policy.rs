@@ -140,6 +140,7 @@ pub struct Policy {
     pub(crate) retry_on: RetryOn,
     pub(crate) breaker: Option<&'static str>,
     pub(crate) budget: Option<Budget>,
+    pub(crate) max_cost: Option<Budget>,
     pub(crate) pool: Option<&'static str>,
     pub(crate) pace: Option<&'static str>,
     pub(crate) stale_for: Duration,
@@ -166,6 +167,7 @@ impl Policy {
             retry_on: RetryOn::DEFAULT,
             breaker: None,
             budget: None,
+            max_cost: None,
             pool: None,
             pace: None,
             stale_for: Duration::from_secs(3600),
@@ -277,6 +279,19 @@ impl Policy {
     /// Longest wait in the breaker's queue.
     pub const fn queue_wait(&self) -> Duration {
         self.queue_wait
+    }
+
+    /// The most one attempt can cost (`max_cost = "0.002usd"`): what pools and workflows
+    /// reserve for an attempt until the call site has seen a costlier one, so that no burst of
+    /// calls passes a limit, and an unknown-cost site need not be admitted one at a time.
+    pub const fn with_max_cost(mut self, max_cost: Budget) -> Self {
+        self.max_cost = Some(max_cost);
+        self
+    }
+
+    /// The most one attempt can cost, if the policy says.
+    pub const fn max_cost(&self) -> Option<Budget> {
+        self.max_cost
     }
 
     /// The per-call spend cap, if any.

@@ -15,7 +15,7 @@ use crate::fallback::{FallbackReport, Place};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
-use crate::spend::Spend;
+use crate::spend::{Spend, Unit};
 
 /// Why the executor cut the attempt in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Call<'p> {
     labels: Option<&'static report::metered::SiteLabels>,
     pub(super) policy: &'p Policy,
     // Everything about starting an attempt, and what the attempt in flight holds.
-    pub(super) gate: Gate,
+    pub(super) gate: Gate<'p>,
     // Set when the first attempt was refused.
     pub(super) refused: Option<Refusal>,
     spent: Spend,
@@ -91,6 +91,7 @@ impl<'p> Call<'p> {
             policy,
             gate: Gate::new(
                 policy.name(),
+                &site.estimate,
                 site.breaker.get(),
                 site.pace.get(),
                 ledgers,
@@ -186,9 +187,17 @@ impl<'p> Call<'p> {
 
     /// What the gate needs to know about the next attempt.
     fn ask(&self, first: bool) -> Ask {
+        let max_cost = self.policy.max_cost().map(|limit| match limit.unit() {
+            Unit::Usd => Spend::from_micros(limit.amount()),
+            Unit::Tokens => Spend::from_tokens(limit.amount()),
+        });
         Ask {
             first,
             expected: self.site.estimate.expected().max_each(self.costliest),
+            reserve: self.costliest.max_each(max_cost.unwrap_or(Spend::ZERO)),
+            unknown: max_cost.is_none()
+                && self.costliest.is_zero()
+                && !self.site.estimate.is_known(),
             budget: self.policy.budget().map(|limit| (limit, self.spent)),
             latest_permit: self.latest_permit(),
             deadline: self.policy.deadline().unwrap_or_default(),
@@ -263,6 +272,7 @@ impl<'p> Call<'p> {
         };
         self.spent += spend;
         self.costliest = self.costliest.max_each(spend);
+        self.site.estimate.observe_billed(spend);
         self.gate
             .record(Some(failure.class), spend, error.rate_limits());
         self.record(Some(failure.class), failure.retry_after, spend);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
-use crate::budget::{Held, Ledgers, Pool};
+use crate::budget::{Held, Ledgers, Pool, SpendEstimate};
 use crate::classify::ErrorClass;
 use crate::clock::now_ms;
 use crate::pace::ProviderLimits;
@@ -114,8 +114,13 @@ impl Refusal {
 pub(super) struct Ask {
     /// The call's first attempt (a retry otherwise).
     pub first: bool,
-    /// What the attempt is expected to cost.
+    /// What the attempt is expected to cost (the call budget's and the pacer's estimate).
     pub expected: Spend,
+    /// What pools and workflows reserve for it, at least: the costliest attempt of this call,
+    /// the policy's `max_cost` (the site's costliest attempt is added by the gate, fresh).
+    pub reserve: Spend,
+    /// Nothing says yet what an attempt here costs: attempts that reserve take turns.
+    pub unknown: bool,
     /// The call's own budget and what the call has spent so far (asked for retries).
     pub budget: Option<(Budget, Spend)>,
     /// The latest a pacing permit is worth having (`None`: no deadline).
@@ -137,8 +142,11 @@ enum Withdrawal {
 
 /// The gate of one call: see the module documentation.
 #[derive(Debug)]
-pub(super) struct Gate {
+pub(super) struct Gate<'p> {
     function: &'static str,
+    estimate: &'p SpendEstimate,
+    // This call's turn at a site whose cost is unknown, until its attempt's result is in.
+    turn: Option<tokio::sync::SemaphorePermit<'p>>,
     pub(super) breaker: Option<&'static Breaker>,
     pacer: Option<&'static Pacer>,
     ledgers: Ledgers,
@@ -155,9 +163,10 @@ pub(super) struct Gate {
     pub(super) transitions: Vec<Transition>,
 }
 
-impl Gate {
+impl<'p> Gate<'p> {
     pub(super) fn new(
         function: &'static str,
+        estimate: &'p SpendEstimate,
         breaker: Option<&'static Breaker>,
         pacer: Option<&'static Pacer>,
         ledgers: Ledgers,
@@ -165,6 +174,8 @@ impl Gate {
     ) -> Self {
         Self {
             function,
+            estimate,
+            turn: None,
             breaker,
             pacer,
             ledgers,
@@ -199,7 +210,7 @@ impl Gate {
         self.pool_configured()?;
         if !self.ledgers.is_empty() {
             self.ledgers
-                .has_room(ask.expected, now_ms())
+                .has_room(self.reserve(ask), now_ms())
                 .map_err(Refusal::Budget)?;
         }
         if let Some(breaker) = self.breaker {
@@ -316,7 +327,7 @@ impl Gate {
             // breaker or ledger takes nothing), so the take alone decides: no await, and no
             // second look at the same atomics on the hot path.
             let mut result = Ok(());
-            if self.pacer.is_some() {
+            if self.pacer.is_some() || self.needs_turn(ask) {
                 result = self.check(ask);
                 if result.is_ok() {
                     result = self.pace(ask).await;
@@ -372,7 +383,7 @@ impl Gate {
             let full = self
                 .ledgers
                 .pool
-                .filter(|p| p.ledger().room_for(ask.expected, now_ms()).is_err());
+                .filter(|p| p.ledger().room_for(self.reserve(ask), now_ms()).is_err());
             if open.is_some() || full.is_some() {
                 self.look_at_fleet(shared, open, full).await;
             }
@@ -454,21 +465,50 @@ impl Gate {
     /// Step 2: the pacer's permit (first in, first out), unless it would come after
     /// `latest_permit`.
     async fn pace(&mut self, ask: &Ask) -> Result<(), Refusal> {
-        let Some(pacer) = self.pacer else {
-            return Ok(());
-        };
-        match pacer
-            .acquire(ask.expected.tokens(), ask.latest_permit)
-            .await
-        {
-            Ok(permit) => {
-                self.paced = permit.waited();
-                self.permit = Some(permit);
-                Ok(())
+        if let Some(pacer) = self.pacer {
+            match pacer
+                .acquire(ask.expected.tokens(), ask.latest_permit)
+                .await
+            {
+                Ok(permit) => {
+                    self.paced = permit.waited();
+                    self.permit = Some(permit);
+                }
+                Err(_) => {
+                    return Err(Refusal::Deadline {
+                        deadline: ask.deadline,
+                    })
+                }
             }
-            Err(_) => Err(Refusal::Deadline {
-                deadline: ask.deadline,
-            }),
+        }
+        self.take_turn(ask).await;
+        Ok(())
+    }
+
+    /// What a ledger reserves for the attempt: the call's floor and the site's costliest
+    /// attempt so far, read now (it may have been learnt while this call waited its turn).
+    fn reserve(&self, ask: &Ask) -> Spend {
+        ask.reserve.max_each(self.estimate.costliest())
+    }
+
+    /// Whether this attempt must wait for its site's turn: it reserves in a pool or workflow,
+    /// and nothing (no attempt seen, no `max_cost`) says what it may cost.
+    fn needs_turn(&self, ask: &Ask) -> bool {
+        ask.unknown && !self.ledgers.is_empty() && self.turn.is_none()
+    }
+
+    /// At a site whose cost is unknown, one attempt that reserves runs at a time (first in,
+    /// first out); the others wait here, and go on at once (without holding the turn) as soon
+    /// as an attempt has said what it costs. The wait is in the report.
+    async fn take_turn(&mut self, ask: &Ask) {
+        if !self.needs_turn(ask) || self.estimate.is_known() {
+            return;
+        }
+        let started = Instant::now();
+        let turn = self.estimate.turn().await;
+        self.paced += started.elapsed();
+        if !self.estimate.is_known() {
+            self.turn = turn;
         }
     }
 
@@ -482,7 +522,7 @@ impl Gate {
         self.pool_configured()?;
         let now = now_ms();
         if !self.ledgers.is_empty() {
-            match self.ledgers.reserve(ask.expected, now) {
+            match self.ledgers.reserve(self.reserve(ask), now) {
                 Ok(held) => self.held = Some(held),
                 Err(exhausted) => return Err(Refusal::Budget(exhausted)),
             }
@@ -537,7 +577,10 @@ impl Gate {
                 deposit: ask.first,
                 withdraw: None,
             }),
-            pool: self.ledgers.pool.and_then(|p| p.shared_ask(ask.expected)),
+            pool: self
+                .ledgers
+                .pool
+                .and_then(|p| p.shared_ask(self.reserve(ask))),
             pace: self.pacer.and_then(|p| p.shared_ask(max_wait)),
         };
         if request.breaker.is_none() && request.pool.is_none() && request.pace.is_none() {
@@ -592,7 +635,7 @@ impl Gate {
                 .map(|(asked, (window, _))| (window, asked.expected));
             match self
                 .ledgers
-                .reserve_after_shared(reserved, ask.expected, now)
+                .reserve_after_shared(reserved, self.reserve(ask), now)
             {
                 Ok(held) => self.held = Some(held),
                 Err(exhausted) => {
@@ -653,6 +696,9 @@ impl Gate {
             self.ledgers.settle(held, spend, now_ms());
         }
         self.record_breaker(failure);
+        // The estimate has learnt from this attempt (the call told it first): the next one
+        // at this site may go.
+        self.turn = None;
     }
 
     /// Tell the pacer how the attempt went: a 429 cuts its rate, any other answer from the
@@ -725,7 +771,7 @@ impl Gate {
     }
 }
 
-impl Drop for Gate {
+impl Drop for Gate<'_> {
     fn drop(&mut self) {
         self.give_back_admission();
         self.give_back_held();

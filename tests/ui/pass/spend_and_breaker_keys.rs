@@ -40,7 +40,7 @@ async fn complete(cost: u64) -> Result<Reply, ApiError> {
     Ok(Reply(Spend::from_micros(cost)))
 }
 
-#[resilient(max = 2, base = "1ms", budget = "20000tok")]
+#[resilient(max = 2, base = "1ms", budget = "20000tok", max_cost = "4000tok")]
 async fn tokens() -> Result<Reply, ApiError> {
     Ok(Reply(Spend::from_tokens(1_200)))
 }
