@@ -121,7 +121,8 @@ fn status_name(code: u16) -> &'static str {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not say whether a failed attempt is worth retrying",
     label = "the error type of a `#[resilient]` fn must implement `Classify`",
-    note = "implement `retry_runtime::Classify` for `{Self}`: map each error to an `ErrorClass` (`Status(code)`, `Timeout`, `Transport`, `Permanent`, `Other`)"
+    note = "implement `retry_runtime::Classify` for `{Self}`: map each error to an `ErrorClass` (`Status(code)`, `Timeout`, `Transport`, `Permanent`, `Other`)",
+    note = "if `{Self}` comes from another crate (`anyhow::Error`, `Box<dyn Error>`, a client's error), the orphan rule forbids that impl here: return your own error type that wraps it (`enum LlmError {{ Api(TheirError), Runtime(Rejected) }}`) and classify the wrapper"
 )]
 pub trait Classify {
     /// The class of this failure.

@@ -233,7 +233,8 @@ impl Price {
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not say what it cost, so a `budget` or `pool` cannot count it",
-    note = "implement `retry_runtime::Metered` for `{Self}` (e.g. `Price::per_million(..).cost(usage)`)"
+    note = "implement `retry_runtime::Metered` for `{Self}` (e.g. `Price::per_million(..).cost(usage)`)",
+    note = "if `{Self}` comes from another crate, the orphan rule forbids that impl here: return a wrapper (`struct Reply(pub TheirAnswer);`) and implement `Metered` for it"
 )]
 pub trait Metered {
     /// What this answer cost.
