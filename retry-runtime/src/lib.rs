@@ -82,6 +82,7 @@ pub use rejected::{CanReject, Rejected};
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
 pub use budget::{pool, workflow, Pool, Workflow};
+pub use executor::bill_on_cut;
 pub use spend::{Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
 
 // Configuring at run time.

@@ -189,6 +189,15 @@ pub struct Price {
 }
 
 impl Price {
+    /// Micro-dollars per million input and output tokens, exactly (what `[price."MODEL"]` in
+    /// the configuration holds).
+    pub const fn micros_per_million(input: u64, output: u64) -> Self {
+        Self {
+            input_micros_per_million: input,
+            output_micros_per_million: output,
+        }
+    }
+
     /// Dollars per million input and output tokens. Negative or non-finite prices count as
     /// zero; this is the one place a float enters, converted once to micro-dollars.
     pub fn per_million(input_usd: f64, output_usd: f64) -> Self {

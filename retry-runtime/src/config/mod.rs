@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::spend::Budget;
+use crate::spend::{Budget, Price};
 
 pub mod store;
 pub use store::StoreConfig;
@@ -167,6 +167,7 @@ pub struct Config {
     cache_capacity: Option<usize>,
     store: Option<StoreConfig>,
     pools_fail_open: bool,
+    prices: BTreeMap<String, Price>,
 }
 
 /// A spend pool's settings: `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
@@ -283,6 +284,24 @@ impl Config {
     /// The settings of the pacer `name`: configured, or the defaults (adaptive, no known limit).
     pub fn pacer(&self, name: &str) -> PaceConfig {
         self.pacers.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Set (or replace) the price of a model: answers of a model whose id starts with
+    /// `model` (`"gpt-4o-mini"` prices `"gpt-4o-mini-2024-07-18"`) are counted at it by the
+    /// integrations' metered answers. In TOML: `[price."gpt-4o-mini"] input = "0.15usd"`,
+    /// `output = "0.60usd"` (per million tokens).
+    pub fn with_price(mut self, model: &str, price: Price) -> Self {
+        self.prices.insert(model.to_owned(), price);
+        self
+    }
+
+    /// The price of `model`: the configured model id that is its longest prefix.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .filter(|(known, _)| model.starts_with(known.as_str()))
+            .max_by_key(|(known, _)| known.len())
+            .map(|(_, price)| *price)
     }
 
     /// Let a pool this configuration has no section for count spend without a limit, as
@@ -459,6 +478,11 @@ pub(crate) fn fixed_by(name: &'static str) {
 /// The `[store]` settings, read by the store.
 pub(crate) fn store_config() -> Option<StoreConfig> {
     read("[store]").store.clone()
+}
+
+/// The price of `model` in the process-wide configuration (see [`Config::with_price`]).
+pub fn price(model: &str) -> Option<Price> {
+    read("[price]").price(model)
 }
 
 /// The fallback cache's capacity, read by the first cache.

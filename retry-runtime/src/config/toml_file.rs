@@ -20,6 +20,33 @@ struct RawConfig {
     pace: BTreeMap<String, RawPace>,
     fallback: Option<RawFallback>,
     store: Option<RawStore>,
+    #[serde(default)]
+    price: BTreeMap<String, RawPrice>,
+}
+
+/// `[price."gpt-4o-mini"] input = "0.15usd"`, `output = "0.60usd"`: dollars per million
+/// tokens.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: PerMillion,
+    output: PerMillion,
+}
+
+/// Dollars per million tokens, written like `"0.15usd"`.
+struct PerMillion(u64);
+
+impl<'de> Deserialize<'de> for PerMillion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.parse::<Budget>() {
+            Ok(b) if b.unit() == crate::spend::Unit::Usd => Ok(PerMillion(b.amount())),
+            Ok(_) => Err(de::Error::custom(format!(
+                "`{text}`: a price is dollars per million tokens, written like \"0.15usd\""
+            ))),
+            Err(why) => Err(de::Error::custom(why)),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -125,6 +152,11 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
             config_store = config_store.with_reconnect_every(every.0);
         }
         config.store = Some(config_store);
+    }
+    for (model, raw) in raw.price {
+        config
+            .prices
+            .insert(model, Price::micros_per_million(raw.input.0, raw.output.0));
     }
     for (name, raw) in raw.pool {
         check_name("pool", &name)?;

@@ -17,6 +17,37 @@ use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
 use crate::spend::{Spend, Unit};
 
+tokio::task_local! {
+    // The bill of the attempt in flight if the runtime cuts it, set by its body.
+    static BILL_ON_CUT: std::cell::Cell<Spend>;
+}
+
+/// Say what the attempt in flight will be billed if the runtime cuts it (its `timeout` or the
+/// call's `deadline`): a provider bills a request it has started on, the prompt at least,
+/// though no answer ever arrives. Call it in a `#[resilient]` body before the request is
+/// sent; the largest figure said in an attempt counts. The cut attempt is then charged it in
+/// the call's budget, its pool and workflows, and its report. Outside an attempt that can be
+/// cut, it does nothing.
+///
+/// ```
+/// use retry_runtime::{bill_on_cut, observe, resilient, Rejected, Spend};
+///
+/// #[resilient(max = 1, timeout = "10ms")]
+/// async fn slow() -> Result<u32, Rejected> {
+///     bill_on_cut(Spend::from_micros(300)); // the prompt, priced
+///     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+///     Ok(1)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let (_, report) = observe(slow()).await;
+/// assert_eq!(report.spent(), Spend::from_micros(300));
+/// # }
+/// ```
+pub fn bill_on_cut(spend: Spend) {
+    let _ = BILL_ON_CUT.try_with(|bill| bill.set(bill.get().max_each(spend)));
+}
+
 /// Why the executor cut the attempt in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Cut {
@@ -43,6 +74,8 @@ pub struct Call<'p> {
     // The most an attempt of this call has cost so far: a floor for the next one's estimate
     // (the site's estimate learns from successes; this call's own billed failures say more).
     costliest: Spend,
+    // What the attempt just cut said it would be billed if cut (`bill_on_cut`).
+    cut_bill: Spend,
     // The class of the failure being retried, for the report if the wait ends the call.
     last_class: Option<ErrorClass>,
     started: Instant,
@@ -100,6 +133,7 @@ impl<'p> Call<'p> {
             refused: None,
             spent: Spend::ZERO,
             costliest: Spend::ZERO,
+            cut_bill: Spend::ZERO,
             last_class: None,
             started: now,
             attempt_started: now,
@@ -168,10 +202,17 @@ impl<'p> Call<'p> {
         let Some((at, cut)) = limit else {
             return attempt.await;
         };
-        match tokio::time::timeout_at(at, attempt).await {
+        // The attempt runs with its bill-if-cut slot (`bill_on_cut`), read back if it is cut.
+        let attempt = BILL_ON_CUT.scope(std::cell::Cell::new(Spend::ZERO), attempt);
+        let mut attempt = std::pin::pin!(attempt);
+        match tokio::time::timeout_at(at, attempt.as_mut()).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.cut = Some(cut);
+                self.cut_bill = attempt
+                    .as_mut()
+                    .take_value()
+                    .map_or(Spend::ZERO, std::cell::Cell::into_inner);
                 let rejected = match cut {
                     Cut::Timeout => Rejected::AttemptTimedOut {
                         timeout: self.policy.timeout().unwrap_or_default(),
@@ -264,9 +305,10 @@ impl<'p> Call<'p> {
                 cut_by_deadline: false,
             },
         };
-        // A cut attempt's bill is unknown to us; the error says what a failure was billed.
+        // A cut attempt is billed what its body said it would be (`bill_on_cut`: at least the
+        // prompt, which the provider has started on); the error says what a failure was billed.
         let spend = if self.cut.is_some() {
-            Spend::ZERO
+            std::mem::take(&mut self.cut_bill)
         } else {
             error.spend()
         };

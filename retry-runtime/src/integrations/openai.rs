@@ -60,10 +60,15 @@ use async_openai::error::{ApiError, OpenAIError, WrappedError};
 use async_openai::middleware::HttpRequestFactory;
 use async_openai::Client;
 
+use async_openai::types::chat::{
+    CompletionUsage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+};
+
 use crate::classify::{Classify, ErrorClass};
 use crate::integrations::http::{class_from_texts, HttpError};
 use crate::integrations::reqwest::error_for_status;
 use crate::rejected::Rejected;
+use crate::spend::{Metered, Spend, Usage};
 
 /// An async-openai client whose calls make exactly one HTTP request each (no retry layer), and
 /// whose failed answers keep their headers as an [`HttpError`] inside `OpenAIError::Boxed`.
@@ -292,5 +297,81 @@ mod tests {
         assert_eq!(cut.class(), ErrorClass::Timeout);
         assert!(http_error(&cut).is_none());
         assert!(api_error(&cut).is_none());
+    }
+}
+
+// ---- spend ----
+
+impl From<&CompletionUsage> for Usage {
+    fn from(usage: &CompletionUsage) -> Self {
+        Usage {
+            input: u64::from(usage.prompt_tokens),
+            output: u64::from(usage.completion_tokens),
+        }
+    }
+}
+
+/// A chat completion that says what it cost, so that `budget`, `pool` and workflows count it
+/// with no glue: [`Metered`] from the answer's `usage`, priced at the configured price of its
+/// model ([`Config::with_price`](crate::config::Config::with_price), or `[price."MODEL"]` in
+/// the TOML; the longest configured prefix of the model id wins). A model with no price is
+/// counted in tokens only, and a WARN event says so once per model.
+///
+/// ```ignore
+/// #[resilient(max = 3, timeout = "60s", budget = "0.10usd", pool = "openai-hourly")]
+/// async fn complete(client: &Client<OpenAIConfig>, request: &CreateChatCompletionRequest)
+///     -> Result<Completion, OpenAIError>
+/// {
+///     retry_runtime::bill_on_cut(prompt_estimate(request)); // a cut attempt still pays its prompt
+///     client.chat().create(request.clone()).await.map(Completion)
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Completion(pub CreateChatCompletionResponse);
+
+impl std::ops::Deref for Completion {
+    type Target = CreateChatCompletionResponse;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Metered for Completion {
+    fn spend(&self) -> Spend {
+        let usage = self.0.usage.as_ref().map(Usage::from).unwrap_or_default();
+        priced(&self.0.model, usage)
+    }
+}
+
+/// What `request`'s prompt is expected to cost: its messages' JSON length over four (about a
+/// token per four characters of English; the JSON's quotes and keys make it an over-estimate,
+/// never an under-estimate for plain text), priced at its model's input price. For
+/// [`bill_on_cut`](crate::bill_on_cut): a provider bills the prompt of a request it started
+/// on. Where a tokenizer is at hand, pass `bill_on_cut` its count instead.
+pub fn prompt_estimate(request: &CreateChatCompletionRequest) -> Spend {
+    let chars = serde_json::to_string(&request.messages).map_or(0, |json| json.len() as u64);
+    let usage = Usage {
+        input: chars.div_ceil(4),
+        output: 0,
+    };
+    priced(&request.model, usage)
+}
+
+fn priced(model: &str, usage: Usage) -> Spend {
+    match crate::config::price(model) {
+        Some(price) => price.cost(usage),
+        None => {
+            warn_unpriced(model);
+            Spend::from_tokens(usage.input.saturating_add(usage.output))
+        }
+    }
+}
+
+fn warn_unpriced(model: &str) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.insert(model.to_owned()) {
+        tracing::warn!(target: "retry_runtime", model, "no price configured for this model: its answers count tokens only; add [price.\"{model}\"] input = \"…usd\", output = \"…usd\" (per million tokens)");
     }
 }
