@@ -1,7 +1,7 @@
 //! Spend out of the box with async-openai: through `single_attempt_client`, a call site with
 //! `budget` and `pool` counts what each answer cost from its `usage` and the configured price
 //! of its model, with no `Metered` impl of the user's own; an attempt the runtime cuts is still
-//! charged its prompt (`bill_on_cut` with `prompt_estimate`). Against a local
+//! charged its prompt (`prompt_estimate` of what the client sent). Against a local
 //! OpenAI-compatible server on loopback.
 
 mod mock_provider;
@@ -18,8 +18,7 @@ use async_openai::Client;
 use mock_provider::{chat_completion, MockServer, Reply};
 use retry_runtime::integrations::openai::{prompt_estimate, single_attempt_client, Completion};
 use retry_runtime::{
-    bill_on_cut, configure, observe, pool, resilient, retry_on, Budget, Config, Price, Spend,
-    StopReason,
+    configure, observe, pool, resilient, retry_on, Budget, Config, Price, Spend, StopReason,
 };
 
 fn setup() {
@@ -74,7 +73,8 @@ async fn complete(
     client: &Client<OpenAIConfig>,
     request: &CreateChatCompletionRequest,
 ) -> Result<Completion, OpenAIError> {
-    bill_on_cut(prompt_estimate(request));
+    // No spend glue: `Completion` is Metered, and `single_attempt_client` bills a cut attempt
+    // its prompt.
     client.chat().create(request.clone()).await.map(Completion)
 }
 

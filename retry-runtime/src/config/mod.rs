@@ -388,9 +388,9 @@ fn read(reader: &'static str) -> &'static Config {
     }
     CONFIG.get_or_init(|| match std::env::var_os(CONFIG_ENV) {
         None => Config::default(),
-        Some(path) => Config::from_path(PathBuf::from(path)).unwrap_or_else(|error| {
+        Some(path) => Config::from_path(PathBuf::from(&path)).unwrap_or_else(|error| {
             tracing::error!(target: "retry_runtime", %error, "ignoring {CONFIG_ENV}: breakers and pacers use their defaults, and pools refuse calls until it loads (unless {POOLS_FAIL_OPEN_ENV}=1)");
-            let _ = LOAD_ERROR.set(error.to_string());
+            let _ = LOAD_ERROR.set(format!("{}: {error}", PathBuf::from(&path).display()));
             Config::default()
         }),
     })

@@ -120,6 +120,14 @@ impl tower_service::Service<HttpRequestFactory> for SingleAttempt {
         let http = self.http.clone();
         Box::pin(async move {
             let request = request.build().await?;
+            // Sent from here on: a cut attempt pays the prompt, with no glue in the body.
+            if let Some(bill) = request
+                .body()
+                .and_then(|b| b.as_bytes())
+                .and_then(body_prompt)
+            {
+                crate::bill_on_cut(bill);
+            }
             let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
             error_for_status(response)
                 .await
@@ -317,12 +325,15 @@ impl From<&CompletionUsage> for Usage {
 /// the TOML; the longest configured prefix of the model id wins). A model with no price is
 /// counted in tokens only, and a WARN event says so once per model.
 ///
+/// Through [`single_attempt_client`], an attempt the runtime cuts (`timeout`, `deadline`) is
+/// charged its prompt ([`prompt_estimate`] of the request it sent) with nothing in the body;
+/// with another client, call [`bill_on_cut`](crate::bill_on_cut) yourself.
+///
 /// ```ignore
 /// #[resilient(max = 3, timeout = "60s", budget = "0.10usd", pool = "openai-hourly")]
 /// async fn complete(client: &Client<OpenAIConfig>, request: &CreateChatCompletionRequest)
 ///     -> Result<Completion, OpenAIError>
 /// {
-///     retry_runtime::bill_on_cut(prompt_estimate(request)); // a cut attempt still pays its prompt
 ///     client.chat().create(request.clone()).await.map(Completion)
 /// }
 /// ```
@@ -349,12 +360,26 @@ impl Metered for Completion {
 /// [`bill_on_cut`](crate::bill_on_cut): a provider bills the prompt of a request it started
 /// on. Where a tokenizer is at hand, pass `bill_on_cut` its count instead.
 pub fn prompt_estimate(request: &CreateChatCompletionRequest) -> Spend {
-    let chars = serde_json::to_string(&request.messages).map_or(0, |json| json.len() as u64);
+    let chars = serde_json::to_string(&request.messages).map_or(0, |json| json.len());
+    prompt_cost(&request.model, chars)
+}
+
+/// [`prompt_estimate`] of a request body as sent (JSON with `model` and `messages`), for
+/// [`SingleAttempt`], which sees requests only as bytes. `None` for a body of another shape.
+fn body_prompt(body: &[u8]) -> Option<Spend> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let model = json.get("model")?.as_str()?;
+    let messages = json.get("messages")?;
+    let chars = serde_json::to_string(messages).map_or(0, |m| m.len());
+    Some(prompt_cost(model, chars))
+}
+
+fn prompt_cost(model: &str, json_chars: usize) -> Spend {
     let usage = Usage {
-        input: chars.div_ceil(4),
+        input: (json_chars as u64).div_ceil(4),
         output: 0,
     };
-    priced(&request.model, usage)
+    priced(model, usage)
 }
 
 fn priced(model: &str, usage: Usage) -> Spend {
