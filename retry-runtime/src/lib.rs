@@ -82,8 +82,7 @@ pub use rejected::{CanReject, Rejected};
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
 pub use budget::{pool, workflow, Pool, Workflow};
-pub use executor::bill_on_cut;
-pub use spend::{Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
+pub use spend::{bill_on_cut, Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
 
 // Configuring at run time.
 pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};

@@ -268,6 +268,39 @@ impl<T: Metered> Metered for std::sync::Arc<T> {
     }
 }
 
+// ---- what a cut attempt is billed ----
+
+tokio::task_local! {
+    // The bill of the attempt in flight if the runtime cuts it, set by its body.
+    pub(crate) static BILL_ON_CUT: std::cell::Cell<Spend>;
+}
+
+/// Say what the attempt in flight will be billed if the runtime cuts it (its `timeout` or the
+/// call's `deadline`): a provider bills a request it has started on, the prompt at least,
+/// though no answer ever arrives. Call it in a `#[resilient]` body before the request is
+/// sent; the largest figure said in an attempt counts. The cut attempt is then charged it in
+/// the call's budget, its pool and workflows, and its report. Outside an attempt that can be
+/// cut, it does nothing.
+///
+/// ```
+/// use retry_runtime::{bill_on_cut, observe, resilient, Rejected, Spend};
+///
+/// #[resilient(max = 1, timeout = "10ms")]
+/// async fn slow() -> Result<u32, Rejected> {
+///     bill_on_cut(Spend::from_micros(300)); // the prompt, priced
+///     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+///     Ok(1)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// let (_, report) = observe(slow()).await;
+/// assert_eq!(report.spent(), Spend::from_micros(300));
+/// # }
+/// ```
+pub fn bill_on_cut(spend: Spend) {
+    let _ = BILL_ON_CUT.try_with(|bill| bill.set(bill.get().max_each(spend)));
+}
+
 // ---- limits ----
 
 /// A limit without room: which one, what is committed against it (in its unit), and the

@@ -17,37 +17,6 @@ use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, AttemptReport, CallReport, StopReason};
 use crate::spend::{Spend, Unit};
 
-tokio::task_local! {
-    // The bill of the attempt in flight if the runtime cuts it, set by its body.
-    static BILL_ON_CUT: std::cell::Cell<Spend>;
-}
-
-/// Say what the attempt in flight will be billed if the runtime cuts it (its `timeout` or the
-/// call's `deadline`): a provider bills a request it has started on, the prompt at least,
-/// though no answer ever arrives. Call it in a `#[resilient]` body before the request is
-/// sent; the largest figure said in an attempt counts. The cut attempt is then charged it in
-/// the call's budget, its pool and workflows, and its report. Outside an attempt that can be
-/// cut, it does nothing.
-///
-/// ```
-/// use retry_runtime::{bill_on_cut, observe, resilient, Rejected, Spend};
-///
-/// #[resilient(max = 1, timeout = "10ms")]
-/// async fn slow() -> Result<u32, Rejected> {
-///     bill_on_cut(Spend::from_micros(300)); // the prompt, priced
-///     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-///     Ok(1)
-/// }
-///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// let (_, report) = observe(slow()).await;
-/// assert_eq!(report.spent(), Spend::from_micros(300));
-/// # }
-/// ```
-pub fn bill_on_cut(spend: Spend) {
-    let _ = BILL_ON_CUT.try_with(|bill| bill.set(bill.get().max_each(spend)));
-}
-
 /// Why the executor cut the attempt in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Cut {
@@ -203,7 +172,7 @@ impl<'p> Call<'p> {
             return attempt.await;
         };
         // The attempt runs with its bill-if-cut slot (`bill_on_cut`), read back if it is cut.
-        let attempt = BILL_ON_CUT.scope(std::cell::Cell::new(Spend::ZERO), attempt);
+        let attempt = crate::spend::BILL_ON_CUT.scope(std::cell::Cell::new(Spend::ZERO), attempt);
         let mut attempt = std::pin::pin!(attempt);
         match tokio::time::timeout_at(at, attempt.as_mut()).await {
             Ok(outcome) => outcome,

@@ -45,7 +45,7 @@ mod decide;
 mod fallbacks;
 mod gate;
 
-pub use call::{bill_on_cut, Call};
+pub use call::Call;
 pub use decide::{decide, Decision, Failure};
 pub use site::CallSite;
 

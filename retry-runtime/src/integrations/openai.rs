@@ -126,7 +126,7 @@ impl tower_service::Service<HttpRequestFactory> for SingleAttempt {
                 .and_then(|b| b.as_bytes())
                 .and_then(body_prompt)
             {
-                crate::bill_on_cut(bill);
+                crate::spend::bill_on_cut(bill);
             }
             let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
             error_for_status(response)
@@ -327,7 +327,7 @@ impl From<&CompletionUsage> for Usage {
 ///
 /// Through [`single_attempt_client`], an attempt the runtime cuts (`timeout`, `deadline`) is
 /// charged its prompt ([`prompt_estimate`] of the request it sent) with nothing in the body;
-/// with another client, call [`bill_on_cut`](crate::bill_on_cut) yourself.
+/// with another client, call [`bill_on_cut`](crate::spend::bill_on_cut) yourself.
 ///
 /// ```ignore
 /// #[resilient(max = 3, timeout = "60s", budget = "0.10usd", pool = "openai-hourly")]
@@ -357,7 +357,7 @@ impl Metered for Completion {
 /// What `request`'s prompt is expected to cost: its messages' JSON length over four (about a
 /// token per four characters of English; the JSON's quotes and keys make it an over-estimate,
 /// never an under-estimate for plain text), priced at its model's input price. For
-/// [`bill_on_cut`](crate::bill_on_cut): a provider bills the prompt of a request it started
+/// [`bill_on_cut`](crate::spend::bill_on_cut): a provider bills the prompt of a request it started
 /// on. Where a tokenizer is at hand, pass `bill_on_cut` its count instead.
 pub fn prompt_estimate(request: &CreateChatCompletionRequest) -> Spend {
     let chars = serde_json::to_string(&request.messages).map_or(0, |json| json.len());
