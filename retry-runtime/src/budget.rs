@@ -352,7 +352,15 @@ impl SpendEstimate {
             update(&self.tokens8, spend.tokens());
         }
         self.observe_billed(spend);
-        self.known.store(true, Ordering::Release);
+        self.mark_known();
+    }
+
+    // Reads first: on the happy path the costliest and `known` rarely change, and a load
+    // leaves the cache line shared where a write would bounce it between cores.
+    fn mark_known(&self) {
+        if !self.known.load(Ordering::Acquire) {
+            self.known.store(true, Ordering::Release);
+        }
     }
 
     /// Learn from a failed attempt's bill: it raises the most an attempt is known to cost.
@@ -360,9 +368,14 @@ impl SpendEstimate {
         if spend.is_zero() {
             return;
         }
-        self.max_micros.fetch_max(spend.micros(), Ordering::AcqRel);
-        self.max_tokens.fetch_max(spend.tokens(), Ordering::AcqRel);
-        self.known.store(true, Ordering::Release);
+        let raise = |cell: &AtomicU64, x: u64| {
+            if x > cell.load(Ordering::Acquire) {
+                cell.fetch_max(x, Ordering::AcqRel);
+            }
+        };
+        raise(&self.max_micros, spend.micros());
+        raise(&self.max_tokens, spend.tokens());
+        self.mark_known();
     }
 
     /// The expected cost of one more attempt.

@@ -201,11 +201,14 @@ impl<'p> Call<'p> {
             Unit::Usd => Spend::from_micros(limit.amount()),
             Unit::Tokens => Spend::from_tokens(limit.amount()),
         });
+        // Only pools and workflows reserve: elsewhere the site's knowledge is not read.
+        let reserves = self.gate.reserves();
         Ask {
             first,
             expected: self.site.estimate.expected().max_each(self.costliest),
             reserve: self.costliest.max_each(max_cost.unwrap_or(Spend::ZERO)),
-            unknown: max_cost.is_none()
+            unknown: reserves
+                && max_cost.is_none()
                 && self.costliest.is_zero()
                 && !self.site.estimate.is_known(),
             budget: self.policy.budget().map(|limit| (limit, self.spent)),

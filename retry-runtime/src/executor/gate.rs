@@ -196,6 +196,11 @@ impl<'p> Gate<'p> {
         self.breaker.is_none() && self.pacer.is_none() && self.ledgers.is_empty()
     }
 
+    /// Whether the attempt reserves in a pool or workflow.
+    pub(super) fn reserves(&self) -> bool {
+        !self.ledgers.is_empty()
+    }
+
     /// How long the attempt being admitted (or in flight) waited for its permits.
     pub(super) fn paced(&self) -> Duration {
         self.paced
