@@ -12,31 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Reply;
+use common::{ApiError, Reply};
 use retry_runtime::{
-    configure, pool, resilient, workflow, Budget, Classify, Config, ErrorClass, PoolConfig,
-    Rejected, Spend, Workflow,
+    configure, pool, resilient, workflow, Budget, Config, PoolConfig, Spend, Workflow,
 };
 use tokio::task::JoinSet;
-
-#[derive(Debug)]
-enum Billed {
-    Runtime(Rejected),
-}
-
-impl From<Rejected> for Billed {
-    fn from(r: Rejected) -> Self {
-        Billed::Runtime(r)
-    }
-}
-
-impl Classify for Billed {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Billed::Runtime(r) => r.class(),
-        }
-    }
-}
 
 const CALLS: u64 = 10_000;
 
@@ -60,14 +40,14 @@ fn setup() {
 }
 
 #[resilient(max = 1, timeout = "60s", max_cost = "0.002usd")]
-async fn in_workflow(i: u64) -> Result<Reply, Billed> {
+async fn in_workflow(i: u64) -> Result<Reply, ApiError> {
     // Long enough that the whole burst is admitted before the first answer is in.
     tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(Reply(cost(i)))
 }
 
 #[resilient(max = 1, pool = "burst-pool", max_cost = "0.002usd")]
-async fn in_pool(i: u64) -> Result<Reply, Billed> {
+async fn in_pool(i: u64) -> Result<Reply, ApiError> {
     // Long enough that the whole burst is admitted before the first answer is in.
     tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(Reply(cost(i)))
@@ -114,7 +94,7 @@ static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static MOST: AtomicUsize = AtomicUsize::new(0);
 
 #[resilient(max = 1, timeout = "60s")]
-async fn unmeasured(first_wave: Arc<AtomicUsize>) -> Result<Reply, Billed> {
+async fn unmeasured(first_wave: Arc<AtomicUsize>) -> Result<Reply, ApiError> {
     let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
     if first_wave.load(Ordering::SeqCst) == 0 {
         MOST.fetch_max(now, Ordering::SeqCst);

@@ -4,38 +4,17 @@
 
 mod common;
 
-use common::{EventLog, Reply};
-use retry_runtime::{
-    configure, resilient, Classify, Config, ErrorClass, Rejected, Spend, StopReason,
-};
-
-#[derive(Debug)]
-enum Billed {
-    Runtime(Rejected),
-}
-
-impl From<Rejected> for Billed {
-    fn from(r: Rejected) -> Self {
-        Billed::Runtime(r)
-    }
-}
-
-impl Classify for Billed {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Billed::Runtime(r) => r.class(),
-        }
-    }
-}
+use common::{ApiError, EventLog, Reply};
+use retry_runtime::{configure, resilient, Config, Rejected, Spend, StopReason};
 
 // The file says `openai_hourly`; the code says `openai-hourly`.
 #[resilient(max = 1, pool = "openai-hourly")]
-async fn typo(cost: Spend) -> Result<Reply, Billed> {
+async fn typo(cost: Spend) -> Result<Reply, ApiError> {
     Ok(Reply(cost))
 }
 
 #[resilient(max = 1, pool = "openai_hourly")]
-async fn configured(cost: Spend) -> Result<Reply, Billed> {
+async fn configured(cost: Spend) -> Result<Reply, ApiError> {
     Ok(Reply(cost))
 }
 
@@ -52,7 +31,7 @@ async fn a_pool_name_typo_refuses_and_names_the_configured_pool() {
         assert!(
             matches!(
                 result,
-                Err(Billed::Runtime(Rejected::PoolUnconfigured {
+                Err(ApiError::Runtime(Rejected::PoolUnconfigured {
                     pool: "openai-hourly"
                 }))
             ),
@@ -83,6 +62,6 @@ async fn a_pool_name_typo_refuses_and_names_the_configured_pool() {
     assert!(configured(Spend::from_micros(600_000)).await.is_ok());
     assert!(matches!(
         configured(Spend::from_micros(600_000)).await,
-        Err(Billed::Runtime(Rejected::BudgetExhausted { .. }))
+        Err(ApiError::Runtime(Rejected::BudgetExhausted { .. }))
     ));
 }

@@ -4,30 +4,11 @@
 
 mod common;
 
-use common::{EventLog, Reply};
-use retry_runtime::{resilient, Classify, ErrorClass, Rejected, Spend};
-
-#[derive(Debug)]
-enum Billed {
-    Runtime(Rejected),
-}
-
-impl From<Rejected> for Billed {
-    fn from(r: Rejected) -> Self {
-        Billed::Runtime(r)
-    }
-}
-
-impl Classify for Billed {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Billed::Runtime(r) => r.class(),
-        }
-    }
-}
+use common::{ApiError, EventLog, Reply};
+use retry_runtime::{resilient, Rejected, Spend};
 
 #[resilient(max = 1, pool = "hourly")]
-async fn pooled(cost: Spend) -> Result<Reply, Billed> {
+async fn pooled(cost: Spend) -> Result<Reply, ApiError> {
     Ok(Reply(cost))
 }
 
@@ -49,7 +30,7 @@ async fn a_file_that_fails_to_load_makes_pooled_calls_refuse() {
         assert!(
             matches!(
                 result,
-                Err(Billed::Runtime(Rejected::PoolUnconfigured {
+                Err(ApiError::Runtime(Rejected::PoolUnconfigured {
                     pool: "hourly"
                 }))
             ),

@@ -4,30 +4,11 @@
 
 mod common;
 
-use common::Reply;
-use retry_runtime::{pool, resilient, Classify, ErrorClass, Rejected, Spend};
-
-#[derive(Debug)]
-enum Billed {
-    Runtime(Rejected),
-}
-
-impl From<Rejected> for Billed {
-    fn from(r: Rejected) -> Self {
-        Billed::Runtime(r)
-    }
-}
-
-impl Classify for Billed {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Billed::Runtime(r) => r.class(),
-        }
-    }
-}
+use common::{ApiError, Reply};
+use retry_runtime::{pool, resilient, Spend};
 
 #[resilient(max = 1, pool = "hourly")]
-async fn pooled(cost: Spend) -> Result<Reply, Billed> {
+async fn pooled(cost: Spend) -> Result<Reply, ApiError> {
     Ok(Reply(cost))
 }
 
