@@ -307,8 +307,10 @@ pub fn expand(
 
     // Guarded attempts need `E: From<Rejected>`; a missing impl is reported at the key
     // (`timeout`, `deadline`, `breaker`, `pool`) that made the policy able to refuse or cut one.
-    let body = &item.block;
-    let attempt_body = quote!(async { #(#copies)* #body });
+    // The body's statements, not its block: `async { { Ok(1) } }` would make rustc's
+    // `unused_braces` fire on every one-line body, failing a `-D warnings` build.
+    let stmts = &item.block.stmts;
+    let attempt_body = quote!(async { #(#copies)* #(#stmts)* });
     let run_attempt = match policy.reject_span {
         Some(span) => {
             let head = respan(quote!(#call.attempt_guarded), span);
