@@ -147,6 +147,34 @@ pub struct Policy {
     pub(crate) queue_wait: Duration,
 }
 
+/// The environment variable that turns retries off for the whole process
+/// (`RETRY_RUNTIME_NO_RETRIES=1`): every call makes one attempt, with no backoff.
+pub const NO_RETRIES_ENV: &str = "RETRY_RUNTIME_NO_RETRIES";
+
+// 0: not decided yet (read the environment once), 1: retries on, 2: off.
+static RETRIES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turn retries on or off for the whole process (tests: a failing call then fails at once).
+pub(crate) fn set_retries(enabled: bool) {
+    RETRIES.store(
+        if enabled { 1 } else { 2 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Whether retries are off for the process (asked only after a failed attempt).
+pub(crate) fn retries_disabled() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match RETRIES.load(Relaxed) {
+        0 => {
+            let off = std::env::var(NO_RETRIES_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true"));
+            let _ = RETRIES.compare_exchange(0, if off { 2 } else { 1 }, Relaxed, Relaxed);
+            RETRIES.load(Relaxed) == 2
+        }
+        state => state == 2,
+    }
+}
+
 impl Policy {
     /// Largest `max` the attribute accepts (20): past that a call is not retrying, it is
     /// polling, and belongs in a queue.

@@ -6,7 +6,33 @@
 //! every call site can keep a plain reference.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+
+// Test isolation: inside `isolated`, every registry lookup is keyed by the scope too, so a
+// test gets breakers, pools and pacers of its own under the names its code uses. Until the
+// first scope, call sites skip the check with one relaxed load.
+static SCOPES_USED: AtomicBool = AtomicBool::new(false);
+static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
+
+tokio::task_local! {
+    static SCOPE: u64;
+}
+
+/// The isolation scope the current task runs in (0: none, the process-wide entries).
+fn current_scope() -> u64 {
+    if !SCOPES_USED.load(Ordering::Relaxed) {
+        return 0;
+    }
+    SCOPE.try_with(|s| *s).unwrap_or(0)
+}
+
+/// Run `fut` with registries of its own: see `testing::isolated`.
+pub(crate) fn isolated<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    SCOPES_USED.store(true, Ordering::Relaxed);
+    SCOPE.scope(NEXT_SCOPE.fetch_add(1, Ordering::Relaxed), fut)
+}
 
 /// Something a registry holds: it knows its name.
 pub(crate) trait Named: Sync + 'static {
@@ -15,7 +41,8 @@ pub(crate) trait Named: Sync + 'static {
 
 /// A set of named entries, created on first use.
 pub(crate) struct Registry<T: Named> {
-    entries: OnceLock<Mutex<Vec<&'static T>>>,
+    // Each entry with the isolation scope it belongs to (0: the process's own).
+    entries: OnceLock<Mutex<Vec<(u64, &'static T)>>>,
 }
 
 impl<T: Named> Registry<T> {
@@ -25,7 +52,7 @@ impl<T: Named> Registry<T> {
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<&'static T>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<(u64, &'static T)>> {
         self.entries
             .get_or_init(|| Mutex::new(Vec::new()))
             .lock()
@@ -39,13 +66,14 @@ impl<T: Named> Registry<T> {
         name: &str,
         create: impl FnOnce(&'static str) -> T,
     ) -> (&'static T, bool) {
+        let scope = current_scope();
         let mut all = self.entries();
-        if let Some(existing) = all.iter().find(|e| e.name() == name) {
+        if let Some((_, existing)) = all.iter().find(|(s, e)| *s == scope && e.name() == name) {
             return (existing, false);
         }
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         let created: &'static T = Box::leak(Box::new(create(name)));
-        all.push(created);
+        all.push((scope, created));
         (created, true)
     }
 }
@@ -79,6 +107,10 @@ impl<T> Slot<T> {
     #[inline]
     pub(crate) fn get_with(&self, resolve: fn(&str) -> &'static T) -> Option<&'static T> {
         let name = self.name?;
+        if current_scope() != 0 {
+            // An isolated test: its own entry, never the one this site cached for others.
+            return Some(resolve(name));
+        }
         Some(*self.resolved.get_or_init(|| resolve(name)))
     }
 }

@@ -22,3 +22,33 @@ pub fn seed_jitter(seed: u64) {
 pub fn clock_ms() -> u64 {
     crate::clock::now_ms()
 }
+
+/// Run `fut` with breakers, pools and pacers of its own: every `#[resilient]` call (and every
+/// `breaker(name)`, `pool(name)`, `pacer(name)`) inside it gets entries that belong to this
+/// scope alone, under the names the code uses, created from the configuration as usual. Two
+/// tests in one binary that share a breaker name then cannot leak its state into each other,
+/// whatever order they run in.
+///
+/// The scope is task-local: a task spawned inside `fut` is not in it (wrap its future too).
+///
+/// ```
+/// use retry_runtime::{breaker, testing::isolated, BreakerState};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let inside = isolated(async { breaker("doc-isolated") as *const _ }).await;
+/// let outside = breaker("doc-isolated") as *const _;
+/// assert_ne!(inside, outside);
+/// assert_eq!(breaker("doc-isolated").state(), BreakerState::Closed);
+/// # }
+/// ```
+pub fn isolated<F: std::future::Future>(fut: F) -> impl std::future::Future<Output = F::Output> {
+    crate::registry::isolated(fut)
+}
+
+/// Turn retries off (or back on) for the whole process: every call then makes one attempt and
+/// returns its result with no backoff (`StopReason::AttemptsExhausted` for a failure). The
+/// environment variable `RETRY_RUNTIME_NO_RETRIES=1` does the same from the start, for a
+/// whole test run.
+pub fn set_retries(enabled: bool) {
+    crate::policy::set_retries(enabled);
+}

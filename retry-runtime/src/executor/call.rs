@@ -294,6 +294,10 @@ impl<'p> Call<'p> {
         let backoff = self.next_backoff();
         let elapsed = self.started.elapsed();
         let decision = match decide(self.policy, self.attempts, failure, backoff, elapsed) {
+            // Retries switched off for the process (tests): this attempt was the last.
+            Decision::Retry { .. } if crate::policy::retries_disabled() => {
+                Decision::Stop(StopReason::AttemptsExhausted)
+            }
             // What the shared state says about a retry the policy allows: an open breaker,
             // a budget without room or a spent retry budget stops the call before its backoff.
             Decision::Retry { delay } => match self.gate.check_retry(&self.ask(false)) {
