@@ -31,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "stale_for",
     "queue_wait",
     "key",
+    "name",
     "crate",
 ];
 
@@ -96,6 +97,7 @@ fn example(key: &str) -> &'static str {
         "stale_for" => "stale_for = \"1h\"",
         "queue_wait" => "queue_wait = \"60s\"",
         "key" => "key = prompt.to_string()",
+        "name" => "name = \"openai.complete\"",
         "crate" => "crate = \"::retry_runtime\"",
         _ => "key = value",
     }
@@ -131,6 +133,8 @@ pub struct Policy {
     pub deadline: Option<Dur>,
     pub max_retry_after: Dur,
     pub krate: Option<syn::Path>,
+    /// The call site's label in reports, events and metrics (default: `module::fn`).
+    pub label: Option<String>,
     pub breaker: Option<String>,
     pub budget: Option<BudgetLit>,
     /// The most one attempt can cost: what pools and workflows reserve.
@@ -196,6 +200,7 @@ impl Policy {
             deadline: None,
             max_retry_after: dur(60_000_000_000),
             krate: None,
+            label: None,
             breaker: None,
             budget: None,
             max_cost: None,
@@ -366,6 +371,23 @@ impl Policy {
                                 &s,
                                 format!("`max_cost = \"{}\"`: {why}", s.value()),
                             ),
+                        }
+                    }
+                }
+                "name" => {
+                    if let Some(s) = string(&pair.value, &key, "\"openai.complete\"", errors) {
+                        let label = s.value();
+                        let bad = label.chars().find(|c| {
+                            c.is_whitespace()
+                                || c.is_control()
+                                || matches!(c, '"' | '\'' | '{' | '}' | '=' | ',')
+                        });
+                        if label.is_empty() || label.len() > 128 {
+                            errors.at(&s, format!("`name = \"{label}\"`: a call site's name is 1 to 128 characters, e.g. `name = \"openai.complete\"`"));
+                        } else if let Some(c) = bad {
+                            errors.at(&s, format!("`name = \"{label}\"`: {c:?} cannot be part of a metric label value here; use letters, digits, `.`, `_`, `-`, `:`, `/`"));
+                        } else {
+                            policy.label = Some(label);
                         }
                     }
                 }

@@ -235,8 +235,15 @@ pub fn expand(
     let base = nanos(policy.base.nanos);
     let cap = nanos(policy.cap.nanos);
     let max_retry_after = nanos(policy.max_retry_after.nanos);
+    // The site's label (its `name`, or `module::fn`), and where it is written, so that two
+    // sites reporting under one label can be told apart in the WARN that says so.
+    let label = match &policy.label {
+        Some(label) => quote!(#label),
+        None => quote!(#rt::concat!(#rt::module_path!(), "::", #name)),
+    };
     let mut builder = quote! {
-        #rt::Policy::new(#rt::concat!(#rt::module_path!(), "::", #name))
+        #rt::Policy::new(#label)
+            .with_site(#rt::concat!(#rt::module_path!(), "::", #name, " at ", #rt::file!(), ":", #rt::line!()))
             .with_backoff(#rt::Backoff::#backoff)
             .with_max_attempts(#max)
             .with_base(#base)

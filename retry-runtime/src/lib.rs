@@ -118,6 +118,8 @@ pub mod __private {
     pub use crate::policy::{CodeRange, Policy, RetryOn};
     pub use crate::spend::{Metered, Spend};
     pub use core::concat;
+    pub use core::file;
+    pub use core::line;
     pub use core::marker::PhantomData;
     pub use core::module_path;
     pub use core::option::Option::Some;

@@ -130,6 +130,7 @@ impl Default for RetryOn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub(crate) name: &'static str,
+    pub(crate) site: &'static str,
     pub(crate) backoff: Backoff,
     pub(crate) max_attempts: u32,
     pub(crate) base: Duration,
@@ -185,6 +186,7 @@ impl Policy {
     pub const fn new(name: &'static str) -> Self {
         Self {
             name,
+            site: name,
             backoff: Backoff::ExpJitter,
             max_attempts: 3,
             base: Duration::from_millis(500),
@@ -337,9 +339,22 @@ impl Policy {
         self.breaker
     }
 
-    /// The function name this policy belongs to (used in reports and events).
+    /// The call site's label in reports, events and metrics: its `name = "…"`, or the
+    /// function's `module::fn`.
     pub const fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Where the call site is written (`module::fn at file:line`), for the WARN that two sites
+    /// report under one label.
+    pub const fn with_site(mut self, site: &'static str) -> Self {
+        self.site = site;
+        self
+    }
+
+    /// Where the call site is written (its label, when built by hand without `with_site`).
+    pub const fn site(&self) -> &'static str {
+        self.site
     }
 
     /// Attempts including the first.

@@ -513,6 +513,25 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A call site's first call says its label: two sites that report, log and count under one
+/// label (two impls' `complete`, say) are a WARN naming both, once, since a dashboard would
+/// merge them. Give one a `name = "…"`.
+pub(crate) fn site_label(label: &'static str, site: &'static str) {
+    static SITES: std::sync::Mutex<Vec<(&'static str, &'static str)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, other)) = sites.iter().find(|(l, s)| *l == label && *s != site) {
+        tracing::warn!(
+            target: "retry_runtime",
+            function = label,
+            site,
+            other_site = *other,
+            "two #[resilient] call sites report under one label; give one a `name = \"…\"`"
+        );
+    }
+    sites.push((label, site));
+}
+
 /// Emitted before each retry's wait.
 pub(crate) fn retrying(
     function: &'static str,

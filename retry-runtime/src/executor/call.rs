@@ -72,6 +72,8 @@ impl<'p> Call<'p> {
     /// Start a call at a `static` call site (what the macro emits): the clock for `deadline`
     /// starts now, and metrics use the site's compile-time labels.
     pub fn start_static(site: &'static CallSite<'static>) -> Call<'static> {
+        site.registered
+            .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
         let mut call = Call::start(site);
         call.labels = Some(&site.labels);
         call

@@ -19,6 +19,8 @@ pub struct CallSite<'p> {
     pub(super) cache: FallbackCache,
     pub(super) pace: PacerSlot,
     pub(super) labels: report::metered::SiteLabels,
+    // Whether this site has said its label (for the WARN that two sites share one).
+    pub(super) registered: std::sync::Once,
 }
 
 impl<'p> CallSite<'p> {
@@ -32,6 +34,7 @@ impl<'p> CallSite<'p> {
             cache: FallbackCache::new(),
             pace: PacerSlot::new(policy.pace()),
             labels: report::metered::SiteLabels::new(policy.name()),
+            registered: std::sync::Once::new(),
         }
     }
 
