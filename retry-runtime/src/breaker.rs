@@ -23,6 +23,7 @@ use crate::retry_budget::RetryBudget;
 
 /// A breaker's state, as seen by a caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum BreakerState {
     /// Calls flow; outage failures are counted.
     Closed,
@@ -51,6 +52,7 @@ impl fmt::Display for BreakerState {
 
 /// A change of a breaker's state, as recorded in the `CallReport` of the call that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Transition {
     /// The breaker's name.
     pub breaker: &'static str,

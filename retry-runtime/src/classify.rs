@@ -6,6 +6,7 @@ use std::time::Duration;
 /// What kind of failure an attempt ended in. The policy's `#[retry_on]` list decides which
 /// classes are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum ErrorClass {
     /// The provider answered with this HTTP status code.
     Status(u16),

@@ -23,6 +23,7 @@ use crate::spend::{Budget, BudgetScope};
 
 /// What served a degraded answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum FallbackKind {
     /// The last good answer for the same key.
     Cached,
@@ -58,6 +59,7 @@ impl fmt::Display for FallbackKind {
 
 /// The fallback that served a call, in its [`CallReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FallbackReport {
     /// What served the answer.
     pub kind: FallbackKind,
@@ -71,6 +73,7 @@ pub struct FallbackReport {
 
 /// Why a call ended. Every way out of the executor has its own reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum StopReason {
     /// An attempt succeeded.
@@ -211,6 +214,7 @@ impl fmt::Display for StopReason {
 
 /// One attempt of a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct AttemptReport {
     /// 1 for the first attempt.
     pub number: u32,
@@ -264,6 +268,7 @@ impl AttemptReport {
 /// # }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CallReport {
     pub(crate) function: &'static str,
     pub(crate) attempts: Vec<AttemptReport>,

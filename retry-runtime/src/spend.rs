@@ -20,6 +20,7 @@ use std::ops::{Add, AddAssign};
 /// assert_eq!(Spend::from_tokens(20_000).to_string(), "20,000 tok");
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Spend {
     micros: u64,
     tokens: u64,
@@ -155,6 +156,7 @@ fn group(n: u64) -> String {
 
 /// The unit a budget is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Unit {
     /// US dollars, counted in micro-dollars.
     Usd,
@@ -323,6 +325,7 @@ pub(crate) struct Exhausted {
 /// assert!("0.10eur".parse::<Budget>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Budget {
     unit: Unit,
     amount: u64,
@@ -415,6 +418,7 @@ impl std::str::FromStr for Budget {
 
 /// Which limit a call ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum BudgetScope {
     /// The attribute's per-call `budget`.
     Call,
