@@ -13,7 +13,8 @@ mod expand;
 
 use attr::Errors;
 
-/// Retry an async fn under a policy checked at compile time. See `retry_runtime`.
+/// The `#[resilient]` attribute; its documentation (keys, examples) is on
+/// `retry_runtime::resilient`, the path to use it by.
 #[proc_macro_attribute]
 pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut item: ItemFn = match syn::parse(item.clone()) {
@@ -112,4 +113,30 @@ fn with_error(mut item: ItemFn, error: syn::Error, used: proc_macro2::TokenStrea
     // `used` keeps the user's `use …::retry_on` counted as used, as the expansion does.
     let (attrs, vis, sig, block) = (&item.attrs, &item.vis, &item.sig, &item.block);
     quote!(#error #(#attrs)* #vis #sig { #used #block }).into()
+}
+
+#[cfg(test)]
+mod tests {
+    // The keys table users read (the `#[resilient]` rustdoc page, and README's copy of it)
+    // names every key the attribute accepts.
+    #[test]
+    fn every_key_is_documented() {
+        let page = include_str!("../../retry-runtime/docs/resilient.md");
+        let readme = include_str!("../../README.md");
+        for key in crate::attr::KEYS {
+            let cell = format!("| `{key}`");
+            let listed = |text: &str| {
+                text.lines().any(|l| {
+                    l.starts_with(&cell)
+                        || l.starts_with(&format!("| `{key}`,"))
+                        || l.contains(&format!(", `{key}` |"))
+                })
+            };
+            assert!(
+                listed(page),
+                "`{key}` is not in the #[resilient] rustdoc keys table"
+            );
+            assert!(listed(readme), "`{key}` is not in README's keys table");
+        }
+    }
 }

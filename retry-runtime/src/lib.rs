@@ -94,15 +94,27 @@ pub use report::{observe, observe_all, AttemptReport, CallReport, StopReason};
 // Driving a policy by hand, without the attribute.
 pub use executor::{decide, retry, CallSite, Decision, Failure};
 
-/// Retry an async function under a policy checked at compile time.
-///
-/// See the crate documentation and the README for the keys.
 #[cfg(feature = "macros")]
 #[doc(inline)]
+#[doc = include_str!("../docs/resilient.md")]
 pub use retry_macros::resilient;
 
-/// List what a `#[resilient]` function retries: status codes, inclusive ranges, `timeout`,
-/// `transport`.
+/// List what a `#[resilient]` function retries: status codes (`429`), inclusive ranges
+/// (`500..=599`), and the words `timeout` and `transport`; above or below `#[resilient]`.
+///
+/// Without it: 408, 409, 429, 500..=599, `timeout`, `transport`. `Permanent` and `Other`
+/// errors are never retried, whatever the list says. Refused at compile time, under the
+/// offending token: a code outside 100..=599, a 1xx/2xx/3xx code, a caller-fault 4xx (400,
+/// 401, 403, 404, 413, 422: retrying them only pays again for the same wrong request),
+/// duplicates and overlaps, and `#[retry_on]` without `#[resilient]`.
+///
+/// ```
+/// use retry_runtime::{resilient, retry_on, Rejected};
+///
+/// #[resilient(max = 3)]
+/// #[retry_on(429, 500..=504, 529, timeout)]
+/// async fn complete() -> Result<u32, Rejected> { Ok(1) }
+/// ```
 #[cfg(feature = "macros")]
 #[doc(inline)]
 pub use retry_macros::retry_on;
