@@ -72,8 +72,9 @@ pub fn cache_key(
         }
         return None;
     };
+    let rt = syn::Ident::new("__resilient_rt", Span::mixed_site());
     match (&policy.key, keys.is_empty()) {
-        (Some(expr), true) => Some(quote!(&(#expr))),
+        (Some(expr), true) => Some(quote!(#rt::cache_key(&(#expr)))),
         (Some(expr), false) => {
             errors.at(
                 expr,
@@ -82,8 +83,17 @@ pub fn cache_key(
             None
         }
         (None, false) => {
-            let names = keys.iter().map(|(ident, _)| ident);
-            Some(quote!(&(#(&#names,)*)))
+            // One bound per parameter, spanned at it: a `#[key]` that is not `Hash` is
+            // reported under its own name, not under the whole attribute as a tuple.
+            let hasher = syn::Ident::new("__resilient_hasher", Span::mixed_site());
+            let parts = keys.iter().map(|(ident, _)| {
+                quote::quote_spanned!(ident.span()=> #rt::key_part(&mut #hasher, &#ident);)
+            });
+            Some(quote!({
+                let mut #hasher = #rt::KeyHasher::new();
+                #(#parts)*
+                #hasher.finish()
+            }))
         }
         (None, true) => {
             errors.push(syn::Error::new(
@@ -345,7 +355,7 @@ pub fn expand(
     };
 
     let key = syn::Ident::new("__resilient_key", Span::mixed_site());
-    let key_stmt = cache_key.map(|k| quote!(let #key: u64 = #rt::cache_key(#k);));
+    let key_stmt = cache_key.map(|k| quote!(let #key: u64 = #k;));
     let again = syn::Lifetime::new("'__resilient_again", Span::mixed_site());
     let chain_label = syn::Lifetime::new("'__resilient_chain", Span::mixed_site());
     let has_queue = policy

@@ -137,6 +137,47 @@ pub mod __private {
     pub use core::option::Option::Some;
     pub use core::time::Duration;
 
+    /// A `#[key]` argument of a `cached` fallback: hashed into the call's cache key.
+    #[diagnostic::on_unimplemented(
+        message = "`#[key]` argument of type `{Self}` must be `Hash`: the `cached` fallback is keyed by a hash of it",
+        label = "not `Hash`",
+        note = "derive or implement `Hash` for `{Self}`, or key the cache with `key = <expr>` (a hashable expression)"
+    )]
+    pub trait CacheKeyPart {
+        /// Feed this argument to the call's key.
+        fn hash_into(&self, hasher: &mut KeyHasher);
+    }
+
+    impl<T: std::hash::Hash + ?Sized> CacheKeyPart for T {
+        #[inline]
+        fn hash_into(&self, hasher: &mut KeyHasher) {
+            std::hash::Hash::hash(self, &mut hasher.0);
+        }
+    }
+
+    /// The hasher of a call's `#[key]` arguments (fixed keys: the same arguments give the
+    /// same key in every process).
+    pub struct KeyHasher(std::hash::DefaultHasher);
+
+    impl KeyHasher {
+        /// An empty key.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            KeyHasher(std::hash::DefaultHasher::new())
+        }
+
+        /// The key.
+        pub fn finish(&self) -> u64 {
+            std::hash::Hasher::finish(&self.0)
+        }
+    }
+
+    /// Hash one `#[key]` argument into the key (its bound is what reports a missing `Hash`).
+    #[inline]
+    pub fn key_part<T: CacheKeyPart + ?Sized>(hasher: &mut KeyHasher, part: &T) {
+        part.hash_into(hasher);
+    }
+
     /// Owned arguments are cloned for each attempt, so each attempt sees the caller's value.
     #[diagnostic::on_unimplemented(
         message = "owned argument of type `{Self}` is cloned for each attempt, but it is not `Clone`",
