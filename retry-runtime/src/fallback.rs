@@ -20,6 +20,17 @@ pub(crate) use crate::queue::Place;
 pub use crate::queue::Queue;
 pub use crate::report::{FallbackKind, FallbackReport};
 
+/// What `fallback = cached` can keep: a copy of each good answer is stored, and served later
+/// (maybe on another thread), so the answer type is `Clone + Send + Sync + 'static`.
+#[diagnostic::on_unimplemented(
+    message = "`fallback = cached` keeps a copy of each good answer, so `{Self}` must be `Clone + Send + Sync + 'static`",
+    label = "the answer type of a `cached` fallback",
+    note = "derive `Clone` for `{Self}` (and make it `Send + Sync`, owning its data), or choose another fallback"
+)]
+pub trait CachedAnswer: Clone + Send + Sync + 'static {}
+
+impl<T: Clone + Send + Sync + 'static> CachedAnswer for T {}
+
 type Entry = (Instant, Arc<dyn Any + Send + Sync>);
 
 /// A call site's bounded cache of last good answers, keyed by a hash of the `#[key]`

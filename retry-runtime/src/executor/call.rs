@@ -401,7 +401,7 @@ impl<'p> Call<'p> {
     pub fn cache_store<R>(&self, key: u64, result: &R)
     where
         R: Outcome,
-        R::Ok: Clone + Send + Sync + 'static,
+        R::Ok: crate::fallback::CachedAnswer,
     {
         if let Some(value) = result.ok_ref() {
             self.site.cache.store(key, value);

@@ -24,7 +24,7 @@ impl Call<'_> {
     pub fn serve_cached<R>(&mut self, key: u64) -> Option<R>
     where
         R: Outcome,
-        R::Ok: Clone + Send + Sync + 'static,
+        R::Ok: crate::fallback::CachedAnswer,
     {
         let (value, age) = self
             .site
