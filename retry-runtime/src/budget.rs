@@ -213,10 +213,11 @@ impl Pool {
     /// Whether this pool refuses every call (its configuration is missing where it should
     /// be). The ERROR event that says why comes at most once a minute, for as long as calls
     /// keep coming: an operator who missed the first one sees it again.
-    pub(crate) fn refuses(&self, now_ms: u64) -> bool {
+    pub(crate) fn refuses(&self) -> bool {
         let Some(why) = &self.refused else {
-            return false;
+            return false; // a configured pool: no clock read, nothing else
         };
+        let now_ms = crate::clock::now_ms();
         let said = self.said_at.load(Ordering::Acquire);
         if (said == 0 || now_ms.saturating_sub(said) >= 60_000)
             && self

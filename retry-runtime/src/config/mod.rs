@@ -482,7 +482,9 @@ pub(crate) fn store_config() -> Option<StoreConfig> {
 
 /// The price of `model` in the process-wide configuration (see [`Config::with_price`]).
 pub fn price(model: &str) -> Option<Price> {
-    read("[price]").price(model)
+    // Said to the readers once: a metered answer asks for every answer, and `read` locks.
+    static READ: std::sync::OnceLock<&'static Config> = std::sync::OnceLock::new();
+    READ.get_or_init(|| read("[price]")).price(model)
 }
 
 /// The fallback cache's capacity, read by the first cache.

@@ -129,17 +129,6 @@ pub(super) struct Ask {
     pub deadline: Duration,
 }
 
-/// Where this call's retry budget stands for the retry being admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Withdrawal {
-    /// Nothing to ask (a first attempt, or a retry not yet checked).
-    None,
-    /// Withdrawn from this process's retry budget.
-    Taken,
-    /// To be withdrawn from the fleet's, with the store's admission.
-    WithStore,
-}
-
 /// The gate of one call: see the module documentation.
 #[derive(Debug)]
 pub(super) struct Gate<'p> {
@@ -155,7 +144,9 @@ pub(super) struct Gate<'p> {
     paced: Duration,
     admission: Option<Admission>,
     held: Option<Held>,
-    withdrawal: Withdrawal,
+    // The retry being admitted withdraws from the fleet's retry budget (after its backoff,
+    // before the pacer's line) rather than this process's, which `check_retry` asked.
+    withdraw_from_fleet: bool,
     // Waits for a permit that ended in a refusal: no attempt holds them, the report still does.
     pub(super) paced_refused: Duration,
     // Only kept under `observe`, so an unobserved call never allocates for them.
@@ -183,7 +174,7 @@ impl<'p> Gate<'p> {
             paced: Duration::ZERO,
             admission: None,
             held: None,
-            withdrawal: Withdrawal::None,
+            withdraw_from_fleet: false,
             paced_refused: Duration::ZERO,
             keep_transitions,
             transitions: Vec::new(),
@@ -209,15 +200,7 @@ impl<'p> Gate<'p> {
     /// Step 1, from this process's state alone: everything that refuses without waiting
     /// (a retry's own budget and the retry budget are asked once, in [`Gate::check_retry`]).
     fn check(&mut self, ask: &Ask) -> Result<(), Refusal> {
-        if self.ledgers.is_empty() && self.breaker.is_none() {
-            return Ok(()); // nothing to ask: no clock read
-        }
-        self.pool_configured()?;
-        if !self.ledgers.is_empty() {
-            self.ledgers
-                .has_room(self.reserve(ask), now_ms())
-                .map_err(Refusal::Budget)?;
-        }
+        self.check_ledgers(ask)?;
         if let Some(breaker) = self.breaker {
             if let Some(retry_in) = breaker.look() {
                 return Err(Refusal::Circuit {
@@ -227,6 +210,17 @@ impl<'p> Gate<'p> {
             }
         }
         Ok(())
+    }
+
+    /// The pool's and the workflows' part of [`Gate::check`].
+    fn check_ledgers(&self, ask: &Ask) -> Result<(), Refusal> {
+        if self.ledgers.is_empty() {
+            return Ok(()); // nothing to ask: no clock read
+        }
+        self.pool_configured()?;
+        self.ledgers
+            .has_room(self.reserve(ask), now_ms())
+            .map_err(Refusal::Budget)
     }
 
     /// Right after an attempt failed and the policy allows a retry: may it be made at all?
@@ -249,15 +243,12 @@ impl<'p> Gate<'p> {
                 })));
             }
         }
-        self.check(ask)
-            .or_else(|refusal| match (refusal, self.breaker) {
-                // Half-open with every probe out: the probes decide; the retry waits its backoff.
-                (Refusal::Circuit { .. }, Some(b)) if b.state() == BreakerState::HalfOpen => Ok(()),
-                _ => Err(refusal),
-            })?;
+        self.check_ledgers(ask)?;
         let Some(breaker) = self.breaker else {
             return Ok(());
         };
+        // Open, not a look: a half-open breaker with every probe out lets the retry wait its
+        // backoff (the probes decide meanwhile); it is looked at again after the backoff.
         if breaker.state() == BreakerState::Open {
             return Err(Denied::Refused(Refusal::Circuit {
                 breaker: breaker.name(),
@@ -265,7 +256,7 @@ impl<'p> Gate<'p> {
             }));
         }
         if crate::store::shared_now().is_some() {
-            self.withdrawal = Withdrawal::WithStore;
+            self.withdraw_from_fleet = true;
             return Ok(());
         }
         self.withdraw_here(breaker)
@@ -276,7 +267,6 @@ impl<'p> Gate<'p> {
         if !breaker.retry_budget().try_withdraw(now_ms()) {
             return Err(Denied::RetryBudget);
         }
-        self.withdrawal = Withdrawal::Taken;
         Ok(())
     }
 
@@ -308,10 +298,7 @@ impl<'p> Gate<'p> {
             self.note(transition);
         }
         match answer.verdict {
-            Verdict::Admitted => {
-                self.withdrawal = Withdrawal::Taken;
-                Ok(())
-            }
+            Verdict::Admitted => Ok(()),
             Verdict::RetryBudget => Err(Denied::RetryBudget),
             Verdict::BreakerOpen => Err(Denied::Refused(Refusal::Circuit {
                 breaker: breaker.name(),
@@ -367,7 +354,7 @@ impl<'p> Gate<'p> {
         ask: &Ask,
     ) -> Result<(), Denied> {
         self.check_fleet(shared, ask).await?;
-        if let (Some(breaker), Withdrawal::WithStore) = (self.breaker, self.withdrawal) {
+        if let (Some(breaker), true) = (self.breaker, self.withdraw_from_fleet) {
             match shared {
                 Some(shared) => self.withdraw_in_fleet(shared, breaker).await?,
                 None => self.withdraw_here(breaker)?,
@@ -417,16 +404,14 @@ impl<'p> Gate<'p> {
             self.paced = Duration::ZERO;
             self.permit = None;
         }
-        self.withdrawal = Withdrawal::None;
+        self.withdraw_from_fleet = false;
     }
 
     /// A pool whose configuration is missing where it should be refuses (and says why, once a
     /// minute): a limit never fails open in silence.
     fn pool_configured(&self) -> Result<(), Refusal> {
         match self.ledgers.pool {
-            Some(pool) if pool.refuses(now_ms()) => {
-                Err(Refusal::Unconfigured { pool: pool.name() })
-            }
+            Some(pool) if pool.refuses() => Err(Refusal::Unconfigured { pool: pool.name() }),
             _ => Ok(()),
         }
     }
