@@ -18,9 +18,8 @@
 //!   One request per call too, but async-openai's `ApiError` drops the headers, so the policy
 //!   sees the status and the error body only.
 //!
-//! ```ignore
-//! // Needs async-openai's `chat-completion` feature; `examples/openai_compatible.rs` is the
-//! // whole program, against a local mock of the API.
+//! ```no_run
+//! // `examples/openai_compatible.rs` is the whole program, against a local mock of the API.
 //! use async_openai::{config::OpenAIConfig, error::OpenAIError, Client};
 //! use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletionResponse};
 //! use retry_runtime::integrations::openai::single_attempt_client;
@@ -35,8 +34,12 @@
 //!     client.chat().create(request.clone()).await
 //! }
 //!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # let request = CreateChatCompletionRequest::default();
 //! let client = single_attempt_client(OpenAIConfig::new(), reqwest::Client::new());
 //! let (reply, report) = observe(complete(&client, &request)).await;
+//! # let _ = (reply, report);
+//! # }
 //! ```
 //!
 //! # Classification
@@ -329,11 +332,17 @@ impl From<&CompletionUsage> for Usage {
 /// charged its prompt ([`prompt_estimate`] of the request it sent) with nothing in the body;
 /// with another client, call [`bill_on_cut`](crate::spend::bill_on_cut) yourself.
 ///
-/// ```ignore
+/// ```no_run
+/// use async_openai::{config::OpenAIConfig, error::OpenAIError, Client};
+/// use async_openai::types::chat::CreateChatCompletionRequest;
+/// use retry_runtime::integrations::openai::Completion;
+/// use retry_runtime::resilient;
+///
 /// #[resilient(max = 3, timeout = "60s", budget = "0.10usd", pool = "openai-hourly")]
-/// async fn complete(client: &Client<OpenAIConfig>, request: &CreateChatCompletionRequest)
-///     -> Result<Completion, OpenAIError>
-/// {
+/// async fn complete(
+///     client: &Client<OpenAIConfig>,
+///     request: &CreateChatCompletionRequest,
+/// ) -> Result<Completion, OpenAIError> {
 ///     client.chat().create(request.clone()).await.map(Completion)
 /// }
 /// ```
