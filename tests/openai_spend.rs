@@ -27,7 +27,7 @@ fn setup() {
         // In TOML, as a user would write it: $100 / $200 per million tokens, so that the
         // mock's 3 prompt and 2 completion tokens cost 700 micro-dollars.
         let config = Config::from_toml_str(
-            "[price.\"mock\"]\ninput = \"100usd\"\noutput = \"200usd\"\n\n[pool.openai-spend]\nlimit = \"1.00usd\"\nwindow = \"1h\"\n",
+            "[price.\"mock\"]\ninput = \"100usd\"\noutput = \"200usd\"\n\n[pool.openai-spend]\nlimit = \"1.00usd\"\nwindow = \"1h\"\n\n[pool.combo]\nlimit = \"1.00usd\"\n\n[breaker.combo]\nfailures = 2\ncooldown = \"30s\"\n\n[pace.combo]\nrpm = 600\nadaptive = false\nburst = \"1ms\"\n",
         )
         .unwrap();
         assert_eq!(config.price("mock-1"), Some(Price::micros_per_million(100_000_000, 200_000_000)));
@@ -117,4 +117,81 @@ async fn answers_are_counted_from_their_usage_and_cut_attempts_pay_their_prompt(
         pool("openai-spend").ledger().total(),
         answer + prompt + answer
     );
+}
+
+// ---- everything at one call site, through the real client ----
+
+#[resilient(
+    max = 1,
+    timeout = "300ms",
+    breaker = "combo",
+    pace = "combo",
+    pool = "combo",
+    fallback = cached
+)]
+async fn combo(
+    client: &Client<OpenAIConfig>,
+    #[key] prompt: &str,
+) -> Result<Completion, OpenAIError> {
+    client.chat().create(request(prompt)).await.map(Completion)
+}
+
+#[tokio::test]
+async fn breaker_pacer_pool_and_cache_together() {
+    setup();
+    let server = MockServer::start([
+        Reply::status(200).json(&chat_completion("fresh")),
+        Reply::status(503).json(&mock_provider::openai_error(
+            "server_error",
+            "overloaded",
+            "busy",
+        )),
+    ])
+    .await;
+    let client = client(&server);
+
+    // A good answer: paced (first permit at once), billed to the pool, remembered.
+    let (answer, report) = observe(combo(&client, "q")).await;
+    assert_eq!(
+        answer.unwrap().choices[0].message.content.as_deref(),
+        Some("fresh")
+    );
+    assert_eq!(report.spent(), Spend::new(700, 5));
+
+    // Two outage failures: each served from the cache, and they open the breaker.
+    for _ in 0..2 {
+        let (answer, report) = observe(combo(&client, "q")).await;
+        assert_eq!(
+            answer.unwrap().choices[0].message.content.as_deref(),
+            Some("fresh")
+        );
+        assert_eq!(report.fallback().map(|f| f.kind.as_str()), Some("cached"));
+    }
+    assert_eq!(server.hits(), 3);
+    assert_eq!(
+        retry_runtime::breaker("combo").state(),
+        retry_runtime::BreakerState::Open
+    );
+
+    // Open: refused before the pacer's line (no 100 ms wait for a permit), answered from the
+    // cache, the provider not asked, the pool not charged.
+    let started = std::time::Instant::now();
+    let (answer, report) = observe(combo(&client, "q")).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answer.unwrap().choices[0].message.content.as_deref(),
+        Some("fresh")
+    );
+    assert!(matches!(
+        report.stop(),
+        Some(StopReason::CircuitOpen { .. })
+    ));
+    assert_eq!(report.paced(), Duration::ZERO);
+    assert_eq!(report.fallback().map(|f| f.kind.as_str()), Some("cached"));
+    assert_eq!(server.hits(), 3);
+    assert_eq!(pool("combo").ledger().total(), Spend::new(700, 5));
 }
