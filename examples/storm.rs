@@ -31,13 +31,13 @@ struct Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: storm [--scenario a|b|c|d|all] [--callers N] [--seed S] [--short]");
+    eprintln!("usage: storm [--scenario a|b|c|d|e|f|all] [--callers N] [--seed S] [--short]");
     std::process::exit(2)
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
-        scenarios: vec!['a', 'b', 'c', 'd'],
+        scenarios: Scenario::KEYS.to_vec(),
         short: false,
         callers: 200,
         seed: 7,
@@ -52,7 +52,7 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--scenario" => {
                 args.scenarios = match value.as_str() {
-                    "all" => vec!['a', 'b', 'c', 'd'],
+                    "all" => Scenario::KEYS.to_vec(),
                     one if one.len() == 1
                         && Scenario::by_key(one.as_bytes()[0] as char).is_some() =>
                     {

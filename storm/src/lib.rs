@@ -90,12 +90,23 @@ pub enum Incident {
     /// Service times are multiplied by this factor (a lost GPU pool), on a provider whose
     /// capacity also falls as its backlog grows.
     Slowdown(f64),
+    /// Offered load rises to `Scenario::incident_rps` on a provider that sheds load: above
+    /// `capacity` attempts a second it answers a share with a fast 503 (nothing processed,
+    /// nothing billed), and the capacity it keeps falls by `collapse` times the excess (the
+    /// shedding itself costs it work), down to a tenth.
+    Shedding {
+        /// Attempts a second the provider serves while it is not overloaded.
+        capacity: f64,
+        /// How fast its capacity falls with the excess: at `capacity × (1 + x)` offered, it
+        /// keeps `capacity × (1 − collapse × x)`.
+        collapse: f64,
+    },
 }
 
 /// One scenario: a provider, a load profile and an incident.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    /// `a`, `b`, `c` or `d`.
+    /// `a` to `f`.
     pub key: char,
     /// What it shows.
     pub title: &'static str,
@@ -188,6 +199,44 @@ impl Scenario {
         }
     }
 
+    /// (e) A milder brownout: 30% of calls fail with 503 for 2 minutes.
+    pub fn brownout_30() -> Self {
+        Scenario {
+            key: 'e',
+            title: "brownout: 30% of calls fail with 503 for 2 min",
+            kind: Incident::Brownout(0.3),
+            ..Self::brownout()
+        }
+    }
+
+    /// (f) A provider that sheds load: it serves 10 attempts a second, answers the excess with
+    /// fast 503s and loses capacity to the shedding itself. A 60 s spike to 14 calls a second
+    /// tips it over; afterwards 6 calls a second fit, but three tries of each do not: retries
+    /// keep it shedding until they are shed.
+    pub fn shedding() -> Self {
+        Scenario {
+            key: 'f',
+            title: "load shedding: fast 503s above 10 req/s, a 60 s spike to 14/s",
+            warmup: Duration::from_secs(60),
+            incident: Duration::from_secs(60),
+            after: Duration::from_secs(180),
+            base_rps: 6.0,
+            incident_rps: 14.0,
+            rpm: 1200,
+            tpm: 2_000_000,
+            workers: 64,
+            service_s: 1.5,
+            thrash: false,
+            kind: Incident::Shedding {
+                capacity: 10.0,
+                collapse: 2.0,
+            },
+        }
+    }
+
+    /// Every scenario's key, in table order.
+    pub const KEYS: [char; 6] = ['a', 'b', 'c', 'd', 'e', 'f'];
+
     /// The scenario named by `key`.
     pub fn by_key(key: char) -> Option<Self> {
         match key {
@@ -195,6 +244,8 @@ impl Scenario {
             'b' => Some(Self::brownout()),
             'c' => Some(Self::outage()),
             'd' => Some(Self::metastable()),
+            'e' => Some(Self::brownout_30()),
+            'f' => Some(Self::shedding()),
             _ => None,
         }
     }
@@ -243,6 +294,7 @@ impl Scenario {
         match self.kind {
             Incident::Outage if self.in_incident(t) => 0.0,
             Incident::Slowdown(f) if self.in_incident(t) => limit.min(served / f),
+            Incident::Shedding { capacity, .. } => limit.min(served).min(capacity),
             _ => limit.min(served),
         }
     }
@@ -274,6 +326,8 @@ pub const PROMPTS: u32 = 1000;
 const NET: Duration = Duration::from_millis(20);
 /// How soon a 429 comes back.
 const REJECT_AFTER: Duration = Duration::from_millis(30);
+/// The time constant a shedding provider's load is smoothed over, seconds.
+const LOAD_TAU_S: f64 = 5.0;
 /// How soon a hard-outage 503 comes back.
 const OUTAGE_AFTER: Duration = Duration::from_millis(100);
 
@@ -412,6 +466,9 @@ struct ProviderState {
     workers: BinaryHeap<Reverse<Ms>>,
     // When each admitted request leaves the system: the backlog is those still in it.
     in_system: BinaryHeap<Reverse<Ms>>,
+    // A shedding provider's offered load (arrivals a second, smoothed) and when it was read.
+    load: f64,
+    load_at: Ms,
     stats: ProviderStats,
 }
 
@@ -430,6 +487,7 @@ pub struct Provider {
 
 enum Admission {
     Outage,
+    Shed,
     RateLimited(Duration),
     Brownout { done: Ms, billed: Spend },
     Served { done: Ms, usage: Usage },
@@ -448,6 +506,8 @@ impl Provider {
                 tokens: Bucket::new(spec.tpm as f64),
                 workers,
                 in_system: BinaryHeap::new(),
+                load: 0.0,
+                load_at: 0,
                 stats: ProviderStats::default(),
             }),
         }
@@ -468,6 +528,14 @@ impl Provider {
         match admission {
             Admission::Outage => {
                 tokio::time::sleep(OUTAGE_AFTER + NET).await;
+                Err(SimError::Http {
+                    status: 503,
+                    retry_after: None,
+                    billed: Spend::ZERO,
+                })
+            }
+            Admission::Shed => {
+                tokio::time::sleep(REJECT_AFTER + NET).await;
                 Err(SimError::Http {
                     status: 503,
                     retry_after: None,
@@ -514,6 +582,19 @@ impl Provider {
         let incident = spec.in_incident(t);
         if incident && spec.kind == Incident::Outage {
             return Admission::Outage;
+        }
+        if let Incident::Shedding { capacity, collapse } = spec.kind {
+            // The offered load as the provider feels it: arrivals a second, smoothed over
+            // the last few seconds (an overloaded server does not recover in one quiet second).
+            let dt = (now - s.load_at) as f64 / 1000.0;
+            s.load = s.load * (-dt / LOAD_TAU_S).exp() + 1.0 / LOAD_TAU_S;
+            s.load_at = now;
+            let offered = s.load;
+            let excess = (offered - capacity).max(0.0) / capacity;
+            let kept = capacity * (1.0 - collapse * excess).max(0.1);
+            if offered > kept && s.rng.unit() >= kept / offered {
+                return Admission::Shed;
+            }
         }
         let output = 100 + s.rng.next_u64() % 400;
         let usage = Usage {
@@ -735,6 +816,8 @@ ours!(
     'b' => ours_b => "storm-b",
     'c' => ours_c => "storm-c",
     'd' => ours_d => "storm-d",
+    'e' => ours_e => "storm-e",
+    'f' => ours_f => "storm-f",
 );
 
 /// The breaker and pacer name of ours in the scenario `key`.
@@ -771,12 +854,12 @@ pub fn configure() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let mut toml = String::new();
-        for key in ['a', 'b', 'c', 'd'] {
+        for key in Scenario::KEYS {
             toml.push_str(&format!("[breaker.{}]\n{BREAKER_SETTINGS}\n", name(key)));
         }
         let mut config = retry_runtime::Config::from_toml_str(&toml)
             .expect("the simulator's configuration parses");
-        for key in ['a', 'b', 'c', 'd'] {
+        for key in Scenario::KEYS {
             let spec = Scenario::by_key(key).expect("a scenario");
             config = config.with_pacer(&name(key), pace_config(&spec));
         }
