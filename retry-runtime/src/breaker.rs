@@ -1,9 +1,13 @@
 //! Named circuit breakers, shared by every call to one provider.
 //!
-//! Closed -> Open after `failures` outage-class failures (5xx, timeout, transport; 429 only
-//! with `count_429`) inside a sliding `window`. Open rejects at once for `cooldown`. Then
-//! HalfOpen admits exactly `probes` calls: a probe's success closes the breaker, its outage
-//! failure re-opens it. A probe whose future is dropped gives its slot back.
+//! Closed -> Open after a run of `failures` outage-class failures (5xx, timeout, transport;
+//! 429 only with `count_429`) with no answer between them, none more than `window` after the
+//! one before; with `adaptive` (the default) a longer run when failures were already common,
+//! or when the breaker's regime says outage, or an overload that persists (see
+//! [`crate::regime`]). With a `failure_rate`, `failures` inside `window` that are that share
+//! of the calls instead. Open rejects at once for `cooldown`. Then HalfOpen admits exactly
+//! `probes` calls: a probe's success closes the breaker, its outage failure re-opens it. A
+//! probe whose future is dropped gives its slot back.
 //!
 //! The state is one `AtomicU64` updated by a CAS loop around pure transition functions
 //! ([`State::admit`], [`State::on_result`], [`State::on_cancel`]); the failure times are a
@@ -18,6 +22,7 @@ use crate::classify::ErrorClass;
 use crate::clock::now_ms;
 use crate::config::BreakerConfig;
 use crate::queue::Queue;
+use crate::regime::{Change, Regime, Seen, Tracker};
 use crate::registry::{Named, Registry, Slot};
 use crate::retry_budget::RetryBudget;
 
@@ -271,6 +276,12 @@ pub struct Breaker {
     calls: AtomicU64,
     ring_calls: Box<[AtomicU64]>,
     retry_budget: RetryBudget,
+    // With `adaptive`: the regime and the signals it is read from.
+    regime: Tracker,
+    // The current run of counted failures: `count << 40 | last failure ms`, and the run
+    // that opens, fixed when the run began.
+    run: AtomicU64,
+    run_to_open: AtomicU64,
     queue: Queue,
     // The shared store's generation of this breaker's state last adopted (0: none stored).
     shared_generation: AtomicU64,
@@ -303,6 +314,9 @@ impl Breaker {
             calls: AtomicU64::new(0),
             ring_calls: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             retry_budget: RetryBudget::new(&config),
+            regime: Tracker::new(&config),
+            run: AtomicU64::new(0),
+            run_to_open: AtomicU64::new(u64::from(config.failures.max(1))),
             queue: Queue::new(config.queue_len as usize, config.queue_release_per_sec),
             shared_generation: AtomicU64::new(0),
             config,
@@ -345,6 +359,93 @@ impl Breaker {
     /// The retry budget shared by every call through this breaker.
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.retry_budget
+    }
+
+    /// What the breaker believes its provider is going through (always `Healthy` without
+    /// `adaptive`). See [`crate::regime`].
+    pub fn regime(&self) -> Regime {
+        self.regime.regime()
+    }
+
+    /// The regime's tracker: its signals and belief, for tests and dashboards.
+    pub fn regime_tracker(&self) -> &Tracker {
+        &self.regime
+    }
+
+    #[doc(hidden)]
+    /// Count an attempt's end for the regime (with `adaptive`), and assess once a second:
+    /// returns a change of regime, and the transition if the assessment opened the breaker
+    /// (an outage-level failure share, or an overload that persists).
+    pub fn observe(
+        &self,
+        first: bool,
+        failure: Option<ErrorClass>,
+        latency: Duration,
+        now_ms: u64,
+    ) -> (Option<Change>, Option<Transition>) {
+        if !self.config.adaptive {
+            return (None, None);
+        }
+        let seen = match failure {
+            None => Seen::Success {
+                latency_ms: duration_ms(latency),
+            },
+            Some(ErrorClass::Status(429)) | Some(ErrorClass::Status(529)) => Seen::Throttled,
+            Some(class) if class.is_outage() => Seen::Failed {
+                timeout: class == ErrorClass::Timeout,
+            },
+            Some(_) => Seen::Answered,
+        };
+        self.regime.observe(now_ms, first, seen);
+        let (change, overloaded) = self.regime.assess_now(now_ms);
+        if let Some(change) = change {
+            self.retry_budget.set_ratio_ppm(change.allowance_ppm);
+        } else {
+            self.retry_budget
+                .set_ratio_ppm(self.regime.allowance_ppm());
+        }
+        let outage = change.is_some_and(|c| c.to == Regime::Outage);
+        let transition = if (outage || overloaded) && self.load().state == BreakerState::Closed {
+            let until = now_ms.saturating_add(duration_ms(self.config.cooldown));
+            self.update(|s| ((), s.forced_open(until, now_ms))).1
+        } else {
+            None
+        };
+        (change, transition)
+    }
+
+    #[doc(hidden)]
+    /// An answer (a success, or a failure that does not count) ends the run of failures.
+    #[inline]
+    pub fn end_run(&self) {
+        if self.run.load(Ordering::Relaxed) != 0 {
+            self.run.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Count a failure into the run; true if the run is now long enough to open.
+    fn extend_run(&self, now_ms: u64) -> bool {
+        const SHIFT: u32 = 40;
+        let window = duration_ms(self.config.window);
+        let (mut began, mut run) = (false, 0);
+        let _ = self
+            .run
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let (count, last) = (bits >> SHIFT, bits & TIME_MASK);
+                began = count == 0 || now_ms.saturating_sub(last) >= window;
+                run = if began { 1 } else { (count + 1).min((1 << 23) - 1) };
+                Some((run << SHIFT) | (now_ms & TIME_MASK))
+            });
+        if began {
+            let required = if self.config.adaptive {
+                crate::regime::run_to_open(self.regime.failure_share(now_ms), self.config.failures)
+            } else {
+                self.config.failures.max(1)
+            };
+            self.run_to_open
+                .store(u64::from(required), Ordering::Release);
+        }
+        run >= self.run_to_open.load(Ordering::Acquire)
     }
 
     fn load(&self) -> State {
@@ -424,6 +525,9 @@ impl Breaker {
         now_ms: u64,
     ) -> Option<Transition> {
         let counted = failure.map(|class| self.counts(class));
+        if counted != Some(true) {
+            self.end_run();
+        }
         let state = self.load();
         if state.state == BreakerState::Closed && counted != Some(true) {
             return None; // The happy path: nothing to write.
@@ -431,7 +535,11 @@ impl Breaker {
         let opens = state.state == BreakerState::Closed
             && admission == Admission::Normal
             && counted == Some(true)
-            && self.push_failure(now_ms);
+            && if self.config.failure_rate_ppm > 0 {
+                self.push_failure(now_ms)
+            } else {
+                self.extend_run(now_ms)
+            };
         let cooldown = duration_ms(self.config.cooldown);
         let (_, transition) =
             self.update(|s| ((), s.on_result(admission, counted, opens, now_ms, cooldown)));
@@ -512,9 +620,15 @@ impl Breaker {
         failures.saturating_mul(1_000_000) >= ppm.saturating_mul(since)
     }
 
+    /// Closed again: the failures counted, the run and the regime's window are over.
     fn clear_failures(&self) {
         for t in self.ring.iter() {
             t.store(0, Ordering::Release);
+        }
+        self.run.store(0, Ordering::Release);
+        if self.config.adaptive {
+            self.regime.reset();
+            self.retry_budget.set_ratio_ppm(self.regime.allowance_ppm());
         }
     }
 }

@@ -60,6 +60,7 @@ pub mod metric_names;
 pub mod pace;
 pub mod policy;
 mod queue;
+pub mod regime;
 mod registry;
 pub mod rejected;
 pub mod report;
@@ -81,6 +82,7 @@ pub use rejected::{CanReject, Rejected};
 
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
+pub use regime::Regime;
 pub use budget::{pool, workflow, Pool, Workflow};
 pub use spend::{bill_on_cut, Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
 

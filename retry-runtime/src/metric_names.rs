@@ -12,6 +12,7 @@
 //! | `retry_runtime_spend_micros_total` | `function` | micro-dollars spent (successes and billed failures) |
 //! | `retry_runtime_spend_tokens_total` | `function` | tokens spent |
 //! | `retry_runtime_breaker_transitions_total` | `breaker`, `to` | breaker state changes |
+//! | `retry_runtime_breaker_regime_changes_total` | `breaker`, `to` | changes of what a breaker believes its provider is going through (`healthy`, `throttled`, `brownout`, `overload`, `outage`) |
 //! | `retry_runtime_store_transitions_total` | `store`, `to` | a shared store became reachable (`shared`) or unreachable (`local`) |
 
 /// Attempts made.
@@ -30,5 +31,7 @@ pub const SPEND_MICROS: &str = "retry_runtime_spend_micros_total";
 pub const SPEND_TOKENS: &str = "retry_runtime_spend_tokens_total";
 /// Breaker state changes.
 pub const BREAKER_TRANSITIONS: &str = "retry_runtime_breaker_transitions_total";
+/// Breaker regime changes.
+pub const REGIME_CHANGES: &str = "retry_runtime_breaker_regime_changes_total";
 /// Shared-store status changes (see `retry_runtime::store`).
 pub const STORE_TRANSITIONS: &str = "retry_runtime_store_transitions_total";

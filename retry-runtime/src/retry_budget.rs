@@ -1,11 +1,16 @@
-//! The retry budget: a fleet of callers may add at most `retry_ratio` extra load in retries.
+//! The retry budget: a fleet of callers may add at most the retry allowance of extra load in
+//! retries.
 //!
 //! Finagle / gRPC style. Every first attempt deposits; every retry withdraws one. Over the
 //! last `WINDOW_SECS` seconds a retry is allowed while
 //!
 //! ```text
-//! retries + 1 <= retry_ratio * first_attempts + min_retries_per_sec * WINDOW_SECS
+//! retries + 1 <= allowance * first_attempts + min_retries_per_sec * WINDOW_SECS
 //! ```
+//!
+//! The allowance is `retry_ratio` where the breaker is not `adaptive`; otherwise it is what
+//! the breaker's regime sets it to each second ([`crate::regime`]): raised in a brownout,
+//! halved in an overload.
 //!
 //! All arithmetic is integer: the ratio is held in parts per million, so no float drift, and
 //! counts live in per-second buckets of one `AtomicU64` each (second and count packed), so the
@@ -14,35 +19,27 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::BreakerConfig;
+use crate::regime::{add as add_at, count_within, pack, unpack};
 
-/// Seconds of history the budget looks at (Finagle's default TTL).
-pub const WINDOW_SECS: u64 = 10;
+/// Seconds of history the budget looks at (Finagle's default TTL; the regime's window too).
+pub const WINDOW_SECS: u64 = crate::regime::WINDOW_SECS;
 const BUCKETS: usize = WINDOW_SECS as usize;
 const PPM: u64 = 1_000_000;
 
 /// A per-breaker retry budget. See the module docs for the rule.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio_ppm: u64,
+    ratio_ppm: AtomicU64,
     floor_per_window: u64,
     first_attempts: [AtomicU64; BUCKETS],
     retries: [AtomicU64; BUCKETS],
-}
-
-/// The second (on the runtime clock) and count, packed as `second << 32 | count`.
-fn pack(second: u64, count: u64) -> u64 {
-    (second << 32) | count.min(u64::from(u32::MAX))
-}
-
-fn unpack(bits: u64) -> (u64, u64) {
-    (bits >> 32, bits & u64::from(u32::MAX))
 }
 
 impl RetryBudget {
     /// A budget with the config's `retry_ratio` and `min_retries_per_sec`.
     pub fn new(config: &BreakerConfig) -> Self {
         Self {
-            ratio_ppm: config.retry_ratio_ppm,
+            ratio_ppm: AtomicU64::new(config.retry_ratio_ppm),
             floor_per_window: u64::from(config.min_retries_per_sec) * WINDOW_SECS,
             first_attempts: Default::default(),
             retries: Default::default(),
@@ -61,12 +58,27 @@ impl RetryBudget {
         add(&self.retries, second, 1);
         let retries = sum(&self.retries, second);
         let firsts = sum(&self.first_attempts, second);
-        if allowed(retries, firsts, self.ratio_ppm, self.floor_per_window) {
+        if allowed(retries, firsts, self.ratio_ppm(), self.floor_per_window) {
             true
         } else {
             sub(&self.retries, second);
             false
         }
+    }
+
+    /// The allowance now: retries per first attempt, parts per million.
+    pub fn ratio_ppm(&self) -> u64 {
+        self.ratio_ppm.load(Ordering::Acquire)
+    }
+
+    /// Set the allowance (the breaker's regime does, once a second).
+    pub fn set_ratio_ppm(&self, ppm: u64) {
+        self.ratio_ppm.store(ppm, Ordering::Release);
+    }
+
+    /// The floor: retries always allowed per window.
+    pub fn floor_per_window(&self) -> u64 {
+        self.floor_per_window
     }
 
     /// (first attempts, retries) in the current window, for reports and tests.
@@ -87,21 +99,7 @@ pub fn allowed(retries: u64, first_attempts: u64, ratio_ppm: u64, floor: u64) ->
 }
 
 fn add(buckets: &[AtomicU64; BUCKETS], second: u64, n: u64) {
-    let slot = &buckets[(second % WINDOW_SECS) as usize];
-    let mut bits = slot.load(Ordering::Acquire);
-    loop {
-        let (at, count) = unpack(bits);
-        // A bucket last written in an older second starts over.
-        let next = if at == second {
-            pack(second, count + n)
-        } else {
-            pack(second, n)
-        };
-        match slot.compare_exchange_weak(bits, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return,
-            Err(actual) => bits = actual,
-        }
-    }
+    add_at(&buckets[(second % WINDOW_SECS) as usize], second, n);
 }
 
 fn sub(buckets: &[AtomicU64; BUCKETS], second: u64) {
@@ -115,9 +113,7 @@ fn sub(buckets: &[AtomicU64; BUCKETS], second: u64) {
 fn sum(buckets: &[AtomicU64; BUCKETS], second: u64) -> u64 {
     buckets
         .iter()
-        .map(|b| unpack(b.load(Ordering::Acquire)))
-        .filter(|&(at, _)| at <= second && second - at < WINDOW_SECS)
-        .map(|(_, count)| count)
+        .map(|b| count_within(b, second, WINDOW_SECS))
         .sum()
 }
 

@@ -825,17 +825,6 @@ pub fn name(key: char) -> String {
     format!("storm-{key}")
 }
 
-/// The breaker (and retry budget) settings of ours, the same in every scenario: what a user
-/// expecting 5 to 10 calls a second would write (20 outage failures in 10 s is a 40% failure
-/// rate at 5 calls a second).
-pub const BREAKER_SETTINGS: &str = r#"failures = 20
-window = "10s"
-cooldown = "10s"
-probes = 2
-retry_ratio = 0.2
-min_retries_per_sec = 1
-"#;
-
 /// The pacer of ours: the account's known limits, learning from 429s on top.
 ///
 /// Built in code (`Config::with_pacer`) from the scenario's limits, so that they are written
@@ -853,12 +842,8 @@ pub fn pace_config(spec: &Scenario) -> retry_runtime::pace::PaceConfig {
 pub fn configure() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let mut toml = String::new();
-        for key in Scenario::KEYS {
-            toml.push_str(&format!("[breaker.{}]\n{BREAKER_SETTINGS}\n", name(key)));
-        }
-        let mut config = retry_runtime::Config::from_toml_str(&toml)
-            .expect("the simulator's configuration parses");
+        // The breakers run on their defaults: what `breaker = "…"` alone gives a user.
+        let mut config = retry_runtime::Config::default();
         for key in Scenario::KEYS {
             let spec = Scenario::by_key(key).expect("a scenario");
             config = config.with_pacer(&name(key), pace_config(&spec));

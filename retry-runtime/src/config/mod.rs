@@ -3,14 +3,18 @@
 //!
 //! ```toml
 //! [breaker.openai]
-//! failures = 5             # outage-class failures inside `window` that open the breaker
-//! window = "60s"
-//! failure_rate = "50%"     # ...and at least this share of the calls since the first of them
-//!                          # (default 0: off; set it where traffic is high)
-//! cooldown = "30s"         # how long an open breaker rejects before probing
+//! failures = 5             # a run of this many outage failures (no answer between) opens it;
+//!                          # longer when failures were already common (see `regime`)
+//! window = "60s"           # failures further apart than this are not one run
+//! failure_rate = "50%"     # instead: `failures` inside `window` that are at least this share
+//!                          # of the calls since the first of them (default 0: the run rule)
+//! cooldown = "5s"          # how long an open breaker rejects before probing
 //! probes = 1               # calls admitted while half-open
 //! count_429 = false        # a rate limit means "slow down", not "down"
-//! retry_ratio = 0.2        # retries allowed per first attempt (also "20%")
+//! adaptive = true          # read the regime (brownout, overload, outage) and adapt to it
+//! retry_ratio = 0.2        # retries allowed per first attempt while healthy (also "20%")
+//! retry_ratio_max = 2.0    # the most a brownout raises it to
+//! retry_step = 0.2         # what a second of brownout adds (overload halves it each second)
 //! min_retries_per_sec = 1  # floor of the retry budget
 //!
 //! queue_len = 100         # callers that may wait in line (`fallback = queue`)
@@ -95,24 +99,44 @@ pub const CONFIG_ENV: &str = "RETRY_RUNTIME_CONFIG";
 /// states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// Outage-class failures inside `window` that open the breaker (1..=1000). Default 5.
+    /// The run of outage-class failures (with no answer between them) that opens the
+    /// breaker (1..=1000). Default 5. With `adaptive`, a run must be longer when failures were
+    /// already common as it began (a brownout makes runs by chance), up to 10 times this:
+    /// see [`regime::run_to_open`](crate::regime::run_to_open). Trades: lower opens sooner in
+    /// an outage, and more often on bad luck.
     pub failures: u32,
-    /// The sliding window failures are counted in. Default 60 s.
+    /// Failures further apart than this are not one run (and, with a `failure_rate`, the
+    /// window they are counted in). Default 60 s.
     pub window: Duration,
     /// The share of calls, in parts per million, that must have failed for `failures` counted
-    /// failures to open the breaker: of the calls made since the oldest of those failures.
-    /// 0 (the default) turns it off: `failures` inside `window` open the breaker whatever the
-    /// traffic. Set it where the volume is high: at 100 calls a second, five timeouts a minute
-    /// are 0.08% of the calls, and a count alone would open the breaker on them.
+    /// failures inside `window` to open the breaker: of the calls made since the oldest of
+    /// those failures. 0 (the default) uses the run rule instead. Set it to keep a fixed
+    /// failure-rate rule, as resilience4j has.
     pub failure_rate_ppm: u64,
-    /// How long an open breaker rejects before admitting probes. Default 30 s.
+    /// How long an open breaker rejects before admitting probes. Default 5 s: a probe costs
+    /// one attempt, and a short cooldown lets calls through soon after an outage ends.
     pub cooldown: Duration,
     /// Probe calls admitted while half-open (1..=1000). Default 1.
     pub probes: u32,
     /// Whether a 429 counts as an outage failure. Default `false`: a 429 says "slow down".
     pub count_429: bool,
-    /// Retries allowed per first attempt, in parts per million (200 000 = 20%, the default).
+    /// Read the provider's regime and adapt to it (the default): the retry allowance moves
+    /// between 0 and `retry_ratio_max` (raised in a brownout, halved in an overload), and a
+    /// persisting overload or an outage-level failure share opens the breaker. Off: a fixed
+    /// `retry_ratio`, and only `failures` open the breaker.
+    pub adaptive: bool,
+    /// Retries allowed per first attempt while healthy, in parts per million (200 000 = 20%,
+    /// the default). Without `adaptive`, always.
     pub retry_ratio_ppm: u64,
+    /// The most a brownout raises the retry allowance to, parts per million. Default 2 000 000
+    /// (two retries per first attempt): enough for `max = 5` at 70% failures. Trades: higher
+    /// answers more in a deep brownout and spends more on failed attempts.
+    pub retry_ratio_max_ppm: u64,
+    /// What each second of brownout adds to the allowance (and each healthy second takes
+    /// back toward `retry_ratio`), parts per million. Default 200 000: from 20% to the
+    /// ceiling in 9 s. Trades: faster answers a brownout sooner and, in an overload the
+    /// signals have not caught yet, adds load sooner.
+    pub retry_step_ppm: u64,
     /// Floor of the retry budget: retries per second always allowed. Default 1.
     pub min_retries_per_sec: u32,
     /// Most callers that may wait in this breaker's queue (`fallback = queue`) at once.
@@ -128,10 +152,13 @@ impl Default for BreakerConfig {
             failures: 5,
             window: Duration::from_secs(60),
             failure_rate_ppm: 0,
-            cooldown: Duration::from_secs(30),
+            cooldown: Duration::from_secs(5),
             probes: 1,
             count_429: false,
+            adaptive: true,
             retry_ratio_ppm: 200_000,
+            retry_ratio_max_ppm: 2_000_000,
+            retry_step_ppm: 200_000,
             min_retries_per_sec: 1,
             queue_len: 100,
             queue_release_per_sec: 10,

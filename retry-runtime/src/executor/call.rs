@@ -258,7 +258,8 @@ impl<'p> Call<'p> {
             Ok(value) => {
                 self.site.estimate.observe(spend);
                 self.spent += spend;
-                self.gate.record(None, spend, None);
+                self.gate
+                    .record(None, spend, None, self.attempts == 1, self.attempt_started);
                 self.record(None, None, spend);
                 self.finish(StopReason::Success, None);
                 return Settled::Return(R::from_result(Ok(value)));
@@ -289,8 +290,13 @@ impl<'p> Call<'p> {
         self.spent += spend;
         self.costliest = self.costliest.max_each(spend);
         self.site.estimate.observe_billed(spend);
-        self.gate
-            .record(Some(failure.class), spend, error.rate_limits());
+        self.gate.record(
+            Some(failure.class),
+            spend,
+            error.rate_limits(),
+            self.attempts == 1,
+            self.attempt_started,
+        );
         self.record(Some(failure.class), failure.retry_after, spend);
 
         let backoff = self.next_backoff();
@@ -431,6 +437,7 @@ impl<'p> Call<'p> {
                     spent: self.spent,
                     fallback: self.fallback.take(),
                     paced_refused: self.gate.paced_refused,
+                    regime: self.gate.regime(),
                 },
             );
         }
@@ -455,6 +462,7 @@ fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
         StopReason::CircuitOpen { .. }
         | StopReason::BreakerOpened
         | StopReason::RetryBudgetExhausted
+        | StopReason::RetryShed { .. }
         | StopReason::BudgetExhausted { .. }
         | StopReason::PoolUnconfigured { .. }
         | StopReason::QueueFull

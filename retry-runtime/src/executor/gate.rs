@@ -24,6 +24,7 @@ use crate::classify::ErrorClass;
 use crate::clock::now_ms;
 use crate::pace::ProviderLimits;
 use crate::pace::{Pacer, Permit};
+use crate::regime::Regime;
 use crate::rejected::Rejected;
 use crate::report::{self, StopReason};
 use crate::spend::{Budget, BudgetScope, Exhausted, Spend};
@@ -52,6 +53,9 @@ pub(crate) enum Refusal {
 pub(crate) enum Denied {
     Refused(Refusal),
     RetryBudget,
+    /// The retry budget, with its allowance cut because the breaker believes the provider is
+    /// overloaded or down.
+    Shed(Regime),
 }
 
 impl From<Refusal> for Denied {
@@ -66,6 +70,7 @@ impl Denied {
         match self {
             Denied::Refused(refusal) => refusal.stop(false),
             Denied::RetryBudget => StopReason::RetryBudgetExhausted,
+            Denied::Shed(regime) => StopReason::RetryShed { regime },
         }
     }
 }
@@ -265,7 +270,7 @@ impl<'p> Gate<'p> {
     /// This process's retry budget.
     fn withdraw_here(&mut self, breaker: &Breaker) -> Result<(), Denied> {
         if !breaker.retry_budget().try_withdraw(now_ms()) {
-            return Err(Denied::RetryBudget);
+            return Err(refused_retry(breaker));
         }
         Ok(())
     }
@@ -283,7 +288,8 @@ impl<'p> Gate<'p> {
                 name: breaker.name(),
                 deposit: false,
                 withdraw: Some(RetryRule {
-                    ratio_ppm: breaker.config().retry_ratio_ppm,
+                    // This process's allowance: its regime's reading of the provider.
+                    ratio_ppm: breaker.retry_budget().ratio_ppm(),
                     floor_per_window: u64::from(breaker.config().min_retries_per_sec)
                         * crate::retry_budget::WINDOW_SECS,
                 }),
@@ -299,7 +305,7 @@ impl<'p> Gate<'p> {
         }
         match answer.verdict {
             Verdict::Admitted => Ok(()),
-            Verdict::RetryBudget => Err(Denied::RetryBudget),
+            Verdict::RetryBudget => Err(refused_retry(breaker)),
             Verdict::BreakerOpen => Err(Denied::Refused(Refusal::Circuit {
                 breaker: breaker.name(),
                 retry_in: answer.breaker.and_then(|b| b.open_for).unwrap_or_default(),
@@ -676,6 +682,8 @@ impl<'p> Gate<'p> {
         failure: Option<ErrorClass>,
         spend: Spend,
         limits: Option<ProviderLimits>,
+        first: bool,
+        started: Instant,
     ) {
         self.pace_feedback(failure, spend);
         if let (Some(pacer), Some(limits)) = (self.pacer, limits) {
@@ -685,7 +693,7 @@ impl<'p> Gate<'p> {
         if let Some(held) = self.held.take() {
             self.ledgers.settle(held, spend, now_ms());
         }
-        self.record_breaker(failure);
+        self.record_breaker(failure, first, started);
         // The estimate has learnt from this attempt (the call told it first): the next one
         // at this site may go.
         self.turn = None;
@@ -711,28 +719,46 @@ impl<'p> Gate<'p> {
         }
     }
 
-    fn record_breaker(&mut self, failure: Option<ErrorClass>) {
+    fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            if breaker.config().adaptive {
+                let (change, opened) =
+                    breaker.observe(first, failure, started.elapsed(), now_ms());
+                if let Some(change) = change {
+                    report::regime_changed(self.function, breaker.name(), change);
+                }
+                self.publish(breaker, opened);
+            }
             if admission == Admission::Normal && breaker.is_quiet(failure) {
+                breaker.end_run();
                 return;
             }
             let transition = breaker.record(admission, failure, now_ms());
-            if let (Some(t), Some(shared)) = (transition, crate::store::active()) {
-                // Publish this process's transition to the fleet (in the background).
-                match t.to {
-                    BreakerState::Open => shared.send(crate::store::Update::BreakerOpened {
-                        breaker: breaker.name(),
-                        cooldown: breaker.config().cooldown,
-                        force: t.from == BreakerState::HalfOpen,
-                    }),
-                    BreakerState::Closed => shared.send(crate::store::Update::BreakerClosed {
-                        breaker: breaker.name(),
-                    }),
-                    BreakerState::HalfOpen => {}
-                }
-            }
-            self.note(transition);
+            self.publish(breaker, transition);
         }
+    }
+
+    /// Publish this process's transition to the fleet, and note it.
+    fn publish(&mut self, breaker: &'static Breaker, transition: Option<Transition>) {
+        if let (Some(t), Some(shared)) = (transition, crate::store::active()) {
+            // In the background.
+            match t.to {
+                BreakerState::Open => shared.send(crate::store::Update::BreakerOpened {
+                    breaker: breaker.name(),
+                    cooldown: breaker.config().cooldown,
+                    force: t.from == BreakerState::HalfOpen,
+                }),
+                BreakerState::Closed => shared.send(crate::store::Update::BreakerClosed {
+                    breaker: breaker.name(),
+                }),
+                BreakerState::HalfOpen => {}
+            }
+        }
+        self.note(transition);
+    }
+
+    pub(super) fn regime(&self) -> Option<Regime> {
+        self.breaker.map(|b| b.regime())
     }
 
     fn note(&mut self, transition: Option<Transition>) {
@@ -758,6 +784,14 @@ impl<'p> Gate<'p> {
             // it reserved.
             self.ledgers.release(held);
         }
+    }
+}
+
+/// A retry the retry budget refused: shed, if the breaker's regime cut the allowance.
+fn refused_retry(breaker: &Breaker) -> Denied {
+    match breaker.regime() {
+        regime if regime.sheds() => Denied::Shed(regime),
+        _ => Denied::RetryBudget,
     }
 }
 

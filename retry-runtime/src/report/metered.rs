@@ -120,6 +120,10 @@ mod on {
         metrics::counter!(names::BREAKER_TRANSITIONS, "breaker" => breaker, "to" => to)
             .increment(1);
     }
+
+    pub fn regime(breaker: &'static str, to: &'static str) {
+        metrics::counter!(names::REGIME_CHANGES, "breaker" => breaker, "to" => to).increment(1);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -147,6 +151,8 @@ mod off {
     pub fn rejection(_: &'static str, _: &'static str) {}
     pub fn fallback(_: &'static str, _: &'static str) {}
     pub fn transition(_: &'static str, _: &'static str) {}
+
+    pub fn regime(_: &'static str, _: &'static str) {}
 }
 
 #[cfg(feature = "metrics")]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::breaker::{BreakerState, Transition};
 use crate::classify::ErrorClass;
+use crate::regime::{Change, Regime};
 use crate::spend::Spend;
 use crate::spend::{Budget, BudgetScope};
 
@@ -127,6 +128,12 @@ pub enum StopReason {
         /// The pool's name.
         pool: &'static str,
     },
+    /// The retry was shed: the breaker believes the provider is overloaded (or down), so it
+    /// cut the retry allowance, and the retry budget had no room left under it.
+    RetryShed {
+        /// What the breaker believed.
+        regime: Regime,
+    },
 }
 
 impl StopReason {
@@ -148,6 +155,7 @@ impl StopReason {
         "queue_timeout",
         "budget_exhausted",
         "pool_unconfigured",
+        "retry_shed",
     ];
 
     /// A short, stable name for logs and metrics.
@@ -167,6 +175,7 @@ impl StopReason {
             StopReason::QueueFull => "queue_full",
             StopReason::QueueTimeout { .. } => "queue_timeout",
             StopReason::PoolUnconfigured { .. } => "pool_unconfigured",
+            StopReason::RetryShed { .. } => "retry_shed",
         }
     }
 
@@ -186,6 +195,7 @@ impl StopReason {
                 | StopReason::CircuitOpen { .. }
                 | StopReason::BreakerOpened
                 | StopReason::RetryBudgetExhausted
+                | StopReason::RetryShed { .. }
                 | StopReason::DeadlineExceeded
                 | StopReason::RetryAfterTooLong { .. }
         )
@@ -281,6 +291,7 @@ pub struct CallReport {
     // Time spent waiting for a pacer's permit by an admission that was refused after it (so
     // no attempt holds it).
     pub(crate) paced_refused: Duration,
+    pub(crate) regime: Option<Regime>,
 }
 
 impl CallReport {
@@ -312,6 +323,12 @@ impl CallReport {
     /// Breaker state changes this call caused, in order.
     pub fn transitions(&self) -> &[Transition] {
         &self.transitions
+    }
+
+    /// What the call's breaker believed its provider was going through when the call ended
+    /// (`None` without a breaker): see [`crate::regime`].
+    pub fn regime(&self) -> Option<Regime> {
+        self.regime
     }
 
     /// The fallback that served the answer, if the call degraded: its kind, and for a cached
@@ -558,6 +575,18 @@ pub(crate) fn retrying(
 }
 
 /// Emitted on each breaker state change.
+/// Emitted when a breaker's regime changes: WARN into an overload or outage, INFO otherwise.
+pub(crate) fn regime_changed(function: &'static str, breaker: &'static str, c: Change) {
+    metered::regime(breaker, c.to.as_str());
+    let share = format!("{:.0}%", 100.0 * c.failure_share);
+    let allowance = format!("{:.0}%", c.allowance_ppm as f64 / 1e4);
+    if c.to.sheds() {
+        tracing::warn!(target: "retry_runtime", function, breaker, from = c.from.as_str(), to = c.to.as_str(), why = c.why.as_str(), failure_share = %share, retry_allowance = %allowance, "breaker regime");
+    } else {
+        tracing::info!(target: "retry_runtime", function, breaker, from = c.from.as_str(), to = c.to.as_str(), why = c.why.as_str(), failure_share = %share, retry_allowance = %allowance, "breaker regime");
+    }
+}
+
 pub(crate) fn transition(function: &'static str, t: Transition) {
     metered::transition(t.breaker, t.to.as_str());
     if t.to == BreakerState::Open {
@@ -646,6 +675,7 @@ mod tests {
                 StopReason::QueueTimeout { .. } => 11,
                 StopReason::BudgetExhausted { .. } => 12,
                 StopReason::PoolUnconfigured { .. } => 13,
+                StopReason::RetryShed { .. } => 14,
             }
         }
         let d = Duration::ZERO;
@@ -671,6 +701,9 @@ mod tests {
                 limit: Budget::micros(1),
             },
             StopReason::PoolUnconfigured { pool: "p" },
+            StopReason::RetryShed {
+                regime: Regime::Overload,
+            },
         ];
         assert_eq!(StopReason::NAMES.len(), every.len());
         for (i, stop) in every.iter().enumerate() {

@@ -1,0 +1,734 @@
+//! What a breaker believes its provider is going through, and what it does about it.
+//!
+//! A failure count cannot tell a provider that fails at random (a brownout: retries pay) from
+//! one that fails because it is saturated (an overload: retries make it worse) or one that is
+//! down (an outage: nothing pays). Each breaker therefore reads four signals from the attempts
+//! it sees, once a second over the last [`WINDOW_SECS`] seconds:
+//!
+//! - the **failure share**: outage-class failures (5xx, timeouts, transport) over the attempts
+//!   the provider answered or failed; 429s are *throttling* and counted apart;
+//! - the **latency gradient**: the mean latency of recent successes (the last
+//!   [`RECENT_SECS`] seconds) over a slow baseline of it;
+//! - the **load**: first attempts a second now, against what they were while all was well
+//!   (first attempts are the callers' own load; retries are the runtime's answer to failures);
+//! - **retry success**: how often retries succeed, against first attempts.
+//!
+//! From them, [`assess`] names a [`Regime`], first match wins:
+//!
+//! | regime | when | what the breaker does |
+//! |---|---|---|
+//! | `Outage` | failure share >= 90% | opens (and halves the retry allowance) |
+//! | `Overload` | gradient >= 1.5, or timeouts >= 10% of attempts, or (failing, and) first attempts >= 1.25x their healthy rate, or retries succeed under half as often as first attempts, or the failure share rose 15 points while retries were raised | halves the retry allowance each second; opens after 10 s of overload with half the attempts failing |
+//! | `Brownout` | failure share >= 5%, none of the above | raises the retry allowance by `retry_step` each second, up to `retry_ratio_max` |
+//! | `Throttled` | 429s >= 5% of attempts | nothing here: the pacer and `Retry-After` answer a 429 |
+//! | `Healthy` | otherwise | moves the allowance back to `retry_ratio` |
+//!
+//! The **retry allowance** is the retry budget's ratio ([`crate::retry_budget`]): retries
+//! allowed per first attempt over the window, plus `min_retries_per_sec`. It moves by
+//! additive increase and multiplicative decrease ([`next_allowance`]), as TCP's window does:
+//! raised slowly while retries pay, halved at once when they hurt, never above
+//! `retry_ratio_max`. A call's own `max` is never passed: the allowance only refuses retries.
+//!
+//! The constants and why:
+//! - 1.5 for the gradient is Netflix Gradient2's `rttTolerance`; the baseline follows the
+//!   window's success latency with weight 0.05 a second (0.01 while overloaded, so that an
+//!   overload is not learnt as normal within a minute; 0.3 when latency falls).
+//! - 90% for an outage: a 70% brownout's 10 s window at 5 attempts a second stays under 80%
+//!   with probability above 99.9%.
+//! - The load test uses first attempts only: retries rise with *any* failure, so they cannot
+//!   say whether our load caused it. A brownout leaves first attempts where they were.
+//! - Retry success under half of first-attempt success says failures are correlated (the
+//!   same overloaded provider fails the retry too); a brownout fails them independently.
+//!
+//! The breaker also opens on a **run** of outage failures with no answer between them
+//! ([`run_to_open`]): `failures` long when failures were rare before the run, longer when the
+//! window was already failing: long enough that a brownout at the share seen before the run
+//! produces it with a chance under 1 in 100 000 (at most 10 x `failures`). A hard outage after
+//! health opens in `failures` attempts; a 70% brownout needs a run of 33, which it all but
+//! never makes.
+//!
+//! The counters are per-second buckets of packed atomics, as the retry budget's: recording an
+//! attempt is two or three CAS loops, no lock; the assessment runs once a second, on whichever
+//! call records first in a new second.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use crate::config::BreakerConfig;
+
+/// Seconds of history the regime is read from (the retry budget's window too).
+pub const WINDOW_SECS: u64 = 10;
+/// Seconds of the latest successes the latency gradient compares with the baseline.
+pub const RECENT_SECS: u64 = 3;
+const BUCKETS: usize = WINDOW_SECS as usize;
+
+/// Fewer attempts than this in the window say nothing: the belief is kept.
+pub const MIN_SAMPLES: u64 = 10;
+/// Below this failure share nothing is failing.
+pub const FAILING_SHARE: f64 = 0.05;
+/// At or above this failure share the provider is down.
+pub const OUTAGE_SHARE: f64 = 0.9;
+/// Recent success latency over its baseline at or above which the provider is saturated.
+pub const LATENCY_TOLERANCE: f64 = 1.5;
+/// Timeouts over attempts at or above which the provider is saturated.
+pub const TIMEOUT_SHARE: f64 = 0.1;
+/// First attempts a second over their healthy rate at or above which failures came with our
+/// own load.
+pub const LOAD_RISE: f64 = 1.25;
+/// Retry success over first-attempt success under which failures are correlated.
+pub const RETRY_SUCCESS_RATIO: f64 = 0.5;
+/// How much the failure share may rise while retries are raised before the raise is undone.
+pub const WORSE_WITH_RETRIES: f64 = 0.15;
+/// 429s over attempts at or above which the provider is throttling.
+pub const THROTTLED_SHARE: f64 = 0.05;
+/// Seconds of overload, with [`OVERLOAD_OPEN_SHARE`] failing, after which the breaker opens.
+pub const OVERLOAD_OPEN_SECS: u64 = 10;
+/// The failure share a persisting overload opens the breaker at.
+pub const OVERLOAD_OPEN_SHARE: f64 = 0.5;
+/// The chance a brownout may have of producing the run of failures that opens the breaker.
+pub const RUN_CHANCE: f64 = 1e-5;
+/// The longest run that opens the breaker, in multiples of its `failures`.
+pub const RUN_CAP: u32 = 10;
+
+/// What a breaker believes its provider is going through. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum Regime {
+    /// Nothing is failing.
+    #[default]
+    Healthy,
+    /// The provider says "slow down" (429): the pacer's business, not the breaker's.
+    Throttled,
+    /// Failures at random, with the provider's latency as usual: retries pay.
+    Brownout,
+    /// The provider is saturated: retries make it worse and are shed.
+    Overload,
+    /// (Nearly) every attempt fails.
+    Outage,
+}
+
+impl Regime {
+    /// Every regime's [`as_str`](Self::as_str) name, in declaration order.
+    pub const NAMES: &'static [&'static str] =
+        &["healthy", "throttled", "brownout", "overload", "outage"];
+
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        Self::NAMES[*self as usize]
+    }
+
+    /// Whether retries are being shed in this regime.
+    pub fn sheds(&self) -> bool {
+        matches!(self, Regime::Overload | Regime::Outage)
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Regime::Throttled,
+            2 => Regime::Brownout,
+            3 => Regime::Overload,
+            4 => Regime::Outage,
+            _ => Regime::Healthy,
+        }
+    }
+}
+
+impl fmt::Display for Regime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which signal decided the regime (the event's `why`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum Why {
+    /// The failure share (outage, brownout) or its absence (healthy).
+    FailureShare,
+    /// Successes are slower than their baseline.
+    Latency,
+    /// Attempts time out.
+    Timeouts,
+    /// Failures came with a rise of our own first attempts.
+    LoadRise,
+    /// Retries succeed much less often than first attempts.
+    RetriesFail,
+    /// The failure share rose while retries were raised.
+    WorseWithRetries,
+    /// 429s.
+    Throttling,
+}
+
+impl Why {
+    /// A short, stable name for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Why::FailureShare => "failure_share",
+            Why::Latency => "latency",
+            Why::Timeouts => "timeouts",
+            Why::LoadRise => "load_rise",
+            Why::RetriesFail => "retries_fail",
+            Why::WorseWithRetries => "worse_with_retries",
+            Why::Throttling => "throttling",
+        }
+    }
+}
+
+/// What a breaker saw over the window: the input of [`assess`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Signals {
+    /// First attempts that succeeded (or got an answer that is not an outage failure).
+    pub first_ok: u64,
+    /// First attempts that failed with an outage-class failure.
+    pub first_failed: u64,
+    /// Retries that succeeded (or got an answer).
+    pub retry_ok: u64,
+    /// Retries that failed with an outage-class failure.
+    pub retry_failed: u64,
+    /// Attempts answered with a 429 (or the provider's "overloaded, slow down").
+    pub throttled: u64,
+    /// Attempts cut by their timeout (counted in the failed ones too).
+    pub timeouts: u64,
+    /// Successes with a latency sample, over the last [`RECENT_SECS`].
+    pub recent_ok: u64,
+    /// Their latency, summed, milliseconds.
+    pub recent_latency_ms: u64,
+    /// Successes with a latency sample over the whole window, and their latency summed.
+    pub window_ok: u64,
+    /// Ditto, milliseconds.
+    pub window_latency_ms: u64,
+}
+
+impl Signals {
+    /// Attempts the provider answered or failed (429s apart).
+    pub fn answered(&self) -> u64 {
+        self.first_ok + self.first_failed + self.retry_ok + self.retry_failed
+    }
+
+    /// Outage-class failures over answered attempts (0 with none).
+    pub fn failure_share(&self) -> f64 {
+        ratio(self.first_failed + self.retry_failed, self.answered())
+    }
+
+    /// First attempts a second over the window.
+    pub fn firsts_per_sec(&self) -> f64 {
+        (self.first_ok + self.first_failed) as f64 / WINDOW_SECS as f64
+    }
+
+    fn recent_latency(&self) -> Option<f64> {
+        (self.recent_ok >= 3).then(|| self.recent_latency_ms as f64 / self.recent_ok as f64)
+    }
+
+    fn window_latency(&self) -> Option<f64> {
+        (self.window_ok >= 3).then(|| self.window_latency_ms as f64 / self.window_ok as f64)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// What the breaker believed after its last assessment: the state [`assess`] reads besides
+/// the signals.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Belief {
+    /// The regime.
+    pub regime: Regime,
+    /// Seconds it has lasted.
+    pub for_secs: u64,
+    /// Baseline success latency, milliseconds (0: not known yet).
+    pub baseline_ms: f64,
+    /// First attempts a second while healthy (0: not known yet).
+    pub healthy_firsts: f64,
+    /// In a brownout that has lasted a window: the failure share then, against which a rise
+    /// under raised retries is measured.
+    pub brownout_share: Option<f64>,
+    /// The retry allowance, retries per first attempt in parts per million.
+    pub allowance_ppm: u64,
+}
+
+/// The knobs, from `[breaker.NAME]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// The allowance where nothing fails (`retry_ratio`).
+    pub base_ppm: u64,
+    /// Its ceiling (`retry_ratio_max`).
+    pub max_ppm: u64,
+    /// What a second of brownout adds, and a second of health moves back (`retry_step`).
+    pub step_ppm: u64,
+}
+
+impl Tuning {
+    /// The breaker configuration's knobs.
+    pub fn of(config: &BreakerConfig) -> Self {
+        Self {
+            base_ppm: config.retry_ratio_ppm.min(config.retry_ratio_max_ppm),
+            max_ppm: config.retry_ratio_max_ppm,
+            step_ppm: config.retry_step_ppm,
+        }
+    }
+}
+
+/// The regime the signals show, and which signal decided; `None` when the window holds too
+/// few attempts to say (the belief is kept).
+pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
+    let answered = s.answered();
+    if answered + s.throttled < MIN_SAMPLES {
+        return None;
+    }
+    let fail = s.failure_share();
+    if answered >= MIN_SAMPLES && fail >= OUTAGE_SHARE {
+        return Some((Regime::Outage, Why::FailureShare));
+    }
+    if let Some(recent) = s.recent_latency() {
+        if belief.baseline_ms > 0.0 && recent >= LATENCY_TOLERANCE * belief.baseline_ms {
+            return Some((Regime::Overload, Why::Latency));
+        }
+    }
+    if answered > 0 && ratio(s.timeouts, answered) >= TIMEOUT_SHARE {
+        return Some((Regime::Overload, Why::Timeouts));
+    }
+    if fail >= FAILING_SHARE {
+        if belief.healthy_firsts > 0.0 && s.firsts_per_sec() >= LOAD_RISE * belief.healthy_firsts
+        {
+            return Some((Regime::Overload, Why::LoadRise));
+        }
+        let firsts = s.first_ok + s.first_failed;
+        let retries = s.retry_ok + s.retry_failed;
+        if firsts >= MIN_SAMPLES
+            && retries >= MIN_SAMPLES
+            && ratio(s.retry_ok, retries) < RETRY_SUCCESS_RATIO * ratio(s.first_ok, firsts)
+        {
+            return Some((Regime::Overload, Why::RetriesFail));
+        }
+        if let Some(before) = belief.brownout_share {
+            if fail >= before + WORSE_WITH_RETRIES {
+                return Some((Regime::Overload, Why::WorseWithRetries));
+            }
+        }
+        return Some((Regime::Brownout, Why::FailureShare));
+    }
+    if ratio(s.throttled, answered + s.throttled) >= THROTTLED_SHARE {
+        return Some((Regime::Throttled, Why::Throttling));
+    }
+    Some((Regime::Healthy, Why::FailureShare))
+}
+
+/// The retry allowance after a second in `regime`: additive increase in a brownout up to the
+/// ceiling, halved in an overload or outage, back toward the base otherwise.
+pub fn next_allowance(allowance_ppm: u64, regime: Regime, t: &Tuning) -> u64 {
+    let a = allowance_ppm.min(t.max_ppm);
+    match regime {
+        Regime::Brownout => a.saturating_add(t.step_ppm).min(t.max_ppm),
+        Regime::Overload | Regime::Outage => a / 2,
+        Regime::Healthy | Regime::Throttled if a > t.base_ppm => {
+            a.saturating_sub(t.step_ppm).max(t.base_ppm)
+        }
+        Regime::Healthy | Regime::Throttled => a.saturating_add(t.step_ppm).min(t.base_ppm),
+    }
+}
+
+/// The belief after a second: the assessed regime (or the old one, with too few samples),
+/// the allowance, the latency baseline and the healthy load moved on.
+pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
+    let (regime, _) = assess(s, belief).unwrap_or((belief.regime, Why::FailureShare));
+    let mut next = Belief {
+        regime,
+        for_secs: if regime == belief.regime {
+            belief.for_secs.saturating_add(1)
+        } else {
+            0
+        },
+        allowance_ppm: next_allowance(belief.allowance_ppm, regime, t),
+        ..*belief
+    };
+    if let Some(latency) = s.window_latency() {
+        next.baseline_ms = next_baseline(belief.baseline_ms, latency, regime);
+    }
+    if matches!(regime, Regime::Healthy | Regime::Throttled) && s.answered() >= MIN_SAMPLES {
+        let now = s.firsts_per_sec();
+        next.healthy_firsts = if belief.healthy_firsts == 0.0 {
+            now
+        } else {
+            belief.healthy_firsts + 0.1 * (now - belief.healthy_firsts)
+        };
+    }
+    next.brownout_share = match regime {
+        Regime::Brownout if belief.regime == Regime::Brownout => belief
+            .brownout_share
+            .or((next.for_secs >= WINDOW_SECS).then(|| s.failure_share())),
+        _ => None,
+    };
+    next
+}
+
+/// The success-latency baseline after a second whose mean success latency was `latency_ms`.
+pub fn next_baseline(baseline_ms: f64, latency_ms: f64, regime: Regime) -> f64 {
+    if baseline_ms <= 0.0 {
+        return latency_ms;
+    }
+    let weight = if latency_ms < baseline_ms {
+        0.3
+    } else if regime == Regime::Overload {
+        0.01
+    } else {
+        0.05
+    };
+    baseline_ms + weight * (latency_ms - baseline_ms)
+}
+
+/// How long a run of outage failures (with no answer between them) opens the breaker, when
+/// `share_before` of the window's attempts were failing as the run began: see the module
+/// docs.
+pub fn run_to_open(share_before: f64, failures: u32) -> u32 {
+    let failures = failures.max(1);
+    let cap = failures.saturating_mul(RUN_CAP);
+    if !(share_before > 0.0) {
+        return failures;
+    }
+    if share_before >= 1.0 {
+        return cap;
+    }
+    let needed = (RUN_CHANCE.ln() / share_before.ln()).ceil();
+    if needed >= f64::from(cap) {
+        cap
+    } else {
+        (needed as u32).clamp(failures, cap)
+    }
+}
+
+/// Whether a persisting overload should open the breaker now.
+pub fn overload_opens(belief: &Belief, s: &Signals) -> bool {
+    belief.regime == Regime::Overload
+        && belief.for_secs >= OVERLOAD_OPEN_SECS
+        && s.failure_share() >= OVERLOAD_OPEN_SHARE
+}
+
+/// How an attempt ended, as the regime counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A success, with its latency in milliseconds.
+    Success {
+        /// The attempt's latency.
+        latency_ms: u64,
+    },
+    /// An answer that is not an outage failure (a caller fault: the provider is up).
+    Answered,
+    /// An outage-class failure; `timeout` if the attempt was cut by its timeout.
+    Failed {
+        /// Cut by its timeout.
+        timeout: bool,
+    },
+    /// A 429.
+    Throttled,
+}
+
+// Counter fields of a bucket.
+const FIRST_OK: usize = 0;
+const FIRST_FAILED: usize = 1;
+const RETRY_OK: usize = 2;
+const RETRY_FAILED: usize = 3;
+const THROTTLED: usize = 4;
+const TIMEOUTS: usize = 5;
+const OK_TIMED: usize = 6;
+const LATENCY_MS: usize = 7;
+const FIELDS: usize = 8;
+
+/// A regime change, for the breaker's event and the report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change {
+    /// Before.
+    pub from: Regime,
+    /// After.
+    pub to: Regime,
+    /// Which signal decided.
+    pub why: Why,
+    /// The failure share over the window.
+    pub failure_share: f64,
+    /// The retry allowance now, parts per million.
+    pub allowance_ppm: u64,
+}
+
+/// One breaker's regime: per-second counters and the belief, assessed once a second.
+#[derive(Debug)]
+pub struct Tracker {
+    tuning: Tuning,
+    buckets: [[AtomicU64; FIELDS]; BUCKETS],
+    // The last second assessed (+1; 0 = never).
+    assessed: AtomicU64,
+    regime: AtomicU8,
+    allowance: AtomicU64,
+    belief: Mutex<Belief>,
+}
+
+/// The second (on the runtime clock) and count, packed as `second << 32 | count`.
+pub(crate) fn pack(second: u64, count: u64) -> u64 {
+    (second << 32) | count.min(u64::from(u32::MAX))
+}
+
+/// The inverse of [`pack`].
+pub(crate) fn unpack(bits: u64) -> (u64, u64) {
+    (bits >> 32, bits & u64::from(u32::MAX))
+}
+
+/// Add `n` to a packed per-second counter; a counter last written in an older second starts
+/// over.
+pub(crate) fn add(slot: &AtomicU64, second: u64, n: u64) {
+    let mut bits = slot.load(Ordering::Acquire);
+    loop {
+        let (at, count) = unpack(bits);
+        let next = if at == second {
+            pack(second, count.saturating_add(n))
+        } else {
+            pack(second, n)
+        };
+        match slot.compare_exchange_weak(bits, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(actual) => bits = actual,
+        }
+    }
+}
+
+/// A packed counter's count if it was written within `secs` seconds up to `second`.
+pub(crate) fn count_within(slot: &AtomicU64, second: u64, secs: u64) -> u64 {
+    let (at, count) = unpack(slot.load(Ordering::Acquire));
+    if at <= second && second - at < secs {
+        count
+    } else {
+        0
+    }
+}
+
+impl Tracker {
+    /// A tracker with the configuration's knobs, believing all is well.
+    pub fn new(config: &BreakerConfig) -> Self {
+        let tuning = Tuning::of(config);
+        Self {
+            tuning,
+            buckets: Default::default(),
+            assessed: AtomicU64::new(0),
+            regime: AtomicU8::new(Regime::Healthy as u8),
+            allowance: AtomicU64::new(tuning.base_ppm),
+            belief: Mutex::new(Belief {
+                allowance_ppm: tuning.base_ppm,
+                ..Belief::default()
+            }),
+        }
+    }
+
+    /// The regime believed now.
+    pub fn regime(&self) -> Regime {
+        Regime::from_u8(self.regime.load(Ordering::Acquire))
+    }
+
+    /// The retry allowance now, retries per first attempt in parts per million.
+    pub fn allowance_ppm(&self) -> u64 {
+        self.allowance.load(Ordering::Acquire)
+    }
+
+    /// The belief after the last assessment.
+    pub fn belief(&self) -> Belief {
+        *self.belief.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count an attempt's end.
+    pub fn observe(&self, now_ms: u64, first: bool, seen: Seen) {
+        let second = now_ms / 1000;
+        let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
+        match seen {
+            Seen::Success { latency_ms } => {
+                add(&bucket[if first { FIRST_OK } else { RETRY_OK }], second, 1);
+                add(&bucket[OK_TIMED], second, 1);
+                add(&bucket[LATENCY_MS], second, latency_ms);
+            }
+            Seen::Answered => add(&bucket[if first { FIRST_OK } else { RETRY_OK }], second, 1),
+            Seen::Failed { timeout } => {
+                add(
+                    &bucket[if first { FIRST_FAILED } else { RETRY_FAILED }],
+                    second,
+                    1,
+                );
+                if timeout {
+                    add(&bucket[TIMEOUTS], second, 1);
+                }
+            }
+            Seen::Throttled => add(&bucket[THROTTLED], second, 1),
+        }
+    }
+
+    /// The window's signals as of `now_ms`.
+    pub fn signals(&self, now_ms: u64) -> Signals {
+        let second = now_ms / 1000;
+        let field = |f: usize, secs: u64| -> u64 {
+            self.buckets
+                .iter()
+                .map(|b| count_within(&b[f], second, secs))
+                .sum()
+        };
+        Signals {
+            first_ok: field(FIRST_OK, WINDOW_SECS),
+            first_failed: field(FIRST_FAILED, WINDOW_SECS),
+            retry_ok: field(RETRY_OK, WINDOW_SECS),
+            retry_failed: field(RETRY_FAILED, WINDOW_SECS),
+            throttled: field(THROTTLED, WINDOW_SECS),
+            timeouts: field(TIMEOUTS, WINDOW_SECS),
+            recent_ok: field(OK_TIMED, RECENT_SECS),
+            recent_latency_ms: field(LATENCY_MS, RECENT_SECS),
+            window_ok: field(OK_TIMED, WINDOW_SECS),
+            window_latency_ms: field(LATENCY_MS, WINDOW_SECS),
+        }
+    }
+
+    /// Assess, if this second has not been: one call a second does it (a CAS picks which).
+    /// Returns the change of regime, if any, and whether a persisting overload should open
+    /// the breaker.
+    pub fn assess_now(&self, now_ms: u64) -> (Option<Change>, bool) {
+        let tag = now_ms / 1000 + 1;
+        let last = self.assessed.load(Ordering::Acquire);
+        if last >= tag
+            || self
+                .assessed
+                .compare_exchange(last, tag, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return (None, false);
+        }
+        // Seconds with no assessment (no attempt ended) count as one: the signals are the
+        // window's anyway.
+        let signals = self.signals(now_ms);
+        let mut belief = self.belief.lock().unwrap_or_else(|p| p.into_inner());
+        let before = *belief;
+        let why = assess(&signals, &before).map(|(_, why)| why);
+        *belief = next_belief(&before, &signals, &self.tuning);
+        let after = *belief;
+        drop(belief);
+        self.allowance.store(after.allowance_ppm, Ordering::Release);
+        self.regime.store(after.regime as u8, Ordering::Release);
+        let change = (after.regime != before.regime).then(|| Change {
+            from: before.regime,
+            to: after.regime,
+            why: why.unwrap_or(Why::FailureShare),
+            failure_share: signals.failure_share(),
+            allowance_ppm: after.allowance_ppm,
+        });
+        (change, overload_opens(&after, &signals))
+    }
+
+    /// Forget the window (the breaker closed after an outage: what it counted is over), and
+    /// believe all is well again, keeping the latency baseline and the healthy load.
+    pub fn reset(&self) {
+        for bucket in &self.buckets {
+            for slot in bucket {
+                slot.store(0, Ordering::Release);
+            }
+        }
+        let mut belief = self.belief.lock().unwrap_or_else(|p| p.into_inner());
+        *belief = Belief {
+            regime: Regime::Healthy,
+            for_secs: 0,
+            brownout_share: None,
+            allowance_ppm: self.tuning.base_ppm,
+            ..*belief
+        };
+        self.allowance.store(self.tuning.base_ppm, Ordering::Release);
+        self.regime.store(Regime::Healthy as u8, Ordering::Release);
+    }
+
+    /// The failure share of the window now (for the run rule, when a run begins).
+    pub fn failure_share(&self, now_ms: u64) -> f64 {
+        self.signals(now_ms).failure_share()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuning() -> Tuning {
+        Tuning::of(&BreakerConfig::default())
+    }
+
+    fn signals(first_ok: u64, first_failed: u64, retry_ok: u64, retry_failed: u64) -> Signals {
+        Signals {
+            first_ok,
+            first_failed,
+            retry_ok,
+            retry_failed,
+            recent_ok: (first_ok + retry_ok) * 3 / 10,
+            recent_latency_ms: (first_ok + retry_ok) * 3 / 10 * 1000,
+            window_ok: first_ok + retry_ok,
+            window_latency_ms: (first_ok + retry_ok) * 1000,
+            ..Signals::default()
+        }
+    }
+
+    fn healthy_belief() -> Belief {
+        Belief {
+            baseline_ms: 1000.0,
+            healthy_firsts: 5.0,
+            allowance_ppm: 200_000,
+            ..Belief::default()
+        }
+    }
+
+    #[test]
+    fn the_four_kinds_are_told_apart() {
+        let b = healthy_belief();
+        assert_eq!(assess(&signals(50, 0, 0, 0), &b).unwrap().0, Regime::Healthy);
+        // 70% fail, first attempts at their healthy rate, retries as good as first attempts.
+        let brownout = signals(15, 35, 25, 60);
+        assert_eq!(assess(&brownout, &b).unwrap().0, Regime::Brownout);
+        assert_eq!(
+            assess(&signals(0, 50, 0, 10), &b).unwrap().0,
+            Regime::Outage
+        );
+        // The same failures with successes three times slower than usual.
+        let slow = Signals {
+            recent_latency_ms: brownout.recent_ok * 3000,
+            ..brownout
+        };
+        assert_eq!(assess(&slow, &b).unwrap(), (Regime::Overload, Why::Latency));
+        // The same failures when our first attempts doubled.
+        let loaded = signals(30, 70, 25, 60);
+        assert_eq!(
+            assess(&loaded, &b).unwrap(),
+            (Regime::Overload, Why::LoadRise)
+        );
+        let throttled = Signals {
+            throttled: 20,
+            ..signals(50, 0, 0, 0)
+        };
+        assert_eq!(assess(&throttled, &b).unwrap().0, Regime::Throttled);
+        assert_eq!(assess(&signals(3, 2, 0, 0), &b), None, "too few to say");
+    }
+
+    #[test]
+    fn the_allowance_rises_additively_and_falls_by_half() {
+        let t = tuning();
+        let mut a = t.base_ppm;
+        for _ in 0..100 {
+            a = next_allowance(a, Regime::Brownout, &t);
+        }
+        assert_eq!(a, t.max_ppm);
+        assert_eq!(next_allowance(a, Regime::Overload, &t), t.max_ppm / 2);
+        let mut back = t.max_ppm;
+        for _ in 0..100 {
+            back = next_allowance(back, Regime::Healthy, &t);
+        }
+        assert_eq!(back, t.base_ppm);
+    }
+
+    #[test]
+    fn a_run_opens_sooner_after_health_than_in_a_brownout() {
+        assert_eq!(run_to_open(0.0, 5), 5);
+        assert_eq!(run_to_open(0.3, 5), 10);
+        assert_eq!(run_to_open(0.7, 5), 33);
+        assert_eq!(run_to_open(0.99, 5), 50);
+        assert_eq!(run_to_open(f64::NAN, 5), 5);
+    }
+}
