@@ -438,7 +438,7 @@ impl Breaker {
             });
         if began {
             let required = if self.config.adaptive {
-                crate::regime::run_to_open(self.regime.failure_share(now_ms), self.config.failures)
+                crate::regime::run_to_open(self.regime.share_before_run(now_ms), self.config.failures)
             } else {
                 self.config.failures.max(1)
             };
@@ -627,7 +627,7 @@ impl Breaker {
         }
         self.run.store(0, Ordering::Release);
         if self.config.adaptive {
-            self.regime.reset();
+            self.regime.reset(now_ms());
             self.retry_budget.set_ratio_ppm(self.regime.allowance_ppm());
         }
     }

@@ -7,8 +7,8 @@
 //!
 //! - the **failure share**: outage-class failures (5xx, timeouts, transport) over the attempts
 //!   the provider answered or failed; 429s are *throttling* and counted apart;
-//! - the **latency gradient**: the mean latency of recent successes (the last
-//!   [`RECENT_SECS`] seconds) over a slow baseline of it;
+//! - the **latency gradient**: the mean latency of the window's successes over a slow
+//!   baseline of it;
 //! - the **load**: first attempts a second now, against what they were while all was well
 //!   (first attempts are the callers' own load; retries are the runtime's answer to failures);
 //! - **retry success**: how often retries succeed, against first attempts.
@@ -30,9 +30,11 @@
 //! `retry_ratio_max`. A call's own `max` is never passed: the allowance only refuses retries.
 //!
 //! The constants and why:
-//! - 1.5 for the gradient is Netflix Gradient2's `rttTolerance`; the baseline follows the
-//!   window's success latency with weight 0.05 a second (0.01 while overloaded, so that an
-//!   overload is not learnt as normal within a minute; 0.3 when latency falls).
+//! - 1.5 for the gradient is Netflix Gradient2's `rttTolerance` (an overload read from it
+//!   ends under 1.25); the gradient compares the window's mean success latency, with at
+//!   least [`MIN_SAMPLES`] successes, so that one slow answer is not an overload. The
+//!   baseline follows that mean with weight 0.05 a second (0.01 while overloaded, so that an
+//!   overload is not learnt as normal within a minute).
 //! - 90% for an outage: a 70% brownout's 10 s window at 5 attempts a second stays under 80%
 //!   with probability above 99.9%.
 //! - The load test uses first attempts only: retries rise with *any* failure, so they cannot
@@ -59,7 +61,7 @@ use crate::config::BreakerConfig;
 
 /// Seconds of history the regime is read from (the retry budget's window too).
 pub const WINDOW_SECS: u64 = 10;
-/// Seconds of the latest successes the latency gradient compares with the baseline.
+/// Seconds of the latest attempts the run rule also reads the failure share from.
 pub const RECENT_SECS: u64 = 3;
 const BUCKETS: usize = WINDOW_SECS as usize;
 
@@ -69,8 +71,10 @@ pub const MIN_SAMPLES: u64 = 10;
 pub const FAILING_SHARE: f64 = 0.05;
 /// At or above this failure share the provider is down.
 pub const OUTAGE_SHARE: f64 = 0.9;
-/// Recent success latency over its baseline at or above which the provider is saturated.
+/// Success latency over its baseline at or above which the provider is saturated.
 pub const LATENCY_TOLERANCE: f64 = 1.5;
+/// ... and under which an overload read from latency is over.
+pub const LATENCY_RECOVERED: f64 = 1.25;
 /// Timeouts over attempts at or above which the provider is saturated.
 pub const TIMEOUT_SHARE: f64 = 0.1;
 /// First attempts a second over their healthy rate at or above which failures came with our
@@ -190,10 +194,6 @@ pub struct Signals {
     pub throttled: u64,
     /// Attempts cut by their timeout (counted in the failed ones too).
     pub timeouts: u64,
-    /// Successes with a latency sample, over the last [`RECENT_SECS`].
-    pub recent_ok: u64,
-    /// Their latency, summed, milliseconds.
-    pub recent_latency_ms: u64,
     /// Successes with a latency sample over the whole window, and their latency summed.
     pub window_ok: u64,
     /// Ditto, milliseconds.
@@ -216,12 +216,10 @@ impl Signals {
         (self.first_ok + self.first_failed) as f64 / WINDOW_SECS as f64
     }
 
-    fn recent_latency(&self) -> Option<f64> {
-        (self.recent_ok >= 3).then(|| self.recent_latency_ms as f64 / self.recent_ok as f64)
-    }
-
-    fn window_latency(&self) -> Option<f64> {
-        (self.window_ok >= 3).then(|| self.window_latency_ms as f64 / self.window_ok as f64)
+    /// The mean latency of the window's successes, with enough of them to say.
+    pub fn window_latency(&self) -> Option<f64> {
+        (self.window_ok >= MIN_SAMPLES)
+            .then(|| self.window_latency_ms as f64 / self.window_ok as f64)
     }
 }
 
@@ -250,6 +248,9 @@ pub struct Belief {
     pub brownout_share: Option<f64>,
     /// The retry allowance, retries per first attempt in parts per million.
     pub allowance_ppm: u64,
+    /// The failure share when the window was last forgotten (the breaker closed): what the
+    /// run rule goes by until the window holds enough attempts again.
+    pub share_at_reset: f64,
 }
 
 /// The knobs, from `[breaker.NAME]`.
@@ -285,8 +286,14 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
     if answered >= MIN_SAMPLES && fail >= OUTAGE_SHARE {
         return Some((Regime::Outage, Why::FailureShare));
     }
-    if let Some(recent) = s.recent_latency() {
-        if belief.baseline_ms > 0.0 && recent >= LATENCY_TOLERANCE * belief.baseline_ms {
+    if let Some(latency) = s.window_latency() {
+        // Once overloaded by latency, it must fall back under a lower bar to leave.
+        let tolerance = if belief.regime == Regime::Overload {
+            LATENCY_RECOVERED
+        } else {
+            LATENCY_TOLERANCE
+        };
+        if belief.baseline_ms > 0.0 && latency >= tolerance * belief.baseline_ms {
             return Some((Regime::Overload, Why::Latency));
         }
     }
@@ -294,13 +301,15 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
         return Some((Regime::Overload, Why::Timeouts));
     }
     if fail >= FAILING_SHARE {
-        if belief.healthy_firsts > 0.0 && s.firsts_per_sec() >= LOAD_RISE * belief.healthy_firsts
-        {
+        if load_rose(s, belief) {
             return Some((Regime::Overload, Why::LoadRise));
         }
         let firsts = s.first_ok + s.first_failed;
         let retries = s.retry_ok + s.retry_failed;
-        if firsts >= MIN_SAMPLES
+        // Only once a brownout has lasted a window: at its start the window's first attempts
+        // still hold the successes from before it.
+        if belief.brownout_share.is_some()
+            && firsts >= MIN_SAMPLES
             && retries >= MIN_SAMPLES
             && ratio(s.retry_ok, retries) < RETRY_SUCCESS_RATIO * ratio(s.first_ok, firsts)
         {
@@ -317,6 +326,18 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
         return Some((Regime::Throttled, Why::Throttling));
     }
     Some((Regime::Healthy, Why::FailureShare))
+}
+
+/// Whether first attempts rose well above their healthy rate: by [`LOAD_RISE`], and by more
+/// than three standard deviations of a Poisson count at that rate (so that chance at low
+/// volume does not look like a rise).
+pub fn load_rose(s: &Signals, belief: &Belief) -> bool {
+    if belief.healthy_firsts <= 0.0 {
+        return false;
+    }
+    let expected = belief.healthy_firsts * WINDOW_SECS as f64;
+    let seen = (s.first_ok + s.first_failed) as f64;
+    seen >= LOAD_RISE * expected && seen >= expected + 3.0 * expected.sqrt()
 }
 
 /// The retry allowance after a second in `regime`: additive increase in a brownout up to the
@@ -358,6 +379,9 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
             belief.healthy_firsts + 0.1 * (now - belief.healthy_firsts)
         };
     }
+    if s.answered() >= MIN_SAMPLES {
+        next.share_at_reset = 0.0;
+    }
     next.brownout_share = match regime {
         Regime::Brownout if belief.regime == Regime::Brownout => belief
             .brownout_share
@@ -372,13 +396,7 @@ pub fn next_baseline(baseline_ms: f64, latency_ms: f64, regime: Regime) -> f64 {
     if baseline_ms <= 0.0 {
         return latency_ms;
     }
-    let weight = if latency_ms < baseline_ms {
-        0.3
-    } else if regime == Regime::Overload {
-        0.01
-    } else {
-        0.05
-    };
+    let weight = if regime == Regime::Overload { 0.01 } else { 0.05 };
     baseline_ms + weight * (latency_ms - baseline_ms)
 }
 
@@ -577,8 +595,6 @@ impl Tracker {
             retry_failed: field(RETRY_FAILED, WINDOW_SECS),
             throttled: field(THROTTLED, WINDOW_SECS),
             timeouts: field(TIMEOUTS, WINDOW_SECS),
-            recent_ok: field(OK_TIMED, RECENT_SECS),
-            recent_latency_ms: field(LATENCY_MS, RECENT_SECS),
             window_ok: field(OK_TIMED, WINDOW_SECS),
             window_latency_ms: field(LATENCY_MS, WINDOW_SECS),
         }
@@ -620,8 +636,10 @@ impl Tracker {
     }
 
     /// Forget the window (the breaker closed after an outage: what it counted is over), and
-    /// believe all is well again, keeping the latency baseline and the healthy load.
-    pub fn reset(&self) {
+    /// believe all is well again, keeping the latency baseline and the healthy load, and the
+    /// failure share seen until now for the run rule.
+    pub fn reset(&self, now_ms: u64) {
+        let share = self.signals(now_ms).failure_share();
         for bucket in &self.buckets {
             for slot in bucket {
                 slot.store(0, Ordering::Release);
@@ -633,15 +651,34 @@ impl Tracker {
             for_secs: 0,
             brownout_share: None,
             allowance_ppm: self.tuning.base_ppm,
+            share_at_reset: share.max(belief.share_at_reset),
             ..*belief
         };
         self.allowance.store(self.tuning.base_ppm, Ordering::Release);
         self.regime.store(Regime::Healthy as u8, Ordering::Release);
     }
 
-    /// The failure share of the window now (for the run rule, when a run begins).
-    pub fn failure_share(&self, now_ms: u64) -> f64 {
-        self.signals(now_ms).failure_share()
+    /// The failure share the run rule goes by as a run begins: the higher of the window's
+    /// and the last [`RECENT_SECS`]' (a brownout that has just begun has not filled the
+    /// window yet), or, while the window holds too few attempts since it was forgotten, the
+    /// share before that.
+    pub fn share_before_run(&self, now_ms: u64) -> f64 {
+        let second = now_ms / 1000;
+        let share = |secs: u64| {
+            let field = |f: usize| -> u64 {
+                self.buckets
+                    .iter()
+                    .map(|b| count_within(&b[f], second, secs))
+                    .sum()
+            };
+            let failed = field(FIRST_FAILED) + field(RETRY_FAILED);
+            let answered = failed + field(FIRST_OK) + field(RETRY_OK);
+            (answered >= MIN_SAMPLES).then(|| ratio(failed, answered))
+        };
+        match (share(WINDOW_SECS), share(RECENT_SECS)) {
+            (Some(window), recent) => window.max(recent.unwrap_or(0.0)),
+            (None, _) => self.belief().share_at_reset.max(self.signals(now_ms).failure_share()),
+        }
     }
 }
 
@@ -659,8 +696,6 @@ mod tests {
             first_failed,
             retry_ok,
             retry_failed,
-            recent_ok: (first_ok + retry_ok) * 3 / 10,
-            recent_latency_ms: (first_ok + retry_ok) * 3 / 10 * 1000,
             window_ok: first_ok + retry_ok,
             window_latency_ms: (first_ok + retry_ok) * 1000,
             ..Signals::default()
@@ -689,7 +724,7 @@ mod tests {
         );
         // The same failures with successes three times slower than usual.
         let slow = Signals {
-            recent_latency_ms: brownout.recent_ok * 3000,
+            window_latency_ms: brownout.window_ok * 3000,
             ..brownout
         };
         assert_eq!(assess(&slow, &b).unwrap(), (Regime::Overload, Why::Latency));

@@ -786,7 +786,7 @@ macro_rules! ours {
         $(
             #[resilient(
                 backoff = "exp_jitter",
-                max = 3,
+                max = 5,
                 base = "500ms",
                 cap = "30s",
                 timeout = "20s",
@@ -794,6 +794,7 @@ macro_rules! ours {
                 breaker = $name,
                 pace = $name,
                 fallback = cached,
+                budget = "0.012usd",
                 stale_for = "1h"
             )]
             #[retry_on(429, 500..=599, timeout)]
