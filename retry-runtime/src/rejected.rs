@@ -79,6 +79,14 @@ pub enum Rejected {
         /// The limit.
         limit: Budget,
     },
+    /// The pacer's line is longer than its `max_wait`: this call's turn would come later, so
+    /// it is refused now (and gets its fallback now) rather than after the wait.
+    PacerLineFull {
+        /// The pacer's name.
+        pacer: &'static str,
+        /// Its `max_wait`.
+        max_wait: Duration,
+    },
     /// The call names a pool whose limit the configuration should give and does not: the
     /// configuration file failed to load, or it configures other pools but not this name (a
     /// typo, most likely). Refused rather than spent without a limit; an ERROR event says why.
@@ -117,6 +125,10 @@ impl fmt::Display for Rejected {
                 f,
                 "pool `{pool}` has no configured limit (see the ERROR event); refused rather than spent without one"
             ),
+            Rejected::PacerLineFull { pacer, max_wait } => write!(
+                f,
+                "the line of pacer `{pacer}` is longer than its max_wait of {max_wait:?}"
+            ),
             Rejected::QueueTimeout { breaker, waited } => write!(
                 f,
                 "waited {waited:?} in the queue of breaker `{breaker}` without being released"
@@ -151,7 +163,9 @@ impl Classify for Rejected {
             Rejected::BudgetExhausted { .. } => ErrorClass::Permanent,
             // A configuration to fix, not an outage to wait out.
             Rejected::PoolUnconfigured { .. } => ErrorClass::Permanent,
-            Rejected::QueueFull { .. } | Rejected::QueueTimeout { .. } => ErrorClass::Other,
+            Rejected::QueueFull { .. }
+            | Rejected::QueueTimeout { .. }
+            | Rejected::PacerLineFull { .. } => ErrorClass::Other,
         }
     }
 }

@@ -836,6 +836,7 @@ pub fn pace_config(spec: &Scenario) -> retry_runtime::pace::PaceConfig {
         tpm: Some(spec.tpm),
         adaptive: true,
         burst: Duration::from_secs(1),
+        ..retry_runtime::pace::PaceConfig::default()
     }
 }
 

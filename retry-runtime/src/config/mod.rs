@@ -25,6 +25,7 @@
 //! tpm = 200000
 //! adaptive = true
 //! burst = "1s"             # how much of the known limits may go at once after an idle spell
+//! max_wait = "5s"          # the longest a call waits in line ("none": up to its deadline)
 //!
 //! [fallback]
 //! cache_capacity = 1024    # answers each `fallback = cached` call site keeps (1 to 1,000,000)
@@ -75,6 +76,14 @@ pub struct PaceConfig {
     /// How much of the known limits may be spent at once after an idle spell: the buckets
     /// hold `rate × burst` (at least one request, one token). Zero: evenly spaced.
     pub burst: Duration,
+    /// The longest a call waits in the pacer's line (`None`: as long as its deadline lets
+    /// it). A call whose turn would come later is refused at once with
+    /// [`Rejected::PacerLineFull`](crate::Rejected::PacerLineFull), and gets its fallback
+    /// now rather than after the wait. Default 5 s: under a sustained overload a longer line
+    /// serves no more calls (the rate is the rate), it only makes each of them later; a short
+    /// one still absorbs bursts. Trades: longer keeps more calls off their fallback in a
+    /// burst and makes them slower in a storm.
+    pub max_wait: Option<Duration>,
 }
 
 impl Default for PaceConfig {
@@ -84,6 +93,7 @@ impl Default for PaceConfig {
             tpm: None,
             adaptive: true,
             burst: Duration::from_secs(1),
+            max_wait: Some(Duration::from_secs(5)),
         }
     }
 }

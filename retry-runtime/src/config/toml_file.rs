@@ -65,6 +65,7 @@ struct RawPace {
     tpm: Option<u64>,
     adaptive: Option<bool>,
     burst: Option<Dur>,
+    max_wait: Option<MaxWait>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +182,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
                 tpm: raw.tpm.or(d.tpm),
                 adaptive: raw.adaptive.unwrap_or(d.adaptive),
                 burst: raw.burst.map_or(d.burst, |b| b.0),
+                max_wait: raw.max_wait.map_or(d.max_wait, |w| w.0),
             },
         );
     }
@@ -285,6 +287,25 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// A ratio written as `0.2` or `"20%"`, held in parts per million; 0 to 10 (1000%).
+/// `max_wait`: a duration, or `"none"` for no limit of its own.
+struct MaxWait(Option<Duration>);
+
+impl<'de> Deserialize<'de> for MaxWait {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "none" {
+            return Ok(MaxWait(None));
+        }
+        match parse_duration(&text) {
+            Ok(d) => Ok(MaxWait(Some(d))),
+            Err(why) => Err(de::Error::custom(format!(
+                "`{text}`: {why}; {}, or \"none\"",
+                retry_grammar::DURATION_HINT
+            ))),
+        }
+    }
+}
+
 struct Ratio(u64);
 
 impl<'de> Deserialize<'de> for Ratio {

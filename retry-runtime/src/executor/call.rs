@@ -463,6 +463,7 @@ fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
         | StopReason::BreakerOpened
         | StopReason::RetryBudgetExhausted
         | StopReason::RetryShed { .. }
+        | StopReason::PacerLineFull { .. }
         | StopReason::BudgetExhausted { .. }
         | StopReason::PoolUnconfigured { .. }
         | StopReason::QueueFull

@@ -46,6 +46,11 @@ pub(crate) enum Refusal {
     Unconfigured {
         pool: &'static str,
     },
+    /// The pacer's line is longer than its `max_wait`.
+    PacerLine {
+        pacer: &'static str,
+        max_wait: Duration,
+    },
 }
 
 /// Why the gate refused a retry: any refusal, or the retry budget (which only retries ask).
@@ -81,6 +86,7 @@ impl Refusal {
         match self {
             Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
             Refusal::Unconfigured { pool } => Rejected::PoolUnconfigured { pool },
+            Refusal::PacerLine { pacer, max_wait } => Rejected::PacerLineFull { pacer, max_wait },
             Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
             Refusal::Budget(Exhausted {
                 scope,
@@ -99,6 +105,7 @@ impl Refusal {
         match self {
             Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
             Refusal::Unconfigured { pool } => StopReason::PoolUnconfigured { pool },
+            Refusal::PacerLine { max_wait, .. } => StopReason::PacerLineFull { max_wait },
             Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
             Refusal::Circuit { .. } => StopReason::BreakerOpened,
             Refusal::Budget(Exhausted {
@@ -462,13 +469,17 @@ impl<'p> Gate<'p> {
     /// `latest_permit`.
     async fn pace(&mut self, ask: &Ask) -> Result<(), Refusal> {
         if let Some(pacer) = self.pacer {
-            match pacer
-                .acquire(ask.expected.tokens(), ask.latest_permit)
-                .await
-            {
+            let (latest, line_bound) = latest_permit(pacer, ask);
+            match pacer.acquire(ask.expected.tokens(), latest).await {
                 Ok(permit) => {
                     self.paced = permit.waited();
                     self.permit = Some(permit);
+                }
+                Err(_) if line_bound => {
+                    return Err(Refusal::PacerLine {
+                        pacer: pacer.name(),
+                        max_wait: pacer.config().max_wait.unwrap_or_default(),
+                    })
                 }
                 Err(_) => {
                     return Err(Refusal::Deadline {
@@ -564,7 +575,10 @@ impl<'p> Gate<'p> {
             self.admission = Some(admission);
         }
         // The fleet's pacing slot, no later than the local pacer's permit may be.
-        let max_wait = ask.latest_permit.map_or(Duration::MAX, |at| {
+        let (latest, line_bound) = self
+            .pacer
+            .map_or((ask.latest_permit, false), |p| latest_permit(p, ask));
+        let max_wait = latest.map_or(Duration::MAX, |at| {
             at.saturating_duration_since(Instant::now())
         });
         let request = Admit {
@@ -617,8 +631,14 @@ impl<'p> Gate<'p> {
                 }
                 _ => None,
             },
-            Verdict::PaceTooLate => Some(Refusal::Deadline {
-                deadline: ask.deadline,
+            Verdict::PaceTooLate => Some(match self.pacer {
+                Some(pacer) if line_bound => Refusal::PacerLine {
+                    pacer: pacer.name(),
+                    max_wait: pacer.config().max_wait.unwrap_or_default(),
+                },
+                _ => Refusal::Deadline {
+                    deadline: ask.deadline,
+                },
             }),
         };
         if let Some(refusal) = refusal {
@@ -784,6 +804,18 @@ impl<'p> Gate<'p> {
             // it reserved.
             self.ledgers.release(held);
         }
+    }
+}
+
+/// The latest a permit from `pacer` is worth having: the call's own bound, or the pacer's
+/// `max_wait` from now if that comes first (then `true`: the line, not the deadline, refuses).
+fn latest_permit(pacer: &Pacer, ask: &Ask) -> (Option<Instant>, bool) {
+    let Some(line) = pacer.config().max_wait.map(|w| Instant::now() + w) else {
+        return (ask.latest_permit, false);
+    };
+    match ask.latest_permit {
+        Some(call) if call <= line => (Some(call), false),
+        _ => (Some(line), true),
     }
 }
 

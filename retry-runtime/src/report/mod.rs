@@ -128,6 +128,12 @@ pub enum StopReason {
         /// The pool's name.
         pool: &'static str,
     },
+    /// The pacer's line was longer than its `max_wait`: refused at once (the first attempt,
+    /// or a retry) rather than after the wait.
+    PacerLineFull {
+        /// The pacer's `max_wait`.
+        max_wait: Duration,
+    },
     /// The retry was shed: the breaker believes the provider is overloaded (or down), so it
     /// cut the retry allowance, and the retry budget had no room left under it.
     RetryShed {
@@ -156,6 +162,7 @@ impl StopReason {
         "budget_exhausted",
         "pool_unconfigured",
         "retry_shed",
+        "pacer_line_full",
     ];
 
     /// A short, stable name for logs and metrics.
@@ -176,6 +183,7 @@ impl StopReason {
             StopReason::QueueTimeout { .. } => "queue_timeout",
             StopReason::PoolUnconfigured { .. } => "pool_unconfigured",
             StopReason::RetryShed { .. } => "retry_shed",
+            StopReason::PacerLineFull { .. } => "pacer_line_full",
         }
     }
 
@@ -196,6 +204,7 @@ impl StopReason {
                 | StopReason::BreakerOpened
                 | StopReason::RetryBudgetExhausted
                 | StopReason::RetryShed { .. }
+                | StopReason::PacerLineFull { .. }
                 | StopReason::DeadlineExceeded
                 | StopReason::RetryAfterTooLong { .. }
         )
@@ -676,6 +685,7 @@ mod tests {
                 StopReason::BudgetExhausted { .. } => 12,
                 StopReason::PoolUnconfigured { .. } => 13,
                 StopReason::RetryShed { .. } => 14,
+                StopReason::PacerLineFull { .. } => 15,
             }
         }
         let d = Duration::ZERO;
@@ -704,6 +714,7 @@ mod tests {
             StopReason::RetryShed {
                 regime: Regime::Overload,
             },
+            StopReason::PacerLineFull { max_wait: d },
         ];
         assert_eq!(StopReason::NAMES.len(), every.len());
         for (i, stop) in every.iter().enumerate() {
