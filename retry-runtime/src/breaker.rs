@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::classify::ErrorClass;
 use crate::clock::now_ms;
 use crate::config::BreakerConfig;
+use crate::overload::RateGate;
 use crate::queue::Queue;
 use crate::regime::{Change, Regime, Seen, Tracker};
 use crate::registry::{Named, Registry, Slot};
@@ -282,6 +283,8 @@ pub struct Breaker {
     // that opens, fixed when the run began.
     run: AtomicU64,
     run_to_open: AtomicU64,
+    // While overloaded: admit no faster than the provider answers.
+    rate_gate: RateGate,
     queue: Queue,
     // The shared store's generation of this breaker's state last adopted (0: none stored).
     shared_generation: AtomicU64,
@@ -317,6 +320,7 @@ impl Breaker {
             regime: Tracker::new(&config),
             run: AtomicU64::new(0),
             run_to_open: AtomicU64::new(u64::from(config.failures.max(1))),
+            rate_gate: RateGate::new(),
             queue: Queue::new(config.queue_len as usize, config.queue_release_per_sec),
             shared_generation: AtomicU64::new(0),
             config,
@@ -367,6 +371,18 @@ impl Breaker {
         self.regime.regime()
     }
 
+    #[doc(hidden)]
+    /// The admission rate, on while the provider is overloaded.
+    pub fn rate_gate(&self) -> &RateGate {
+        &self.rate_gate
+    }
+
+    /// The rate attempts are admitted at while the regime is an overload read from latency
+    /// or timeouts (`None`: no limit). See [`crate::regime`].
+    pub fn admission_rate(&self) -> Option<f64> {
+        self.rate_gate.rate()
+    }
+
     /// The regime's tracker: its signals and belief, for tests and dashboards.
     pub fn regime_tracker(&self) -> &Tracker {
         &self.regime
@@ -397,20 +413,22 @@ impl Breaker {
             Some(_) => Seen::Answered,
         };
         self.regime.observe(now_ms, first, seen);
-        let (change, overloaded) = self.regime.assess_now(now_ms);
-        if let Some(change) = change {
-            self.retry_budget.set_ratio_ppm(change.allowance_ppm);
-        } else {
-            self.retry_budget
-                .set_ratio_ppm(self.regime.allowance_ppm());
+        let Some(assessed) = self.regime.assess_now(now_ms) else {
+            return (None, None);
+        };
+        self.retry_budget
+            .set_ratio_ppm(assessed.belief.allowance_ppm);
+        match assessed.belief.admit_rate {
+            Some(rate) => self.rate_gate.set(rate),
+            None => self.rate_gate.off(),
         }
-        let outage = change.is_some_and(|c| c.to == Regime::Outage);
-        let transition = if (outage || overloaded) && self.load().state == BreakerState::Closed {
+        let transition = if assessed.opens && self.load().state == BreakerState::Closed {
             let until = now_ms.saturating_add(duration_ms(self.config.cooldown));
             self.update(|s| ((), s.forced_open(until, now_ms))).1
         } else {
             None
         };
+        let change = assessed.change;
         (change, transition)
     }
 
@@ -629,6 +647,7 @@ impl Breaker {
         if self.config.adaptive {
             self.regime.reset(now_ms());
             self.retry_budget.set_ratio_ppm(self.regime.allowance_ppm());
+            self.rate_gate.off();
         }
     }
 }

@@ -57,6 +57,7 @@ pub mod executor;
 pub mod fallback;
 pub mod integrations;
 pub mod metric_names;
+pub mod overload;
 pub mod pace;
 pub mod policy;
 mod queue;

@@ -90,6 +90,11 @@ pub const THROTTLED_SHARE: f64 = 0.05;
 pub const OVERLOAD_OPEN_SECS: u64 = 10;
 /// The failure share a persisting overload opens the breaker at.
 pub const OVERLOAD_OPEN_SHARE: f64 = 0.5;
+/// How much faster than the provider answered an overloaded breaker admits: the room to
+/// find out that it can answer more.
+pub const RATE_PROBE: f64 = 0.05;
+/// The slowest admission rate, attempts a second.
+pub const MIN_RATE: f64 = 0.5;
 /// The chance a brownout may have of producing the run of failures that opens the breaker.
 pub const RUN_CHANCE: f64 = 1e-5;
 /// The longest run that opens the breaker, in multiples of its `failures`.
@@ -248,6 +253,9 @@ pub struct Belief {
     pub brownout_share: Option<f64>,
     /// The retry allowance, retries per first attempt in parts per million.
     pub allowance_ppm: u64,
+    /// While overloaded (read from latency or timeouts): the attempts a second to admit, the
+    /// rate the provider answered at (plus [`RATE_PROBE`]).
+    pub admit_rate: Option<f64>,
     /// The failure share when the window was last forgotten (the breaker closed): what the
     /// run rule goes by until the window holds enough attempts again.
     pub share_at_reset: f64,
@@ -357,7 +365,8 @@ pub fn next_allowance(allowance_ppm: u64, regime: Regime, t: &Tuning) -> u64 {
 /// The belief after a second: the assessed regime (or the old one, with too few samples),
 /// the allowance, the latency baseline and the healthy load moved on.
 pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
-    let (regime, _) = assess(s, belief).unwrap_or((belief.regime, Why::FailureShare));
+    let assessed = assess(s, belief);
+    let (regime, why) = assessed.unwrap_or((belief.regime, Why::FailureShare));
     let mut next = Belief {
         regime,
         for_secs: if regime == belief.regime {
@@ -382,6 +391,12 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
     if s.answered() >= MIN_SAMPLES {
         next.share_at_reset = 0.0;
     }
+    next.admit_rate = match (regime, why) {
+        (Regime::Overload, Why::Latency | Why::Timeouts) => Some(admit_rate(s)),
+        // Too few samples to say: keep the rate the belief had.
+        (Regime::Overload, _) if assessed.is_none() => belief.admit_rate,
+        _ => None,
+    };
     next.brownout_share = match regime {
         Regime::Brownout if belief.regime == Regime::Brownout => belief
             .brownout_share
@@ -389,6 +404,13 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
         _ => None,
     };
     next
+}
+
+/// The rate an overloaded breaker admits at: what the provider answered over the window, a
+/// little more ([`RATE_PROBE`]), at least [`MIN_RATE`].
+pub fn admit_rate(s: &Signals) -> f64 {
+    let answered = (s.first_ok + s.retry_ok) as f64 / WINDOW_SECS as f64;
+    (answered * (1.0 + RATE_PROBE)).max(MIN_RATE)
 }
 
 /// The success-latency baseline after a second whose mean success latency was `latency_ms`.
@@ -472,6 +494,17 @@ pub struct Change {
     pub allowance_ppm: u64,
 }
 
+/// What an assessment came to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assessed {
+    /// The change of regime, if any.
+    pub change: Option<Change>,
+    /// Whether the breaker should open: an outage, or an overload that persists.
+    pub opens: bool,
+    /// The belief now.
+    pub belief: Belief,
+}
+
 /// One breaker's regime: per-second counters and the belief, assessed once a second.
 #[derive(Debug)]
 pub struct Tracker {
@@ -549,6 +582,11 @@ impl Tracker {
         self.allowance.load(Ordering::Acquire)
     }
 
+    /// While overloaded: the attempts a second to admit.
+    pub fn admission_rate(&self) -> Option<f64> {
+        self.belief().admit_rate
+    }
+
     /// The belief after the last assessment.
     pub fn belief(&self) -> Belief {
         *self.belief.lock().unwrap_or_else(|p| p.into_inner())
@@ -601,9 +639,8 @@ impl Tracker {
     }
 
     /// Assess, if this second has not been: one call a second does it (a CAS picks which).
-    /// Returns the change of regime, if any, and whether a persisting overload should open
-    /// the breaker.
-    pub fn assess_now(&self, now_ms: u64) -> (Option<Change>, bool) {
+    /// Returns `None` if it was not this call, else what came of it.
+    pub fn assess_now(&self, now_ms: u64) -> Option<Assessed> {
         let tag = now_ms / 1000 + 1;
         let last = self.assessed.load(Ordering::Acquire);
         if last >= tag
@@ -612,7 +649,7 @@ impl Tracker {
                 .compare_exchange(last, tag, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
         {
-            return (None, false);
+            return None;
         }
         // Seconds with no assessment (no attempt ended) count as one: the signals are the
         // window's anyway.
@@ -632,7 +669,11 @@ impl Tracker {
             failure_share: signals.failure_share(),
             allowance_ppm: after.allowance_ppm,
         });
-        (change, overload_opens(&after, &signals))
+        Some(Assessed {
+            change,
+            opens: after.regime == Regime::Outage || overload_opens(&after, &signals),
+            belief: after,
+        })
     }
 
     /// Forget the window (the breaker closed after an outage: what it counted is over), and
@@ -650,6 +691,7 @@ impl Tracker {
             regime: Regime::Healthy,
             for_secs: 0,
             brownout_share: None,
+            admit_rate: None,
             allowance_ppm: self.tuning.base_ppm,
             share_at_reset: share.max(belief.share_at_reset),
             ..*belief

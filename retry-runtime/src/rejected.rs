@@ -79,6 +79,13 @@ pub enum Rejected {
         /// The limit.
         limit: Budget,
     },
+    /// The call's breaker believes its provider is overloaded, so it admits attempts only as
+    /// fast as the provider answers them, and this call's turn would have come too late (past
+    /// 5 s, or its deadline): refused now, before its wait.
+    Shed {
+        /// The breaker's name.
+        breaker: &'static str,
+    },
     /// The pacer's line is longer than its `max_wait`: this call's turn would come later, so
     /// it is refused now (and gets its fallback now) rather than after the wait.
     PacerLineFull {
@@ -125,6 +132,10 @@ impl fmt::Display for Rejected {
                 f,
                 "pool `{pool}` has no configured limit (see the ERROR event); refused rather than spent without one"
             ),
+            Rejected::Shed { breaker } => write!(
+                f,
+                "breaker `{breaker}` sheds load: its provider is overloaded"
+            ),
             Rejected::PacerLineFull { pacer, max_wait } => write!(
                 f,
                 "the line of pacer `{pacer}` is longer than its max_wait of {max_wait:?}"
@@ -165,7 +176,8 @@ impl Classify for Rejected {
             Rejected::PoolUnconfigured { .. } => ErrorClass::Permanent,
             Rejected::QueueFull { .. }
             | Rejected::QueueTimeout { .. }
-            | Rejected::PacerLineFull { .. } => ErrorClass::Other,
+            | Rejected::PacerLineFull { .. }
+            | Rejected::Shed { .. } => ErrorClass::Other,
         }
     }
 }

@@ -462,7 +462,7 @@ fn refusal_reason(stop: &StopReason) -> Option<&'static str> {
         StopReason::CircuitOpen { .. }
         | StopReason::BreakerOpened
         | StopReason::RetryBudgetExhausted
-        | StopReason::RetryShed { .. }
+        | StopReason::Shed { .. }
         | StopReason::PacerLineFull { .. }
         | StopReason::BudgetExhausted { .. }
         | StopReason::PoolUnconfigured { .. }

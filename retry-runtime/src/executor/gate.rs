@@ -46,6 +46,11 @@ pub(crate) enum Refusal {
     Unconfigured {
         pool: &'static str,
     },
+    /// The breaker sheds load: its admission rate would admit this attempt too late.
+    Shed {
+        breaker: &'static str,
+        regime: Regime,
+    },
     /// The pacer's line is longer than its `max_wait`.
     PacerLine {
         pacer: &'static str,
@@ -75,7 +80,7 @@ impl Denied {
         match self {
             Denied::Refused(refusal) => refusal.stop(false),
             Denied::RetryBudget => StopReason::RetryBudgetExhausted,
-            Denied::Shed(regime) => StopReason::RetryShed { regime },
+            Denied::Shed(regime) => StopReason::Shed { regime },
         }
     }
 }
@@ -87,6 +92,7 @@ impl Refusal {
             Refusal::Deadline { deadline } => Rejected::DeadlineExceeded { deadline },
             Refusal::Unconfigured { pool } => Rejected::PoolUnconfigured { pool },
             Refusal::PacerLine { pacer, max_wait } => Rejected::PacerLineFull { pacer, max_wait },
+            Refusal::Shed { breaker, .. } => Rejected::Shed { breaker },
             Refusal::Circuit { breaker, retry_in } => Rejected::CircuitOpen { breaker, retry_in },
             Refusal::Budget(Exhausted {
                 scope,
@@ -106,6 +112,7 @@ impl Refusal {
             Refusal::Deadline { .. } => StopReason::DeadlineExceeded,
             Refusal::Unconfigured { pool } => StopReason::PoolUnconfigured { pool },
             Refusal::PacerLine { max_wait, .. } => StopReason::PacerLineFull { max_wait },
+            Refusal::Shed { regime, .. } => StopReason::Shed { regime },
             Refusal::Circuit { retry_in, .. } if first => StopReason::CircuitOpen { retry_in },
             Refusal::Circuit { .. } => StopReason::BreakerOpened,
             Refusal::Budget(Exhausted {
@@ -197,6 +204,11 @@ impl<'p> Gate<'p> {
     /// only a `timeout` or `deadline`), so an attempt needs no admission at all.
     pub(super) fn is_empty(&self) -> bool {
         self.breaker.is_none() && self.pacer.is_none() && self.ledgers.is_empty()
+    }
+
+    /// Whether the breaker sheds load now (its admission rate is on).
+    fn sheds(&self) -> bool {
+        self.breaker.is_some_and(|b| b.rate_gate().rate().is_some())
     }
 
     /// Whether the attempt reserves in a pool or workflow.
@@ -332,7 +344,7 @@ impl<'p> Gate<'p> {
             // breaker or ledger takes nothing), so the take alone decides: no await, and no
             // second look at the same atomics on the hot path.
             let mut result = Ok(());
-            if self.pacer.is_some() || self.needs_turn(ask) {
+            if self.pacer.is_some() || self.needs_turn(ask) || self.sheds() {
                 result = self.check(ask);
                 if result.is_ok() {
                     result = self.pace(ask).await;
@@ -468,11 +480,27 @@ impl<'p> Gate<'p> {
     /// Step 2: the pacer's permit (first in, first out), unless it would come after
     /// `latest_permit`.
     async fn pace(&mut self, ask: &Ask) -> Result<(), Refusal> {
+        self.paced = Duration::ZERO;
+        if let Some(breaker) = self.breaker.filter(|b| b.rate_gate().rate().is_some()) {
+            // An overloaded provider: no faster than it answers (before the pacer, so a call
+            // shed here takes no pacing permit).
+            let line = Instant::now() + crate::overload::MAX_WAIT;
+            let latest = ask.latest_permit.map_or(line, |at| at.min(line));
+            match breaker.rate_gate().admit(Some(latest)).await {
+                Ok(waited) => self.paced += waited,
+                Err(()) => {
+                    return Err(Refusal::Shed {
+                        breaker: breaker.name(),
+                        regime: breaker.regime(),
+                    })
+                }
+            }
+        }
         if let Some(pacer) = self.pacer {
             let (latest, line_bound) = latest_permit(pacer, ask);
             match pacer.acquire(ask.expected.tokens(), latest).await {
                 Ok(permit) => {
-                    self.paced = permit.waited();
+                    self.paced += permit.waited();
                     self.permit = Some(permit);
                 }
                 Err(_) if line_bound => {

@@ -134,9 +134,11 @@ pub enum StopReason {
         /// The pacer's `max_wait`.
         max_wait: Duration,
     },
-    /// The retry was shed: the breaker believes the provider is overloaded (or down), so it
-    /// cut the retry allowance, and the retry budget had no room left under it.
-    RetryShed {
+    /// Shed: the breaker believes its provider is overloaded (or down). A retry: it cut the
+    /// retry allowance, and the retry budget had no room left under it. A first attempt: it
+    /// admits attempts only as fast as the provider answers, and this call's turn would have
+    /// come too late.
+    Shed {
         /// What the breaker believed.
         regime: Regime,
     },
@@ -161,7 +163,7 @@ impl StopReason {
         "queue_timeout",
         "budget_exhausted",
         "pool_unconfigured",
-        "retry_shed",
+        "shed",
         "pacer_line_full",
     ];
 
@@ -182,7 +184,7 @@ impl StopReason {
             StopReason::QueueFull => "queue_full",
             StopReason::QueueTimeout { .. } => "queue_timeout",
             StopReason::PoolUnconfigured { .. } => "pool_unconfigured",
-            StopReason::RetryShed { .. } => "retry_shed",
+            StopReason::Shed { .. } => "shed",
             StopReason::PacerLineFull { .. } => "pacer_line_full",
         }
     }
@@ -203,7 +205,7 @@ impl StopReason {
                 | StopReason::CircuitOpen { .. }
                 | StopReason::BreakerOpened
                 | StopReason::RetryBudgetExhausted
-                | StopReason::RetryShed { .. }
+                | StopReason::Shed { .. }
                 | StopReason::PacerLineFull { .. }
                 | StopReason::DeadlineExceeded
                 | StopReason::RetryAfterTooLong { .. }
@@ -684,7 +686,7 @@ mod tests {
                 StopReason::QueueTimeout { .. } => 11,
                 StopReason::BudgetExhausted { .. } => 12,
                 StopReason::PoolUnconfigured { .. } => 13,
-                StopReason::RetryShed { .. } => 14,
+                StopReason::Shed { .. } => 14,
                 StopReason::PacerLineFull { .. } => 15,
             }
         }
@@ -711,7 +713,7 @@ mod tests {
                 limit: Budget::micros(1),
             },
             StopReason::PoolUnconfigured { pool: "p" },
-            StopReason::RetryShed {
+            StopReason::Shed {
                 regime: Regime::Overload,
             },
             StopReason::PacerLineFull { max_wait: d },
