@@ -92,7 +92,7 @@ pub const OVERLOAD_OPEN_SECS: u64 = 10;
 pub const OVERLOAD_OPEN_SHARE: f64 = 0.5;
 /// How much faster than the provider answered an overloaded breaker admits: the room to
 /// find out that it can answer more.
-pub const RATE_PROBE: f64 = 0.05;
+pub const RATE_PROBE: f64 = 0.15;
 /// The slowest admission rate, attempts a second.
 pub const MIN_RATE: f64 = 0.5;
 /// The chance a brownout may have of producing the run of failures that opens the breaker.

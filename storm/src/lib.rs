@@ -229,7 +229,7 @@ impl Scenario {
             thrash: false,
             kind: Incident::Shedding {
                 capacity: 10.0,
-                collapse: 2.0,
+                collapse: 2.5,
             },
         }
     }
@@ -327,7 +327,7 @@ const NET: Duration = Duration::from_millis(20);
 /// How soon a 429 comes back.
 const REJECT_AFTER: Duration = Duration::from_millis(30);
 /// The time constant a shedding provider's load is smoothed over, seconds.
-const LOAD_TAU_S: f64 = 5.0;
+const LOAD_TAU_S: f64 = 10.0;
 /// How soon a hard-outage 503 comes back.
 const OUTAGE_AFTER: Duration = Duration::from_millis(100);
 
@@ -585,7 +585,7 @@ impl Provider {
         }
         if let Incident::Shedding { capacity, collapse } = spec.kind {
             // The offered load as the provider feels it: arrivals a second, smoothed over
-            // the last few seconds (an overloaded server does not recover in one quiet second).
+            // the last few seconds (an overloaded server does not recover in one quiet second): a 10 s time constant.
             let dt = (now - s.load_at) as f64 / 1000.0;
             s.load = s.load * (-dt / LOAD_TAU_S).exp() + 1.0 / LOAD_TAU_S;
             s.load_at = now;
@@ -794,7 +794,7 @@ macro_rules! ours {
                 breaker = $name,
                 pace = $name,
                 fallback = cached,
-                budget = "0.012usd",
+                budget = "0.011usd",
                 stale_for = "1h"
             )]
             #[retry_on(429, 500..=599, timeout)]
