@@ -15,14 +15,17 @@ enum ModelState {
     HalfOpen { admitted: u32 },
 }
 
-/// The reference: plain fields, a queue of failures (time, calls admitted by then), no
-/// packing, no atomics.
+/// The reference: plain fields, a queue of failures (time, calls admitted by then) for the
+/// failure-rate rule, the run (length, last failure) for the run rule; no packing, no
+/// atomics. (No attempt is observed for the regime here, so a run that opens is `failures`
+/// long: the regime's longer runs are tested in `regime_props.rs`.)
 struct Model {
     cfg: BreakerConfig,
     state: ModelState,
     epoch: u8,
     failures: VecDeque<(u64, u64)>,
     calls: u64,
+    run: (u32, u64),
 }
 
 impl Model {
@@ -59,6 +62,9 @@ impl Model {
     fn result(&mut self, admission: Admission, failure: Option<ErrorClass>, now: u64) {
         let counted = failure.is_some_and(|c| self.counts(c));
         let cooldown = self.cfg.cooldown.as_millis() as u64;
+        if !counted {
+            self.run = (0, 0); // an answer ends the run
+        }
         match (self.state, admission) {
             (ModelState::HalfOpen { .. }, Admission::Probe { epoch }) if epoch == self.epoch => {
                 if counted {
@@ -68,6 +74,24 @@ impl Model {
                 } else {
                     self.state = ModelState::Closed;
                     self.failures.clear();
+                    self.run = (0, 0);
+                }
+            }
+            (ModelState::Closed, Admission::Normal)
+                if counted && self.cfg.failure_rate_ppm == 0 =>
+            {
+                let window = self.cfg.window.as_millis() as u64;
+                let (run, last) = self.run;
+                let run = if run == 0 || now - last >= window {
+                    1
+                } else {
+                    run + 1
+                };
+                self.run = (run, now);
+                if run >= self.cfg.failures {
+                    self.state = ModelState::Open {
+                        until: now + cooldown,
+                    };
                 }
             }
             (ModelState::Closed, Admission::Normal) if counted => {
@@ -83,8 +107,8 @@ impl Model {
                     .count();
                 // The share of calls since the oldest failure (its own call included).
                 let since = self.calls - self.failures[0].1 + 1;
-                let rate_reached = self.cfg.failure_rate_ppm == 0
-                    || self.failures.len() as u64 * 1_000_000 >= self.cfg.failure_rate_ppm * since;
+                let rate_reached =
+                    self.failures.len() as u64 * 1_000_000 >= self.cfg.failure_rate_ppm * since;
                 if recent >= self.cfg.failures as usize && rate_reached {
                     self.state = ModelState::Open {
                         until: now + cooldown,
@@ -148,17 +172,29 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn config() -> impl Strategy<Value = BreakerConfig> {
     let rate = prop_oneof![Just(0u64), 1u64..=1_000_000];
-    (1u32..6, 1u64..30, 1u64..20, 1u32..4, any::<bool>(), rate).prop_map(
-        |(failures, window_s, cooldown_s, probes, count_429, failure_rate_ppm)| BreakerConfig {
-            failures,
-            failure_rate_ppm,
-            window: Duration::from_secs(window_s),
-            cooldown: Duration::from_secs(cooldown_s),
-            probes,
-            count_429,
-            ..BreakerConfig::default()
-        },
+    (
+        1u32..6,
+        1u64..30,
+        1u64..20,
+        1u32..4,
+        any::<bool>(),
+        rate,
+        any::<bool>(),
     )
+        .prop_map(
+            |(failures, window_s, cooldown_s, probes, count_429, failure_rate_ppm, adaptive)| {
+                BreakerConfig {
+                    failures,
+                    adaptive,
+                    failure_rate_ppm,
+                    window: Duration::from_secs(window_s),
+                    cooldown: Duration::from_secs(cooldown_s),
+                    probes,
+                    count_429,
+                    ..BreakerConfig::default()
+                }
+            },
+        )
 }
 
 proptest! {
@@ -167,7 +203,7 @@ proptest! {
     #[test]
     fn breaker_agrees_with_the_model(cfg in config(), ops in prop::collection::vec(op(), 1..200)) {
         let breaker = Breaker::standalone("model", cfg.clone());
-        let mut model = Model { cfg, state: ModelState::Closed, epoch: 0, failures: VecDeque::new(), calls: 0 };
+        let mut model = Model { cfg, state: ModelState::Closed, epoch: 0, failures: VecDeque::new(), calls: 0, run: (0, 0) };
         let mut now = 1_000u64;
         let mut outstanding: Vec<Admission> = Vec::new();
         for op in ops {

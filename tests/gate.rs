@@ -89,8 +89,8 @@ async fn paced_behind_breaker() -> Result<Reply, ApiError> {
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_refuses_paced_calls_without_waiting() {
     setup();
-    // The default breaker opens on 5 outage failures.
-    for _ in 0..5 {
+    // The default breaker opens on a run of `failures` outage failures.
+    for _ in 0..retry_runtime::breaker("gate-breaker").config().failures {
         let _ = unpaced_failure().await;
     }
     ten_refused_at_once(paced_behind_breaker, |e| {

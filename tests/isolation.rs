@@ -16,8 +16,10 @@ async fn complete(provider: &ScriptedProvider) -> Result<String, ApiError> {
 #[tokio::test(start_paused = true)]
 async fn an_outage_test_opens_its_breaker() {
     isolated(async {
-        let provider = ScriptedProvider::new((0..5).map(|_| fail(ApiError::status(503))));
-        for _ in 0..5 {
+        // The default breaker opens on a run of `failures` (10) outage failures.
+        let run = breaker("shared-between-tests").config().failures;
+        let provider = ScriptedProvider::new((0..run).map(|_| fail(ApiError::status(503))));
+        for _ in 0..run {
             let _ = complete(&provider).await;
         }
         assert_eq!(breaker("shared-between-tests").state(), BreakerState::Open);

@@ -29,7 +29,22 @@ fn setup() {
                 .with_pacer("sixty-a-minute", known(60))
                 .with_pacer("one-a-minute", known(1))
                 .with_pacer("one-a-second", known(60))
-                .with_pacer("one-per-4s", known(15)),
+                .with_pacer("one-per-4s", known(15))
+                // The provider's hint below asks for a 10 s wait: no line limit of its own.
+                .with_pacer(
+                    "hinted",
+                    PaceConfig {
+                        max_wait: None,
+                        ..PaceConfig::default()
+                    },
+                )
+                .with_pacer(
+                    "short-line",
+                    PaceConfig {
+                        max_wait: Some(2 * S),
+                        ..known(60)
+                    },
+                ),
         )
         .unwrap();
     });
@@ -218,4 +233,47 @@ async fn a_permit_that_leaves_the_attempt_too_little_time_is_refused_at_once() {
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert!(report.attempts().is_empty());
     assert_eq!(provider.calls(), 1);
+}
+
+#[resilient(max = 1, pace = "short-line")]
+async fn in_a_short_line(provider: &ScriptedProvider) -> Result<String, ApiError> {
+    provider.call().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_turn_comes_after_max_wait_is_refused_at_once() {
+    setup();
+    let provider = ScriptedProvider::new((0..5).map(|_| ok("fine")));
+    let start = Instant::now();
+    // One a second, a line of at most 2 s: turns at 0, 1 and 2 s; the fourth and fifth would
+    // wait 3 and 4 s.
+    let calls = (0..5).map(|_| observe(in_a_short_line(&provider)));
+    let ended = futures::future::join_all(calls).await;
+    let refused: Vec<_> = ended
+        .iter()
+        .filter(|(result, _)| {
+            matches!(
+                result,
+                Err(ApiError::Runtime(Rejected::PacerLineFull {
+                    pacer: "short-line",
+                    ..
+                }))
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{ended:?}");
+    for (_, report) in &refused {
+        assert_eq!(
+            report.stop(),
+            Some(&StopReason::PacerLineFull { max_wait: 2 * S })
+        );
+        assert!(report.attempts().is_empty());
+        assert_eq!(report.paced(), Duration::ZERO, "refused before waiting");
+    }
+    assert_eq!(provider.calls(), 3);
+    assert_eq!(
+        start.elapsed(),
+        2 * S,
+        "the third waited its 2 s; nobody longer"
+    );
 }

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use common::recorder::TestRecorder;
 use common::{ApiError, EventLog, Reply};
-use retry_runtime::metric_names::{CALLS, FALLBACKS};
+use retry_runtime::metric_names::{CALLS, FALLBACKS, REGIME_CHANGES};
+use retry_runtime::pace::PaceConfig;
 use retry_runtime::{
     configure, observe, resilient, BreakerConfig, Budget, CallReport, Config, FallbackKind,
-    PoolConfig, Spend, StopReason,
+    PoolConfig, Regime, Spend, StopReason,
 };
 
 static RECORDER: std::sync::LazyLock<TestRecorder> =
@@ -61,6 +62,26 @@ fn setup() {
                     failures: 1,
                     cooldown: Duration::from_secs(1),
                     ..BreakerConfig::default()
+                },
+            )
+            .with_breaker(
+                "sig-shed",
+                BreakerConfig {
+                    // Never opens here, and allows no retry: its regime says why.
+                    failures: 1000,
+                    retry_ratio_ppm: 0,
+                    min_retries_per_sec: 0,
+                    ..BreakerConfig::default()
+                },
+            )
+            .with_pacer(
+                "sig-line",
+                PaceConfig {
+                    rpm: Some(60),
+                    burst: Duration::ZERO,
+                    adaptive: false,
+                    max_wait: Some(Duration::from_millis(500)),
+                    ..PaceConfig::default()
                 },
             )
             .with_pool(
@@ -160,6 +181,27 @@ async fn budget_exhausted(cost: Spend) -> Result<Reply, ApiError> {
 #[resilient(max = 1, pool = "sig-pool-typo")]
 async fn pool_unconfigured() -> Result<Reply, ApiError> {
     Ok(Reply(Spend::ZERO))
+}
+
+#[resilient(max = 1, pace = "sig-line")]
+async fn pacer_line_full() -> Result<Reply, ApiError> {
+    Ok(Reply(Spend::ZERO))
+}
+
+#[resilient(max = 1, breaker = "sig-shed")]
+async fn shed_answered() -> Result<Reply, ApiError> {
+    Ok(Reply(Spend::ZERO))
+}
+
+#[resilient(max = 1, timeout = "10ms", breaker = "sig-shed")]
+async fn shed_timed_out() -> Result<Reply, ApiError> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Reply(Spend::ZERO))
+}
+
+#[resilient(max = 3, base = "1ms", breaker = "sig-shed")]
+async fn shed() -> Result<Reply, ApiError> {
+    Err(status(503))
 }
 
 // ---- fallbacks ----
@@ -298,6 +340,49 @@ async fn every_ending_and_every_fallback_has_a_report_an_event_and_a_metric() {
         observe(pool_unconfigured()).await.1,
         "pool_unconfigured",
     );
+    // The pacer's first permit goes to the first call; the second call's turn (1 s later) is
+    // past the line's 500 ms.
+    assert!(pacer_line_full().await.is_ok());
+    check(
+        "pacer_line_full",
+        observe(pacer_line_full()).await.1,
+        "pacer_line_full",
+    );
+    // The regime: twelve answers, then four attempts cut by their timeout a second later,
+    // then, the next second, a failure whose retry the breaker sheds: it reads an overload
+    // from the timeouts (a quarter of the attempts), with its allowance halved.
+    for _ in 0..12 {
+        assert!(shed_answered().await.is_ok());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..4 {
+        assert!(shed_timed_out().await.is_err());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, report) = observe(shed()).await;
+    assert_eq!(report.regime(), Some(Regime::Overload), "{report}");
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::Shed {
+            regime: Regime::Overload
+        })
+    );
+    check("shed", report, "shed");
+    assert!(
+        log.with_message("breaker regime").into_iter().any(|e| {
+            e.field("breaker") == Some("sig-shed")
+                && e.field("to") == Some("overload")
+                && e.field("why") == Some("timeouts")
+        }),
+        "a WARN event says the regime changed, and why"
+    );
+    assert!(
+        RECORDER.get(
+            REGIME_CHANGES,
+            &[("breaker", "sig-shed"), ("to", "overload")]
+        ) >= 1
+    );
+
     let expected: BTreeSet<&str> = StopReason::NAMES.iter().copied().collect();
     assert_eq!(seen, expected, "every StopReason is produced and signalled");
 

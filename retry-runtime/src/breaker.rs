@@ -451,12 +451,19 @@ impl Breaker {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 let (count, last) = (bits >> SHIFT, bits & TIME_MASK);
                 began = count == 0 || now_ms.saturating_sub(last) >= window;
-                run = if began { 1 } else { (count + 1).min((1 << 23) - 1) };
+                run = if began {
+                    1
+                } else {
+                    (count + 1).min((1 << 23) - 1)
+                };
                 Some((run << SHIFT) | (now_ms & TIME_MASK))
             });
         if began {
             let required = if self.config.adaptive {
-                crate::regime::run_to_open(self.regime.share_before_run(now_ms), self.config.failures)
+                crate::regime::run_to_open(
+                    self.regime.share_before_run(now_ms),
+                    self.config.failures,
+                )
             } else {
                 self.config.failures.max(1)
             };
@@ -776,7 +783,8 @@ mod tests {
             opened = opened.or(b.record(admission, fails.then_some(fail).flatten(), i as u64));
         }
         assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
-        // Without a rate, the count alone opens it, whatever the traffic.
+        // Without a rate, the run rule: the same 5 failures spread among answers never make a
+        // run; five in a row do.
         let b = Breaker::new("t", config(5, 1));
         let mut opened = None;
         for i in 0..1000u64 {
@@ -784,7 +792,12 @@ mod tests {
             let failure = if i % 200 == 199 { fail } else { None };
             opened = opened.or(b.record(admission, failure, i));
         }
-        assert!(opened.is_some());
+        assert_eq!(opened, None);
+        for i in 1000..1005u64 {
+            let (admission, _) = b.admit(i);
+            opened = opened.or(b.record(admission, fail, i));
+        }
+        assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
     }
 
     #[test]

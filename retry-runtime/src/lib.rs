@@ -83,8 +83,8 @@ pub use rejected::{CanReject, Rejected};
 
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
-pub use regime::Regime;
 pub use budget::{pool, workflow, Pool, Workflow};
+pub use regime::Regime;
 pub use spend::{bill_on_cut, Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
 
 // Configuring at run time.

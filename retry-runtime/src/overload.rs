@@ -49,7 +49,11 @@ impl RateGate {
 
     /// Admit at most `per_sec` attempts a second from now on (at least one every 10 s).
     pub fn set(&self, per_sec: f64) {
-        let per_sec = if per_sec.is_finite() { per_sec.max(0.1) } else { 0.1 };
+        let per_sec = if per_sec.is_finite() {
+            per_sec.max(0.1)
+        } else {
+            0.1
+        };
         let ns = (1e9 / per_sec).round().max(1.0) as u64;
         self.interval_ns.store(ns, Ordering::Release);
     }

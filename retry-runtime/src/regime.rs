@@ -418,7 +418,11 @@ pub fn next_baseline(baseline_ms: f64, latency_ms: f64, regime: Regime) -> f64 {
     if baseline_ms <= 0.0 {
         return latency_ms;
     }
-    let weight = if regime == Regime::Overload { 0.01 } else { 0.05 };
+    let weight = if regime == Regime::Overload {
+        0.01
+    } else {
+        0.05
+    };
     baseline_ms + weight * (latency_ms - baseline_ms)
 }
 
@@ -696,7 +700,8 @@ impl Tracker {
             share_at_reset: share.max(belief.share_at_reset),
             ..*belief
         };
-        self.allowance.store(self.tuning.base_ppm, Ordering::Release);
+        self.allowance
+            .store(self.tuning.base_ppm, Ordering::Release);
         self.regime.store(Regime::Healthy as u8, Ordering::Release);
     }
 
@@ -719,7 +724,8 @@ impl Tracker {
         };
         match (share(WINDOW_SECS), share(RECENT_SECS)) {
             (Some(window), recent) => window.max(recent.unwrap_or(0.0)),
-            (None, _) => self.belief().share_at_reset.max(self.signals(now_ms).failure_share()),
+            // Too few to say (and mostly the run itself): what was seen before the reset.
+            (None, _) => self.belief().share_at_reset,
         }
     }
 }
@@ -756,7 +762,10 @@ mod tests {
     #[test]
     fn the_four_kinds_are_told_apart() {
         let b = healthy_belief();
-        assert_eq!(assess(&signals(50, 0, 0, 0), &b).unwrap().0, Regime::Healthy);
+        assert_eq!(
+            assess(&signals(50, 0, 0, 0), &b).unwrap().0,
+            Regime::Healthy
+        );
         // 70% fail, first attempts at their healthy rate, retries as good as first attempts.
         let brownout = signals(15, 35, 25, 60);
         assert_eq!(assess(&brownout, &b).unwrap().0, Regime::Brownout);

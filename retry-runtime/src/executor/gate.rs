@@ -770,8 +770,7 @@ impl<'p> Gate<'p> {
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
             if breaker.config().adaptive {
-                let (change, opened) =
-                    breaker.observe(first, failure, started.elapsed(), now_ms());
+                let (change, opened) = breaker.observe(first, failure, started.elapsed(), now_ms());
                 if let Some(change) = change {
                     report::regime_changed(self.function, breaker.name(), change);
                 }
