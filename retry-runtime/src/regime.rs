@@ -43,11 +43,13 @@
 //!   same overloaded provider fails the retry too); a brownout fails them independently.
 //!
 //! The breaker also opens on a **run** of outage failures with no answer between them
-//! ([`run_to_open`]): `failures` long when failures were rare before the run, longer when the
-//! window was already failing: long enough that a brownout at the share seen before the run
-//! produces it with a chance under 1 in 100 000 (at most 10 x `failures`). A hard outage after
-//! health opens in `failures` attempts; a 70% brownout needs a run of 33, which it all but
-//! never makes.
+//! ([`run_to_open`]): `failures` long (30 by default) when failures were rare before the run,
+//! longer when the window was already failing: long enough that a brownout at the share seen
+//! before the run produces it with a chance under 1 in 10 million (at most 10 x `failures`).
+//! A hard outage after health opens in `failures` attempts; a 70% brownout needs a run of 46,
+//! which it all but never makes. `failures` itself is what protects the first seconds of a
+//! brownout, before the window has seen it: a 70% brownout begins with 30 failures in a row
+//! one time in 40 000.
 //!
 //! The counters are per-second buckets of packed atomics, as the retry budget's: recording an
 //! attempt is two or three CAS loops, no lock; the assessment runs once a second, on whichever
@@ -96,7 +98,7 @@ pub const RATE_PROBE: f64 = 0.15;
 /// The slowest admission rate, attempts a second.
 pub const MIN_RATE: f64 = 0.5;
 /// The chance a brownout may have of producing the run of failures that opens the breaker.
-pub const RUN_CHANCE: f64 = 1e-5;
+pub const RUN_CHANCE: f64 = 1e-7;
 /// The longest run that opens the breaker, in multiples of its `failures`.
 pub const RUN_CAP: u32 = 10;
 
@@ -150,10 +152,11 @@ impl fmt::Display for Regime {
 }
 
 /// Which signal decided the regime (the event's `why`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Why {
     /// The failure share (outage, brownout) or its absence (healthy).
+    #[default]
     FailureShare,
     /// Successes are slower than their baseline.
     Latency,
@@ -203,6 +206,9 @@ pub struct Signals {
     pub window_ok: u64,
     /// Ditto, milliseconds.
     pub window_latency_ms: u64,
+    /// Seconds of history the window holds: [`WINDOW_SECS`], or less in the first seconds
+    /// of a breaker (or after it was forgotten). 0 is read as a full window.
+    pub span_secs: u64,
 }
 
 impl Signals {
@@ -218,7 +224,15 @@ impl Signals {
 
     /// First attempts a second over the window.
     pub fn firsts_per_sec(&self) -> f64 {
-        (self.first_ok + self.first_failed) as f64 / WINDOW_SECS as f64
+        (self.first_ok + self.first_failed) as f64 / self.span() as f64
+    }
+
+    /// Seconds of history the window holds.
+    pub fn span(&self) -> u64 {
+        match self.span_secs {
+            0 => WINDOW_SECS,
+            secs => secs.min(WINDOW_SECS),
+        }
     }
 
     /// The mean latency of the window's successes, with enough of them to say.
@@ -226,6 +240,12 @@ impl Signals {
         (self.window_ok >= MIN_SAMPLES)
             .then(|| self.window_latency_ms as f64 / self.window_ok as f64)
     }
+}
+
+/// The standard error of the difference of two shares `p` of `n` and `q` of `m` attempts.
+fn standard_error(p: f64, n: u64, q: f64, m: u64) -> f64 {
+    let var = |share: f64, count: u64| share * (1.0 - share) / count.max(1) as f64;
+    (var(p, n) + var(q, m)).sqrt()
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -242,6 +262,8 @@ fn ratio(a: u64, b: u64) -> f64 {
 pub struct Belief {
     /// The regime.
     pub regime: Regime,
+    /// Which signal decided it.
+    pub why: Why,
     /// Seconds it has lasted.
     pub for_secs: u64,
     /// Baseline success latency, milliseconds (0: not known yet).
@@ -315,16 +337,23 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
         let firsts = s.first_ok + s.first_failed;
         let retries = s.retry_ok + s.retry_failed;
         // Only once a brownout has lasted a window: at its start the window's first attempts
-        // still hold the successes from before it.
-        if belief.brownout_share.is_some()
-            && firsts >= MIN_SAMPLES
-            && retries >= MIN_SAMPLES
-            && ratio(s.retry_ok, retries) < RETRY_SUCCESS_RATIO * ratio(s.first_ok, firsts)
-        {
-            return Some((Regime::Overload, Why::RetriesFail));
+        // still hold the successes from before it. And only beyond chance (three standard
+        // errors), which at low volume is most of what a share does.
+        if belief.brownout_share.is_some() && firsts >= MIN_SAMPLES && retries >= MIN_SAMPLES {
+            let first_success = ratio(s.first_ok, firsts);
+            let retry_success = ratio(s.retry_ok, retries);
+            if retry_success < RETRY_SUCCESS_RATIO * first_success
+                && first_success - retry_success
+                    > 3.0 * standard_error(first_success, firsts, retry_success, retries)
+            {
+                return Some((Regime::Overload, Why::RetriesFail));
+            }
         }
         if let Some(before) = belief.brownout_share {
-            if fail >= before + WORSE_WITH_RETRIES {
+            let n = answered;
+            if fail >= before + WORSE_WITH_RETRIES
+                && fail - before > 3.0 * standard_error(before, n, fail, n)
+            {
                 return Some((Regime::Overload, Why::WorseWithRetries));
             }
         }
@@ -343,7 +372,7 @@ pub fn load_rose(s: &Signals, belief: &Belief) -> bool {
     if belief.healthy_firsts <= 0.0 {
         return false;
     }
-    let expected = belief.healthy_firsts * WINDOW_SECS as f64;
+    let expected = belief.healthy_firsts * s.span() as f64;
     let seen = (s.first_ok + s.first_failed) as f64;
     seen >= LOAD_RISE * expected && seen >= expected + 3.0 * expected.sqrt()
 }
@@ -369,6 +398,7 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
     let (regime, why) = assessed.unwrap_or((belief.regime, Why::FailureShare));
     let mut next = Belief {
         regime,
+        why: if assessed.is_some() { why } else { belief.why },
         for_secs: if regime == belief.regime {
             belief.for_secs.saturating_add(1)
         } else {
@@ -380,7 +410,11 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
     if let Some(latency) = s.window_latency() {
         next.baseline_ms = next_baseline(belief.baseline_ms, latency, regime);
     }
-    if matches!(regime, Regime::Healthy | Regime::Throttled) && s.answered() >= MIN_SAMPLES {
+    // The healthy rate is learnt from full windows only: a young one says too little.
+    if matches!(regime, Regime::Healthy | Regime::Throttled)
+        && s.answered() >= MIN_SAMPLES
+        && s.span() == WINDOW_SECS
+    {
         let now = s.firsts_per_sec();
         next.healthy_firsts = if belief.healthy_firsts == 0.0 {
             now
@@ -409,7 +443,7 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
 /// The rate an overloaded breaker admits at: what the provider answered over the window, a
 /// little more ([`RATE_PROBE`]), at least [`MIN_RATE`].
 pub fn admit_rate(s: &Signals) -> f64 {
-    let answered = (s.first_ok + s.retry_ok) as f64 / WINDOW_SECS as f64;
+    let answered = (s.first_ok + s.retry_ok) as f64 / s.span() as f64;
     (answered * (1.0 + RATE_PROBE)).max(MIN_RATE)
 }
 
@@ -447,8 +481,13 @@ pub fn run_to_open(share_before: f64, failures: u32) -> u32 {
 }
 
 /// Whether a persisting overload should open the breaker now.
+///
+/// Only an overload read from the provider itself (latency, timeouts, our load) opens: one
+/// read from retries alone (they fail more, or the share rose while they were raised) cuts
+/// the allowance, which is its whole answer.
 pub fn overload_opens(belief: &Belief, s: &Signals) -> bool {
     belief.regime == Regime::Overload
+        && matches!(belief.why, Why::Latency | Why::Timeouts | Why::LoadRise)
         && belief.for_secs >= OVERLOAD_OPEN_SECS
         && s.failure_share() >= OVERLOAD_OPEN_SHARE
 }
@@ -516,6 +555,8 @@ pub struct Tracker {
     buckets: [[AtomicU64; FIELDS]; BUCKETS],
     // The last second assessed (+1; 0 = never).
     assessed: AtomicU64,
+    // The second the window's history begins (+1; 0 = nothing seen yet).
+    since: AtomicU64,
     regime: AtomicU8,
     allowance: AtomicU64,
     belief: Mutex<Belief>,
@@ -567,6 +608,7 @@ impl Tracker {
             tuning,
             buckets: Default::default(),
             assessed: AtomicU64::new(0),
+            since: AtomicU64::new(0),
             regime: AtomicU8::new(Regime::Healthy as u8),
             allowance: AtomicU64::new(tuning.base_ppm),
             belief: Mutex::new(Belief {
@@ -599,6 +641,11 @@ impl Tracker {
     /// Count an attempt's end.
     pub fn observe(&self, now_ms: u64, first: bool, seen: Seen) {
         let second = now_ms / 1000;
+        if self.since.load(Ordering::Relaxed) == 0 {
+            let _ = self
+                .since
+                .compare_exchange(0, second + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
         let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
         match seen {
             Seen::Success { latency_ms } => {
@@ -639,6 +686,10 @@ impl Tracker {
             timeouts: field(TIMEOUTS, WINDOW_SECS),
             window_ok: field(OK_TIMED, WINDOW_SECS),
             window_latency_ms: field(LATENCY_MS, WINDOW_SECS),
+            span_secs: match self.since.load(Ordering::Acquire) {
+                0 => WINDOW_SECS,
+                since => (second + 2).saturating_sub(since).clamp(1, WINDOW_SECS),
+            },
         }
     }
 
@@ -685,6 +736,7 @@ impl Tracker {
     /// failure share seen until now for the run rule.
     pub fn reset(&self, now_ms: u64) {
         let share = self.signals(now_ms).failure_share();
+        self.since.store(now_ms / 1000 + 1, Ordering::Release);
         for bucket in &self.buckets {
             for slot in bucket {
                 slot.store(0, Ordering::Release);
@@ -693,6 +745,7 @@ impl Tracker {
         let mut belief = self.belief.lock().unwrap_or_else(|p| p.into_inner());
         *belief = Belief {
             regime: Regime::Healthy,
+            why: Why::FailureShare,
             for_secs: 0,
             brownout_share: None,
             admit_rate: None,
@@ -718,9 +771,14 @@ impl Tracker {
                     .map(|b| count_within(&b[f], second, secs))
                     .sum()
             };
-            let failed = field(FIRST_FAILED) + field(RETRY_FAILED);
+            // Without the run's own first failure, counted just before this is asked.
+            let failed = (field(FIRST_FAILED) + field(RETRY_FAILED)).saturating_sub(1);
             let answered = failed + field(FIRST_OK) + field(RETRY_OK);
-            (answered >= MIN_SAMPLES).then(|| ratio(failed, answered))
+            // Under the failing share nothing was failing: the configured run decides.
+            (answered >= MIN_SAMPLES).then(|| match ratio(failed, answered) {
+                share if share < FAILING_SHARE => 0.0,
+                share => share,
+            })
         };
         match (share(WINDOW_SECS), share(RECENT_SECS)) {
             (Some(window), recent) => window.max(recent.unwrap_or(0.0)),
@@ -812,8 +870,9 @@ mod tests {
     #[test]
     fn a_run_opens_sooner_after_health_than_in_a_brownout() {
         assert_eq!(run_to_open(0.0, 5), 5);
-        assert_eq!(run_to_open(0.3, 5), 10);
-        assert_eq!(run_to_open(0.7, 5), 33);
+        assert_eq!(run_to_open(0.3, 5), 14);
+        assert_eq!(run_to_open(0.3, 30), 30);
+        assert_eq!(run_to_open(0.7, 30), 46);
         assert_eq!(run_to_open(0.99, 5), 50);
         assert_eq!(run_to_open(f64::NAN, 5), 5);
     }

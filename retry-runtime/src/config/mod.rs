@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [breaker.openai]
-//! failures = 10            # a run of this many outage failures (no answer between) opens it;
+//! failures = 30            # a run of this many outage failures (no answer between) opens it;
 //!                          # longer when failures were already common (see `regime`)
 //! window = "60s"           # failures further apart than this are not one run
 //! failure_rate = "50%"     # instead: `failures` inside `window` that are at least this share
@@ -110,8 +110,8 @@ pub const CONFIG_ENV: &str = "RETRY_RUNTIME_CONFIG";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerConfig {
     /// The run of outage-class failures (with no answer between them) that opens the
-    /// breaker (1..=1000). Default 10: a 70% brownout starting makes a run of 5 one time in
-    /// six, of 10 one time in 35. With `adaptive`, a run must be longer when failures were
+    /// breaker (1..=1000). Default 30: a 70% brownout begins with a run of 5 one time in six,
+    /// of 30 one time in 40 000; at 5 calls a second a hard outage opens it in 6 s. With `adaptive`, a run must be longer when failures were
     /// already common as it began (a brownout makes runs by chance), up to 10 times this:
     /// see [`regime::run_to_open`](crate::regime::run_to_open). Trades: lower opens sooner in
     /// an outage, and more often on bad luck.
@@ -160,7 +160,7 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
-            failures: 10,
+            failures: 30,
             window: Duration::from_secs(60),
             failure_rate_ppm: 0,
             cooldown: Duration::from_secs(5),
