@@ -2,7 +2,11 @@
 //! every comparison between ours and the other policies, so that a regression in any piece
 //! of the full policy (pacing, retry budget, breaker, jitter, the executor around them) fails
 //! here. The figures themselves are in `docs/PERFORMANCE.md`; these runs are shortened
-//! (20 s before, a 60 s incident, 60 s after) to take seconds in the debug profile.
+//! (30 s before, a 60 s incident, 60 s after) to take seconds in the debug profile.
+//!
+//! Ours runs the breaker's defaults in every scenario: the same protections must keep a
+//! brownout answered (retries pay), let a slowed or shedding provider recover (retries and
+//! load shed) and stop sending into an outage.
 //!
 //! One test function: the simulator configures the process-wide runtime once, and each
 //! scenario has its own breaker, pacer and cache, used once per process.
@@ -95,4 +99,67 @@ fn ours_beats_the_other_policies_in_short_storms() {
         ours.p99 < sdk.p99,
         "ours must have a lower p99 than the SDK:\n{table}"
     );
+    assert!(
+        ours.success >= 0.9,
+        "ours must answer 90% of calls through the slowdown:\n{table}"
+    );
+
+    // (b) brownout, 70% failing: the breaker must read it as a brownout and keep retrying.
+    let (b, table) = run(&Scenario::brownout().short(), 50, 11);
+    println!("{table}");
+    let ours = of(&b, Policy::Ours);
+    let naive = of(&b, Policy::Naive);
+    assert!(
+        ours.success >= naive.success,
+        "ours must answer as many calls as the naive loop in a brownout:\n{table}"
+    );
+    assert!(
+        ours.wasted_usd <= naive.wasted_usd,
+        "ours must waste no more than the naive loop in a brownout:\n{table}"
+    );
+
+    // (e) a milder brownout: within a few points of everyone.
+    let (e, table) = run(&Scenario::brownout_30().short(), 50, 11);
+    println!("{table}");
+    let ours = of(&e, Policy::Ours);
+    for other in Policy::ALL.into_iter().filter(|&p| p != Policy::Ours) {
+        assert!(
+            ours.success >= of(&e, other).success - 0.03,
+            "ours must answer about as many calls as {}:\n{table}",
+            other.name()
+        );
+    }
+
+    // (c) hard outage: stop sending, and be back soon after.
+    let (c, table) = run(&Scenario::outage().short(), 50, 11);
+    println!("{table}");
+    let ours = of(&c, Policy::Ours);
+    assert!(
+        ours.amplification <= 0.8,
+        "ours sends into the outage:\n{table}"
+    );
+    assert!(
+        ours.recovery.is_some_and(|r| r <= 10.0),
+        "ours must be back within 10 s of the outage's end:\n{table}"
+    );
+
+    // (f) a load-shedding provider: retries keep it down unless they are shed.
+    let (f, table) = run(&Scenario::shedding().short(), 50, 11);
+    println!("{table}");
+    let ours = of(&f, Policy::Ours);
+    assert!(ours.recovery.is_some(), "ours must recover:\n{table}");
+    assert!(ours.amplification <= 1.2, "ours amplifies:\n{table}");
+    for other in [Policy::Naive, Policy::OpenAiSdk] {
+        let them = of(&f, other);
+        assert!(
+            them.recovery.is_none(),
+            "{} should keep the provider shedding:\n{table}",
+            other.name()
+        );
+        assert!(
+            ours.success > them.success,
+            "ours must answer more calls than {}:\n{table}",
+            other.name()
+        );
+    }
 }

@@ -69,6 +69,9 @@ const BUCKETS: usize = WINDOW_SECS as usize;
 
 /// Fewer attempts than this in the window say nothing: the belief is kept.
 pub const MIN_SAMPLES: u64 = 10;
+/// Seconds of full windows the latency baseline and the healthy load must be learnt from
+/// before an overload is read from them.
+pub const LEARN_SECS: u64 = 10;
 /// Below this failure share nothing is failing.
 pub const FAILING_SHARE: f64 = 0.05;
 /// At or above this failure share the provider is down.
@@ -270,6 +273,9 @@ pub struct Belief {
     pub baseline_ms: f64,
     /// First attempts a second while healthy (0: not known yet).
     pub healthy_firsts: f64,
+    /// Seconds of full windows the baseline and the healthy load were learnt from: neither
+    /// is compared against before [`LEARN_SECS`].
+    pub learnt_secs: u64,
     /// In a brownout that has lasted a window: the failure share then, against which a rise
     /// under raised retries is measured.
     pub brownout_share: Option<f64>,
@@ -323,7 +329,7 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
         } else {
             LATENCY_TOLERANCE
         };
-        if belief.baseline_ms > 0.0 && latency >= tolerance * belief.baseline_ms {
+        if belief.learnt_secs >= LEARN_SECS && latency >= tolerance * belief.baseline_ms {
             return Some((Regime::Overload, Why::Latency));
         }
     }
@@ -369,7 +375,7 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
 /// than three standard deviations of a Poisson count at that rate (so that chance at low
 /// volume does not look like a rise).
 pub fn load_rose(s: &Signals, belief: &Belief) -> bool {
-    if belief.healthy_firsts <= 0.0 {
+    if belief.learnt_secs < LEARN_SECS || belief.healthy_firsts <= 0.0 {
         return false;
     }
     let expected = belief.healthy_firsts * s.span() as f64;
@@ -407,20 +413,21 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
         allowance_ppm: next_allowance(belief.allowance_ppm, regime, t),
         ..*belief
     };
-    if let Some(latency) = s.window_latency() {
-        next.baseline_ms = next_baseline(belief.baseline_ms, latency, regime);
-    }
-    // The healthy rate is learnt from full windows only: a young one says too little.
-    if matches!(regime, Regime::Healthy | Regime::Throttled)
-        && s.answered() >= MIN_SAMPLES
-        && s.span() == WINDOW_SECS
-    {
-        let now = s.firsts_per_sec();
-        next.healthy_firsts = if belief.healthy_firsts == 0.0 {
-            now
-        } else {
-            belief.healthy_firsts + 0.1 * (now - belief.healthy_firsts)
-        };
+    // The baseline and the healthy load are learnt from full windows only (a young one says
+    // too little, and its first successes are its fastest), as a plain mean at first.
+    if s.span() == WINDOW_SECS && s.answered() >= MIN_SAMPLES {
+        let learning = matches!(regime, Regime::Healthy | Regime::Throttled);
+        let n = belief.learnt_secs.saturating_add(1);
+        let weight = |slow: f64| (1.0 / n as f64).max(slow);
+        if let Some(latency) = s.window_latency() {
+            if learning || belief.learnt_secs >= LEARN_SECS {
+                next.baseline_ms = next_baseline(belief.baseline_ms, latency, regime, weight(0.0));
+            }
+        }
+        if learning {
+            next.healthy_firsts += weight(0.1) * (s.firsts_per_sec() - belief.healthy_firsts);
+            next.learnt_secs = n;
+        }
     }
     if s.answered() >= MIN_SAMPLES {
         next.share_at_reset = 0.0;
@@ -447,17 +454,19 @@ pub fn admit_rate(s: &Signals) -> f64 {
     (answered * (1.0 + RATE_PROBE)).max(MIN_RATE)
 }
 
-/// The success-latency baseline after a second whose mean success latency was `latency_ms`.
-pub fn next_baseline(baseline_ms: f64, latency_ms: f64, regime: Regime) -> f64 {
+/// The success-latency baseline after a second whose mean success latency was `latency_ms`:
+/// an average with weight 0.05 a second (0.01 in an overload, so that an overload is not
+/// learnt as normal within a minute), or `at_least` while it is first being learnt.
+pub fn next_baseline(baseline_ms: f64, latency_ms: f64, regime: Regime, at_least: f64) -> f64 {
     if baseline_ms <= 0.0 {
         return latency_ms;
     }
-    let weight = if regime == Regime::Overload {
+    let weight: f64 = if regime == Regime::Overload {
         0.01
     } else {
         0.05
     };
-    baseline_ms + weight * (latency_ms - baseline_ms)
+    baseline_ms + weight.max(at_least) * (latency_ms - baseline_ms)
 }
 
 /// How long a run of outage failures (with no answer between them) opens the breaker, when
@@ -812,6 +821,7 @@ mod tests {
         Belief {
             baseline_ms: 1000.0,
             healthy_firsts: 5.0,
+            learnt_secs: LEARN_SECS,
             allowance_ppm: 200_000,
             ..Belief::default()
         }

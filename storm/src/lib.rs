@@ -250,9 +250,9 @@ impl Scenario {
         }
     }
 
-    /// The same scenario, shortened for the test: 20 s before, a 60 s incident, 40 s after.
+    /// The same scenario, shortened for the test: 30 s before, a 60 s incident, 40 s after.
     pub fn short(mut self) -> Self {
-        self.warmup = Duration::from_secs(20);
+        self.warmup = Duration::from_secs(30);
         self.incident = self.incident.min(Duration::from_secs(60));
         self.after = self.after.min(Duration::from_secs(60));
         self
