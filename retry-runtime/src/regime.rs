@@ -520,14 +520,15 @@ pub enum Seen {
     Throttled,
 }
 
-// Counter fields of a bucket.
+// Counter fields of a bucket. A success is two CAS loops: its count and its latency.
 const FIRST_OK: usize = 0;
 const FIRST_FAILED: usize = 1;
 const RETRY_OK: usize = 2;
 const RETRY_FAILED: usize = 3;
 const THROTTLED: usize = 4;
 const TIMEOUTS: usize = 5;
-const OK_TIMED: usize = 6;
+// Answers that are not successes (caller faults), first attempts or retries alike.
+const ANSWERED: usize = 6;
 const LATENCY_MS: usize = 7;
 const FIELDS: usize = 8;
 
@@ -659,10 +660,9 @@ impl Tracker {
         match seen {
             Seen::Success { latency_ms } => {
                 add(&bucket[if first { FIRST_OK } else { RETRY_OK }], second, 1);
-                add(&bucket[OK_TIMED], second, 1);
                 add(&bucket[LATENCY_MS], second, latency_ms);
             }
-            Seen::Answered => add(&bucket[if first { FIRST_OK } else { RETRY_OK }], second, 1),
+            Seen::Answered => add(&bucket[ANSWERED], second, 1),
             Seen::Failed { timeout } => {
                 add(
                     &bucket[if first { FIRST_FAILED } else { RETRY_FAILED }],
@@ -686,14 +686,17 @@ impl Tracker {
                 .map(|b| count_within(&b[f], second, secs))
                 .sum()
         };
+        let first_ok = field(FIRST_OK, WINDOW_SECS);
+        let retry_ok = field(RETRY_OK, WINDOW_SECS);
         Signals {
-            first_ok: field(FIRST_OK, WINDOW_SECS),
+            // A caller fault is an answer (the provider is up): counted with first attempts.
+            first_ok: first_ok + field(ANSWERED, WINDOW_SECS),
             first_failed: field(FIRST_FAILED, WINDOW_SECS),
-            retry_ok: field(RETRY_OK, WINDOW_SECS),
+            retry_ok,
             retry_failed: field(RETRY_FAILED, WINDOW_SECS),
             throttled: field(THROTTLED, WINDOW_SECS),
             timeouts: field(TIMEOUTS, WINDOW_SECS),
-            window_ok: field(OK_TIMED, WINDOW_SECS),
+            window_ok: first_ok + retry_ok,
             window_latency_ms: field(LATENCY_MS, WINDOW_SECS),
             span_secs: match self.since.load(Ordering::Acquire) {
                 0 => WINDOW_SECS,
@@ -782,7 +785,7 @@ impl Tracker {
             };
             // Without the run's own first failure, counted just before this is asked.
             let failed = (field(FIRST_FAILED) + field(RETRY_FAILED)).saturating_sub(1);
-            let answered = failed + field(FIRST_OK) + field(RETRY_OK);
+            let answered = failed + field(FIRST_OK) + field(RETRY_OK) + field(ANSWERED);
             // Under the failing share nothing was failing: the configured run decides.
             (answered >= MIN_SAMPLES).then(|| match ratio(failed, answered) {
                 share if share < FAILING_SHARE => 0.0,
