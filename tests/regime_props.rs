@@ -68,7 +68,7 @@ fn feed(b: &Breaker, now_ms: u64, first: bool, failure: Option<ErrorClass>, late
     if let Admission::Rejected { .. } = admission {
         return;
     }
-    b.observe(first, failure, Duration::from_millis(latency_ms), now_ms);
+    b.observe_at(first, failure, Duration::from_millis(latency_ms), now_ms);
     b.record(admission, failure, now_ms);
 }
 

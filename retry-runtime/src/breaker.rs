@@ -396,6 +396,35 @@ impl Breaker {
         &self,
         first: bool,
         failure: Option<ErrorClass>,
+        started: tokio::time::Instant,
+    ) -> (Option<Change>, Option<Transition>) {
+        if !self.config.adaptive {
+            return (None, None);
+        }
+        // One clock read for the latency and the second it is counted in.
+        let now = tokio::time::Instant::now();
+        let now_ms = crate::clock::to_ns(now) / 1_000_000;
+        let seen = match failure {
+            None => Seen::Success {
+                latency_ms: duration_ms(now.saturating_duration_since(started)),
+            },
+            Some(ErrorClass::Status(429)) | Some(ErrorClass::Status(529)) => Seen::Throttled,
+            Some(class) if class.is_outage() => Seen::Failed {
+                timeout: class == ErrorClass::Timeout,
+            },
+            Some(_) => Seen::Answered,
+        };
+        self.regime.observe(now_ms, first, seen);
+        self.assess(now_ms)
+    }
+
+    #[doc(hidden)]
+    /// [`Breaker::observe`] at a time of the caller's choosing, with the attempt's latency:
+    /// for tests that drive a breaker without a runtime. Every success's latency is counted.
+    pub fn observe_at(
+        &self,
+        first: bool,
+        failure: Option<ErrorClass>,
         latency: Duration,
         now_ms: u64,
     ) -> (Option<Change>, Option<Transition>) {
@@ -413,6 +442,11 @@ impl Breaker {
             Some(_) => Seen::Answered,
         };
         self.regime.observe(now_ms, first, seen);
+        self.assess(now_ms)
+    }
+
+    /// Once a second: the regime's assessment, and what it sets here.
+    fn assess(&self, now_ms: u64) -> (Option<Change>, Option<Transition>) {
         let Some(assessed) = self.regime.assess_now(now_ms) else {
             return (None, None);
         };

@@ -52,8 +52,9 @@
 //! one time in 40 000.
 //!
 //! The counters are per-second buckets of packed atomics, as the retry budget's: recording an
-//! attempt is two or three CAS loops, no lock; the assessment runs once a second, on whichever
-//! call records first in a new second.
+//! attempt is a clock read and one CAS loop (a success's count and latency share one word; a
+//! timeout is two), no lock; the assessment runs once a second, on whichever call records
+//! first in a new second.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -205,7 +206,7 @@ pub struct Signals {
     pub throttled: u64,
     /// Attempts cut by their timeout (counted in the failed ones too).
     pub timeouts: u64,
-    /// Successes with a latency sample over the whole window, and their latency summed.
+    /// Successes over the whole window (their latency is summed below).
     pub window_ok: u64,
     /// Ditto, milliseconds.
     pub window_latency_ms: u64,
@@ -520,7 +521,8 @@ pub enum Seen {
     Throttled,
 }
 
-// Counter fields of a bucket. A success is two CAS loops: its count and its latency.
+// Counter fields of a bucket. The two success fields are packed with their latency (see
+// `add_ok`), so that a success is one CAS loop; the others are `pack`ed counts.
 const FIRST_OK: usize = 0;
 const FIRST_FAILED: usize = 1;
 const RETRY_OK: usize = 2;
@@ -529,8 +531,55 @@ const THROTTLED: usize = 4;
 const TIMEOUTS: usize = 5;
 // Answers that are not successes (caller faults), first attempts or retries alike.
 const ANSWERED: usize = 6;
-const LATENCY_MS: usize = 7;
-const FIELDS: usize = 8;
+const FIELDS: usize = 7;
+
+// A success field: `second mod 2^24 << 40 | count << 24 | latency sum (ms)`, each part
+// saturating (65 535 successes and 4.6 hours of latency per second and field).
+const OK_SECOND_MASK: u64 = (1 << 24) - 1;
+const OK_COUNT_MAX: u64 = (1 << 16) - 1;
+const OK_LATENCY_MAX: u64 = (1 << 24) - 1;
+
+fn pack_ok(second: u64, count: u64, latency_ms: u64) -> u64 {
+    ((second & OK_SECOND_MASK) << 40)
+        | (count.min(OK_COUNT_MAX) << 24)
+        | latency_ms.min(OK_LATENCY_MAX)
+}
+
+fn unpack_ok(bits: u64) -> (u64, u64, u64) {
+    (
+        bits >> 40,
+        (bits >> 24) & OK_COUNT_MAX,
+        bits & OK_LATENCY_MAX,
+    )
+}
+
+/// Count one success and its latency in `second`: one CAS loop.
+fn add_ok(slot: &AtomicU64, second: u64, latency_ms: u64) {
+    let mut bits = slot.load(Ordering::Acquire);
+    loop {
+        let (at, count, sum) = unpack_ok(bits);
+        let next = if at == second & OK_SECOND_MASK {
+            pack_ok(second, count + 1, sum.saturating_add(latency_ms))
+        } else {
+            pack_ok(second, 1, latency_ms)
+        };
+        match slot.compare_exchange_weak(bits, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(actual) => bits = actual,
+        }
+    }
+}
+
+/// A success field's (count, latency sum) if it was written within `secs` seconds up to
+/// `second` (its second is kept modulo 2^24: compared as a wrapping difference).
+fn ok_within(slot: &AtomicU64, second: u64, secs: u64) -> (u64, u64) {
+    let (at, count, sum) = unpack_ok(slot.load(Ordering::Acquire));
+    if (second & OK_SECOND_MASK).wrapping_sub(at) & OK_SECOND_MASK < secs {
+        (count, sum)
+    } else {
+        (0, 0)
+    }
+}
 
 /// A regime change, for the breaker's event and the report.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -659,8 +708,11 @@ impl Tracker {
         let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
         match seen {
             Seen::Success { latency_ms } => {
-                add(&bucket[if first { FIRST_OK } else { RETRY_OK }], second, 1);
-                add(&bucket[LATENCY_MS], second, latency_ms);
+                add_ok(
+                    &bucket[if first { FIRST_OK } else { RETRY_OK }],
+                    second,
+                    latency_ms,
+                );
             }
             Seen::Answered => add(&bucket[ANSWERED], second, 1),
             Seen::Failed { timeout } => {
@@ -686,8 +738,14 @@ impl Tracker {
                 .map(|b| count_within(&b[f], second, secs))
                 .sum()
         };
-        let first_ok = field(FIRST_OK, WINDOW_SECS);
-        let retry_ok = field(RETRY_OK, WINDOW_SECS);
+        let ok = |f: usize| -> (u64, u64) {
+            self.buckets
+                .iter()
+                .map(|b| ok_within(&b[f], second, WINDOW_SECS))
+                .fold((0, 0), |(c, l), (c2, l2)| (c + c2, l + l2))
+        };
+        let (first_ok, first_latency) = ok(FIRST_OK);
+        let (retry_ok, retry_latency) = ok(RETRY_OK);
         Signals {
             // A caller fault is an answer (the provider is up): counted with first attempts.
             first_ok: first_ok + field(ANSWERED, WINDOW_SECS),
@@ -697,7 +755,7 @@ impl Tracker {
             throttled: field(THROTTLED, WINDOW_SECS),
             timeouts: field(TIMEOUTS, WINDOW_SECS),
             window_ok: first_ok + retry_ok,
-            window_latency_ms: field(LATENCY_MS, WINDOW_SECS),
+            window_latency_ms: first_latency + retry_latency,
             span_secs: match self.since.load(Ordering::Acquire) {
                 0 => WINDOW_SECS,
                 since => (second + 2).saturating_sub(since).clamp(1, WINDOW_SECS),
@@ -784,8 +842,14 @@ impl Tracker {
                     .sum()
             };
             // Without the run's own first failure, counted just before this is asked.
+            let ok = |f: usize| -> u64 {
+                self.buckets
+                    .iter()
+                    .map(|b| ok_within(&b[f], second, secs).0)
+                    .sum()
+            };
             let failed = (field(FIRST_FAILED) + field(RETRY_FAILED)).saturating_sub(1);
-            let answered = failed + field(FIRST_OK) + field(RETRY_OK) + field(ANSWERED);
+            let answered = failed + ok(FIRST_OK) + ok(RETRY_OK) + field(ANSWERED);
             // Under the failing share nothing was failing: the configured run decides.
             (answered >= MIN_SAMPLES).then(|| match ratio(failed, answered) {
                 share if share < FAILING_SHARE => 0.0,

@@ -770,14 +770,7 @@ impl<'p> Gate<'p> {
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
             if breaker.config().adaptive {
-                // One clock read for both the latency and the regime's second.
-                let now = Instant::now();
-                let (change, opened) = breaker.observe(
-                    first,
-                    failure,
-                    now.saturating_duration_since(started),
-                    crate::clock::to_ns(now) / 1_000_000,
-                );
+                let (change, opened) = breaker.observe(first, failure, started);
                 if let Some(change) = change {
                     report::regime_changed(self.function, breaker.name(), change);
                 }
