@@ -1,7 +1,7 @@
 //! The storm simulator: retry policies side by side during a provider incident.
 //!
 //! ```text
-//! cargo run --release --example storm                        # all four scenarios
+//! cargo run --release --example storm                        # all six scenarios
 //! cargo run --release --example storm -- --scenario a        # just the 429 storm
 //! cargo run --release --example storm -- --callers 500 --seed 42
 //! cargo run --release --example storm -- --short             # the shortened runs of the test
@@ -9,7 +9,8 @@
 //!
 //! A simulated LLM provider (rate limits with 429 + `retry-after-ms`, workers and a queue,
 //! billing per attempt) and a population of callers run on tokio's paused clock. Each
-//! scenario (a: 429 storm, b: brownout, c: hard outage, d: metastable) runs five policies:
+//! scenario (a: 429 storm, b: 70% brownout, c: hard outage, d: metastable slowdown, e: 30%
+//! brownout, f: a provider shedding load) runs five policies:
 //! a naive loop, exponential backoff without jitter, full jitter alone, the OpenAI Python
 //! SDK's default, and ours with everything on. It prints a table and writes one SVG per
 //! scenario (provider calls per second against capacity) to `target/storm/`.

@@ -401,19 +401,25 @@ impl Breaker {
         if !self.config.adaptive {
             return (None, None);
         }
-        // One clock read for the latency and the second it is counted in.
-        let now = tokio::time::Instant::now();
-        let now_ms = crate::clock::to_ns(now) / 1_000_000;
         let seen = match failure {
-            None => Seen::Success {
-                latency_ms: duration_ms(now.saturating_duration_since(started)),
-            },
+            // The happy path: an increment, and a clock read for the sampled latencies only.
+            None => {
+                if !self.regime.success(first) {
+                    return (None, None);
+                }
+                let now = tokio::time::Instant::now();
+                let now_ms = crate::clock::to_ns(now) / 1_000_000;
+                let latency = duration_ms(now.saturating_duration_since(started));
+                self.regime.latency(now_ms, latency);
+                return self.assess(now_ms);
+            }
             Some(ErrorClass::Status(429)) | Some(ErrorClass::Status(529)) => Seen::Throttled,
             Some(class) if class.is_outage() => Seen::Failed {
                 timeout: class == ErrorClass::Timeout,
             },
             Some(_) => Seen::Answered,
         };
+        let now_ms = now_ms();
         self.regime.observe(now_ms, first, seen);
         self.assess(now_ms)
     }
@@ -442,6 +448,17 @@ impl Breaker {
             Some(_) => Seen::Answered,
         };
         self.regime.observe(now_ms, first, seen);
+        self.assess(now_ms)
+    }
+
+    #[doc(hidden)]
+    /// An admission at `now_ms` (the gate read the clock for it): assess if a second has
+    /// passed, so that the regime is read while only successes come (they read no clock).
+    #[inline]
+    pub fn tick(&self, now_ms: u64) -> (Option<Change>, Option<Transition>) {
+        if !self.config.adaptive || !self.regime.due(now_ms) {
+            return (None, None);
+        }
         self.assess(now_ms)
     }
 

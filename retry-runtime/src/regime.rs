@@ -18,7 +18,7 @@
 //! | regime | when | what the breaker does |
 //! |---|---|---|
 //! | `Outage` | failure share >= 90% | opens (and halves the retry allowance) |
-//! | `Overload` | gradient >= 1.5, or timeouts >= 10% of attempts, or (failing, and) first attempts >= 1.25x their healthy rate, or retries succeed under half as often as first attempts, or the failure share rose 15 points while retries were raised | halves the retry allowance each second; opens after 10 s of overload with half the attempts failing |
+//! | `Overload` | gradient >= 1.5, or timeouts >= 10% of attempts, or (failing, and) first attempts >= 1.25x their healthy rate, or retries succeed under half as often as first attempts, or the failure share rose 15 points while retries were raised | halves the retry allowance each second; read from latency or timeouts, admits attempts no faster than the provider answered them, 15% more ([`crate::overload`]); read from the provider (not from retries alone), opens after 10 s of overload with half the attempts failing |
 //! | `Brownout` | failure share >= 5%, none of the above | raises the retry allowance by `retry_step` each second, up to `retry_ratio_max` |
 //! | `Throttled` | 429s >= 5% of attempts | nothing here: the pacer and `Retry-After` answer a 429 |
 //! | `Healthy` | otherwise | moves the allowance back to `retry_ratio` |
@@ -40,7 +40,16 @@
 //! - The load test uses first attempts only: retries rise with *any* failure, so they cannot
 //!   say whether our load caused it. A brownout leaves first attempts where they were.
 //! - Retry success under half of first-attempt success says failures are correlated (the
-//!   same overloaded provider fails the retry too); a brownout fails them independently.
+//!   same overloaded provider fails the retry too); a brownout fails them independently. It
+//!   and the 15-point rise are read only beyond three standard errors: at 5 attempts a second
+//!   a share over 10 s moves by 6 points by chance.
+//! - The admission rate is 15% above what the provider answered while success latency holds
+//!   (to find out that it can answer more), 15% under it while latency rises by 2% a second
+//!   or more (the provider's queue is growing: let it drain). A rate cannot see queueing by
+//!   itself: at 15% over a saturated provider's rate, its queue grows by 15% of it a second.
+//! - The latency baseline and the healthy load are learnt from full windows only, for
+//!   [`LEARN_SECS`] before either is compared against: a young window holds its fastest
+//!   answers first.
 //!
 //! The breaker also opens on a **run** of outage failures with no answer between them
 //! ([`run_to_open`]): `failures` long (30 by default) when failures were rare before the run,
@@ -51,10 +60,12 @@
 //! brownout, before the window has seen it: a 70% brownout begins with 30 failures in a row
 //! one time in 40 000.
 //!
-//! The counters are per-second buckets of packed atomics, as the retry budget's: recording an
-//! attempt is a clock read and one CAS loop (a success's count and latency share one word; a
-//! timeout is two), no lock; the assessment runs once a second, on whichever call records
-//! first in a new second.
+//! The counters are per-second buckets of packed atomics, as the retry budget's, no lock. A
+//! success is one atomic increment and no clock read (counted in a second at the next
+//! assessment); its latency is sampled, every success of a second's first 16 and then one in
+//! 8 (a clock read and one CAS loop). A failure is a clock read and one or two CAS loops. The
+//! assessment runs once a second, on whichever admission or failure comes first in a new
+//! second.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -285,6 +296,8 @@ pub struct Belief {
     /// While overloaded (read from latency or timeouts): the attempts a second to admit, the
     /// rate the provider answered at (plus [`RATE_PROBE`]).
     pub admit_rate: Option<f64>,
+    /// The window's mean success latency at the last assessment (0: none), for its trend.
+    pub last_latency_ms: f64,
     /// The failure share when the window was last forgotten (the breaker closed): what the
     /// run rule goes by until the window holds enough attempts again.
     pub share_at_reset: f64,
@@ -419,7 +432,14 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
     if s.span() == WINDOW_SECS && s.answered() >= MIN_SAMPLES {
         let learning = matches!(regime, Regime::Healthy | Regime::Throttled);
         let n = belief.learnt_secs.saturating_add(1);
-        let weight = |slow: f64| (1.0 / n as f64).max(slow);
+        // A plain mean while learning (weight 1/n), the slow average after.
+        let weight = |slow: f64| {
+            if belief.learnt_secs < LEARN_SECS {
+                (1.0 / n as f64).max(slow)
+            } else {
+                slow
+            }
+        };
         if let Some(latency) = s.window_latency() {
             if learning || belief.learnt_secs >= LEARN_SECS {
                 next.baseline_ms = next_baseline(belief.baseline_ms, latency, regime, weight(0.0));
@@ -433,8 +453,15 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
     if s.answered() >= MIN_SAMPLES {
         next.share_at_reset = 0.0;
     }
+    next.last_latency_ms = s.window_latency().unwrap_or(0.0);
     next.admit_rate = match (regime, why) {
-        (Regime::Overload, Why::Latency | Why::Timeouts) => Some(admit_rate(s)),
+        (Regime::Overload, Why::Latency | Why::Timeouts) => {
+            let rising = match s.window_latency() {
+                Some(now) => belief.last_latency_ms > 0.0 && now > belief.last_latency_ms * 1.02,
+                None => false,
+            };
+            Some(admit_rate(s, rising))
+        }
         // Too few samples to say: keep the rate the belief had.
         (Regime::Overload, _) if assessed.is_none() => belief.admit_rate,
         _ => None,
@@ -449,10 +476,13 @@ pub fn next_belief(belief: &Belief, s: &Signals, t: &Tuning) -> Belief {
 }
 
 /// The rate an overloaded breaker admits at: what the provider answered over the window, a
-/// little more ([`RATE_PROBE`]), at least [`MIN_RATE`].
-pub fn admit_rate(s: &Signals) -> f64 {
+/// little more ([`RATE_PROBE`]) to find out whether it can answer more, or as much less while
+/// success latency is `rising` (by 2% a second: the provider's queue is growing), at least
+/// [`MIN_RATE`].
+pub fn admit_rate(s: &Signals, rising: bool) -> f64 {
     let answered = (s.first_ok + s.retry_ok) as f64 / s.span() as f64;
-    (answered * (1.0 + RATE_PROBE)).max(MIN_RATE)
+    let probe = if rising { -RATE_PROBE } else { RATE_PROBE };
+    (answered * (1.0 + probe)).max(MIN_RATE)
 }
 
 /// The success-latency baseline after a second whose mean success latency was `latency_ms`:
@@ -521,8 +551,8 @@ pub enum Seen {
     Throttled,
 }
 
-// Counter fields of a bucket. The two success fields are packed with their latency (see
-// `add_ok`), so that a success is one CAS loop; the others are `pack`ed counts.
+// Counter fields of a bucket, `pack`ed counts but for LATENCY (see `add_ok`). Successes
+// reach FIRST_OK and RETRY_OK through the pending counters, flushed once a second.
 const FIRST_OK: usize = 0;
 const FIRST_FAILED: usize = 1;
 const RETRY_OK: usize = 2;
@@ -531,10 +561,19 @@ const THROTTLED: usize = 4;
 const TIMEOUTS: usize = 5;
 // Answers that are not successes (caller faults), first attempts or retries alike.
 const ANSWERED: usize = 6;
-const FIELDS: usize = 7;
+// Sampled successes and their latency, one word.
+const LATENCY: usize = 7;
+const FIELDS: usize = 8;
 
-// A success field: `second mod 2^24 << 40 | count << 24 | latency sum (ms)`, each part
-// saturating (65 535 successes and 4.6 hours of latency per second and field).
+/// A second's first this-many successes have their latency sampled, then one in
+/// [`LATENCY_SAMPLE_EVERY`]: all of them at low volume, and at high volume one clock read per
+/// eight successes instead of one each.
+pub const LATENCY_SAMPLE_FIRST: u64 = 16;
+/// See [`LATENCY_SAMPLE_FIRST`].
+pub const LATENCY_SAMPLE_EVERY: u64 = 8;
+
+// The latency field: `second mod 2^24 << 40 | count << 24 | latency sum (ms)`, each part
+// saturating (65 535 samples and 4.6 hours of latency per second).
 const OK_SECOND_MASK: u64 = (1 << 24) - 1;
 const OK_COUNT_MAX: u64 = (1 << 16) - 1;
 const OK_LATENCY_MAX: u64 = (1 << 24) - 1;
@@ -553,7 +592,7 @@ fn unpack_ok(bits: u64) -> (u64, u64, u64) {
     )
 }
 
-/// Count one success and its latency in `second`: one CAS loop.
+/// Count one latency sample in `second`: one CAS loop.
 fn add_ok(slot: &AtomicU64, second: u64, latency_ms: u64) {
     let mut bits = slot.load(Ordering::Acquire);
     loop {
@@ -570,7 +609,7 @@ fn add_ok(slot: &AtomicU64, second: u64, latency_ms: u64) {
     }
 }
 
-/// A success field's (count, latency sum) if it was written within `secs` seconds up to
+/// The latency field's (count, sum) if it was written within `secs` seconds up to
 /// `second` (its second is kept modulo 2^24: compared as a wrapping difference).
 fn ok_within(slot: &AtomicU64, second: u64, secs: u64) -> (u64, u64) {
     let (at, count, sum) = unpack_ok(slot.load(Ordering::Acquire));
@@ -616,6 +655,9 @@ pub struct Tracker {
     assessed: AtomicU64,
     // The second the window's history begins (+1; 0 = nothing seen yet).
     since: AtomicU64,
+    // Successes (first attempts, retries) not yet counted in a second: a success reads no
+    // clock; the next assessment (or clocked observation) counts them in its second.
+    pending: [AtomicU64; 2],
     regime: AtomicU8,
     allowance: AtomicU64,
     belief: Mutex<Belief>,
@@ -668,6 +710,7 @@ impl Tracker {
             buckets: Default::default(),
             assessed: AtomicU64::new(0),
             since: AtomicU64::new(0),
+            pending: Default::default(),
             regime: AtomicU8::new(Regime::Healthy as u8),
             allowance: AtomicU64::new(tuning.base_ppm),
             belief: Mutex::new(Belief {
@@ -708,11 +751,8 @@ impl Tracker {
         let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
         match seen {
             Seen::Success { latency_ms } => {
-                add_ok(
-                    &bucket[if first { FIRST_OK } else { RETRY_OK }],
-                    second,
-                    latency_ms,
-                );
+                add(&bucket[if first { FIRST_OK } else { RETRY_OK }], second, 1);
+                add_ok(&bucket[LATENCY], second, latency_ms);
             }
             Seen::Answered => add(&bucket[ANSWERED], second, 1),
             Seen::Failed { timeout } => {
@@ -729,6 +769,48 @@ impl Tracker {
         }
     }
 
+    /// Count a success without reading the clock (it is counted in a second at the next
+    /// assessment); returns whether to sample its latency ([`Tracker::latency`]).
+    pub fn success(&self, first: bool) -> bool {
+        let n = self.pending[usize::from(!first)].fetch_add(1, Ordering::AcqRel) + 1;
+        n <= LATENCY_SAMPLE_FIRST || n % LATENCY_SAMPLE_EVERY == 0
+    }
+
+    /// A sampled success's latency, counted in the second it ended.
+    pub fn latency(&self, now_ms: u64, latency_ms: u64) {
+        let second = now_ms / 1000;
+        add_ok(
+            &self.buckets[(second % WINDOW_SECS) as usize][LATENCY],
+            second,
+            latency_ms,
+        );
+    }
+
+    /// Count the pending successes in `now_ms`'s second.
+    fn flush(&self, now_ms: u64) {
+        let second = now_ms / 1000;
+        for (pending, field) in self.pending.iter().zip([FIRST_OK, RETRY_OK]) {
+            if pending.load(Ordering::Acquire) > 0 {
+                let n = pending.swap(0, Ordering::AcqRel);
+                if n > 0 {
+                    if self.since.load(Ordering::Relaxed) == 0 {
+                        let _ = self.since.compare_exchange(
+                            0,
+                            second + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    add(
+                        &self.buckets[(second % WINDOW_SECS) as usize][field],
+                        second,
+                        n,
+                    );
+                }
+            }
+        }
+    }
+
     /// The window's signals as of `now_ms`.
     pub fn signals(&self, now_ms: u64) -> Signals {
         let second = now_ms / 1000;
@@ -738,14 +820,13 @@ impl Tracker {
                 .map(|b| count_within(&b[f], second, secs))
                 .sum()
         };
-        let ok = |f: usize| -> (u64, u64) {
-            self.buckets
-                .iter()
-                .map(|b| ok_within(&b[f], second, WINDOW_SECS))
-                .fold((0, 0), |(c, l), (c2, l2)| (c + c2, l + l2))
-        };
-        let (first_ok, first_latency) = ok(FIRST_OK);
-        let (retry_ok, retry_latency) = ok(RETRY_OK);
+        let (timed, latency) = self
+            .buckets
+            .iter()
+            .map(|b| ok_within(&b[LATENCY], second, WINDOW_SECS))
+            .fold((0, 0), |(c, l), (c2, l2)| (c + c2, l + l2));
+        let first_ok = field(FIRST_OK, WINDOW_SECS);
+        let retry_ok = field(RETRY_OK, WINDOW_SECS);
         Signals {
             // A caller fault is an answer (the provider is up): counted with first attempts.
             first_ok: first_ok + field(ANSWERED, WINDOW_SECS),
@@ -754,13 +835,19 @@ impl Tracker {
             retry_failed: field(RETRY_FAILED, WINDOW_SECS),
             throttled: field(THROTTLED, WINDOW_SECS),
             timeouts: field(TIMEOUTS, WINDOW_SECS),
-            window_ok: first_ok + retry_ok,
-            window_latency_ms: first_latency + retry_latency,
+            window_ok: timed,
+            window_latency_ms: latency,
             span_secs: match self.since.load(Ordering::Acquire) {
                 0 => WINDOW_SECS,
                 since => (second + 2).saturating_sub(since).clamp(1, WINDOW_SECS),
             },
         }
+    }
+
+    /// Whether `now_ms` is in a second not yet assessed (one load).
+    #[inline]
+    pub fn due(&self, now_ms: u64) -> bool {
+        self.assessed.load(Ordering::Acquire) < now_ms / 1000 + 1
     }
 
     /// Assess, if this second has not been: one call a second does it (a CAS picks which).
@@ -778,6 +865,7 @@ impl Tracker {
         }
         // Seconds with no assessment (no attempt ended) count as one: the signals are the
         // window's anyway.
+        self.flush(now_ms);
         let signals = self.signals(now_ms);
         let mut belief = self.belief.lock().unwrap_or_else(|p| p.into_inner());
         let before = *belief;
@@ -807,6 +895,9 @@ impl Tracker {
     pub fn reset(&self, now_ms: u64) {
         let share = self.signals(now_ms).failure_share();
         self.since.store(now_ms / 1000 + 1, Ordering::Release);
+        for pending in &self.pending {
+            pending.store(0, Ordering::Release);
+        }
         for bucket in &self.buckets {
             for slot in bucket {
                 slot.store(0, Ordering::Release);
@@ -833,6 +924,7 @@ impl Tracker {
     /// window yet), or, while the window holds too few attempts since it was forgotten, the
     /// share before that.
     pub fn share_before_run(&self, now_ms: u64) -> f64 {
+        self.flush(now_ms);
         let second = now_ms / 1000;
         let share = |secs: u64| {
             let field = |f: usize| -> u64 {
@@ -842,14 +934,8 @@ impl Tracker {
                     .sum()
             };
             // Without the run's own first failure, counted just before this is asked.
-            let ok = |f: usize| -> u64 {
-                self.buckets
-                    .iter()
-                    .map(|b| ok_within(&b[f], second, secs).0)
-                    .sum()
-            };
             let failed = (field(FIRST_FAILED) + field(RETRY_FAILED)).saturating_sub(1);
-            let answered = failed + ok(FIRST_OK) + ok(RETRY_OK) + field(ANSWERED);
+            let answered = failed + field(FIRST_OK) + field(RETRY_OK) + field(ANSWERED);
             // Under the failing share nothing was failing: the configured run decides.
             (answered >= MIN_SAMPLES).then(|| match ratio(failed, answered) {
                 share if share < FAILING_SHARE => 0.0,

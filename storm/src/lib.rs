@@ -10,7 +10,7 @@
 //!
 //! Fresh state per scenario: breakers, pacers and the fallback cache are process-wide, and
 //! `configure` runs once per process. So each scenario's `ours` is its own function with its
-//! own breaker and pacer (`storm-a` ... `storm-d`, see the `ours!` macro) and its own cache,
+//! own breaker and pacer (`storm-a` ... `storm-f`, see the `ours!` macro) and its own cache,
 //! all configured at once; scenarios then run one after the other in one process. Within a
 //! scenario the five policies run one after the other; only `ours` touches the named breaker
 //! and pacer, and it runs once per scenario, so nothing carries over. (Run a scenario twice in
@@ -774,13 +774,14 @@ async fn openai_sdk(
 }
 
 /// Ours, once per scenario: breakers, pacers and the fallback cache are process-wide, so
-/// each scenario's `ours` gets its own (`storm-a` ... `storm-d`, and its own call site and
+/// each scenario's `ours` gets its own (`storm-a` ... `storm-f`, and its own call site and
 /// cache), and scenarios can run one after the other in one process with fresh state.
 ///
-/// Full jitter, 429/5xx/timeouts retried (a 400 never), a breaker with its retry budget, a
-/// pacer keeping under the rate limit, `Retry-After` honoured (runtime default, up to 60 s),
-/// a 20 s attempt timeout and a 30 s deadline, and the last good answer to the same prompt
-/// as the fallback.
+/// Full jitter, up to 5 attempts, 429/5xx/timeouts retried (a 400 never), a breaker on its
+/// defaults (its regime and retry budget), a pacer keeping under the rate limit, `Retry-After`
+/// honoured (runtime default, up to 60 s), a 20 s attempt timeout and a 30 s deadline, a
+/// 1.1-cent budget per call (twice an average answer: retries go where they are cheap), and
+/// the last good answer to the same prompt as the fallback.
 macro_rules! ours {
     ($($key:literal => $fn_name:ident => $name:tt),* $(,)?) => {
         $(

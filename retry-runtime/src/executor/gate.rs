@@ -576,6 +576,8 @@ impl<'p> Gate<'p> {
             if ask.first {
                 breaker.retry_budget().deposit(now);
             }
+            let news = breaker.tick(now);
+            self.regime_news(breaker, news);
         }
         Ok(())
     }
@@ -688,9 +690,13 @@ impl<'p> Gate<'p> {
                 }
             }
         }
-        if let (Some(breaker), true) = (self.breaker, ask.first) {
-            // Also here, so that local state is warm if the store goes away.
-            breaker.retry_budget().deposit(now);
+        if let Some(breaker) = self.breaker {
+            if ask.first {
+                // Also here, so that local state is warm if the store goes away.
+                breaker.retry_budget().deposit(now);
+            }
+            let news = breaker.tick(now);
+            self.regime_news(breaker, news);
         }
         if !answer.pace_wait.is_zero() {
             // The fleet's pacing slot: wait for it (the store said when).
@@ -769,13 +775,8 @@ impl<'p> Gate<'p> {
 
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
-            if breaker.config().adaptive {
-                let (change, opened) = breaker.observe(first, failure, started);
-                if let Some(change) = change {
-                    report::regime_changed(self.function, breaker.name(), change);
-                }
-                self.publish(breaker, opened);
-            }
+            let news = breaker.observe(first, failure, started);
+            self.regime_news(breaker, news);
             if admission == Admission::Normal && breaker.is_quiet(failure) {
                 breaker.end_run();
                 return;
@@ -783,6 +784,19 @@ impl<'p> Gate<'p> {
             let transition = breaker.record(admission, failure, now_ms());
             self.publish(breaker, transition);
         }
+    }
+
+    /// What the breaker's regime said: a change of regime (an event), and a transition if it
+    /// opened the breaker (published and noted).
+    fn regime_news(
+        &mut self,
+        breaker: &'static Breaker,
+        (change, opened): (Option<crate::regime::Change>, Option<Transition>),
+    ) {
+        if let Some(change) = change {
+            report::regime_changed(self.function, breaker.name(), change);
+        }
+        self.publish(breaker, opened);
     }
 
     /// Publish this process's transition to the fleet, and note it.
