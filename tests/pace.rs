@@ -180,7 +180,10 @@ async fn simulate(s: &Scenario) -> Figures {
     let start = Instant::now();
     let pacer: &'static Pacer = Box::leak(Box::new(Pacer::standalone(
         s.name,
-        PaceConfig::default(), // no known limit: adaptive only
+        PaceConfig {
+            max_wait: None,
+            ..PaceConfig::default()
+        }, // no known limit: adaptive only
     )));
     let provider = Arc::new(Mutex::new(Provider::new(s.model, s.limit)));
     // (time at the provider, accepted?)
@@ -374,6 +377,7 @@ async fn two_hundred_waiters_fifo_at_the_configured_rate_with_deadlines_and_canc
         PaceConfig {
             rpm: Some(600), // 10/s
             burst: S,       // 10 at once after idle
+            max_wait: None, // the waits here are the deadline's to bound
             ..PaceConfig::default()
         },
     )));
@@ -497,7 +501,10 @@ async fn two_hundred_waiters_fifo_at_the_configured_rate_with_deadlines_and_canc
 async fn a_receding_turn_is_refused_no_later_than_the_deadline() {
     let pacer: &'static Pacer = Box::leak(Box::new(Pacer::standalone(
         "line-recede",
-        PaceConfig::default(),
+        PaceConfig {
+            max_wait: None,
+            ..PaceConfig::default()
+        },
     )));
     let start = Instant::now();
     // Learn 10/s from the provider's numbers.
@@ -554,6 +561,7 @@ async fn the_fast_path_does_not_wait() {
         "fast",
         PaceConfig {
             rpm: Some(60_000),
+            max_wait: None, // the waits here are the deadline's to bound
             ..PaceConfig::default()
         },
     );
@@ -575,6 +583,7 @@ async fn a_past_deadline_is_refused_and_a_fixed_pacer_ignores_feedback() {
         PaceConfig {
             rpm: Some(600),
             adaptive: false,
+            max_wait: None, // the waits here are the deadline's to bound
             ..PaceConfig::default()
         },
     );
@@ -612,6 +621,7 @@ async fn settling_corrects_the_token_bucket() {
             tpm: Some(6_000), // 100 tokens/s
             burst: S,         // 100 tokens at once
             adaptive: false,
+            max_wait: None, // the waits here are the deadline's to bound
             ..PaceConfig::default()
         },
     )));
@@ -899,4 +909,36 @@ async fn sweep_over_seeds() {
         }
     }
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_past_max_wait_is_refused_at_once_and_takes_nothing() {
+    let pacer = Pacer::standalone(
+        "pace-max-wait",
+        PaceConfig {
+            rpm: Some(60),
+            adaptive: false,
+            burst: Duration::ZERO,
+            max_wait: Some(Duration::from_millis(1500)),
+            ..PaceConfig::default()
+        },
+    );
+    let start = Instant::now();
+    let first = pacer.acquire(0, None).await.unwrap();
+    drop(first);
+    // The next turn is 1 s away: within the line's 1.5 s.
+    let second = pacer.acquire(0, None).await.unwrap();
+    assert_eq!(second.waited(), Duration::from_secs(1));
+    drop(second);
+    // Two at once: the first waits 1 s, the second's turn (2 s) is past 1.5 s.
+    let (a, b) = tokio::join!(pacer.acquire(0, None), pacer.acquire(0, None));
+    assert!(a.is_ok());
+    assert!(
+        matches!(b, Err(PaceError::LineTooLong { max_wait, .. }) if max_wait == Duration::from_millis(1500)),
+        "{b:?}"
+    );
+    // Nothing was taken by the refusal: the next caller's turn is 1 s after the last.
+    let next = pacer.acquire(0, None).await.unwrap();
+    assert_eq!(next.waited(), Duration::from_secs(1));
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
 }

@@ -7,7 +7,7 @@
 //! | `retry_runtime_attempts_total` | `function` | attempts made (first attempts and retries) |
 //! | `retry_runtime_retries_total` | `function` | retries started |
 //! | `retry_runtime_calls_total` | `function`, `stop` | calls ended, by `StopReason::as_str` |
-//! | `retry_runtime_rejections_total` | `function`, `reason` | calls or retries refused by the runtime (`circuit_open`, `breaker_opened`, `retry_budget_exhausted`, `budget_exhausted`, `queue_full`, `queue_timeout`) |
+//! | `retry_runtime_rejections_total` | `function`, `reason` | calls or retries refused by the runtime (`circuit_open`, `breaker_opened`, `retry_budget_exhausted`, `shed`, `pacer_line_full`, `budget_exhausted`, `pool_unconfigured`, `queue_full`, `queue_timeout`) |
 //! | `retry_runtime_fallbacks_total` | `function`, `kind` | degraded answers, by `cached`, `function`, `queue` |
 //! | `retry_runtime_spend_micros_total` | `function` | micro-dollars spent (successes and billed failures) |
 //! | `retry_runtime_spend_tokens_total` | `function` | tokens spent |

@@ -23,7 +23,7 @@ use crate::budget::{Held, Ledgers, Pool, SpendEstimate};
 use crate::classify::ErrorClass;
 use crate::clock::now_ms;
 use crate::pace::ProviderLimits;
-use crate::pace::{Pacer, Permit};
+use crate::pace::{PaceError, Pacer, Permit};
 use crate::regime::Regime;
 use crate::rejected::Rejected;
 use crate::report::{self, StopReason};
@@ -497,19 +497,21 @@ impl<'p> Gate<'p> {
             }
         }
         if let Some(pacer) = self.pacer {
-            let (latest, line_bound) = latest_permit(pacer, ask);
-            match pacer.acquire(ask.expected.tokens(), latest).await {
+            match pacer
+                .acquire(ask.expected.tokens(), ask.latest_permit)
+                .await
+            {
                 Ok(permit) => {
                     self.paced += permit.waited();
                     self.permit = Some(permit);
                 }
-                Err(_) if line_bound => {
+                Err(PaceError::LineTooLong { max_wait, .. }) => {
                     return Err(Refusal::PacerLine {
                         pacer: pacer.name(),
-                        max_wait: pacer.config().max_wait.unwrap_or_default(),
+                        max_wait,
                     })
                 }
-                Err(_) => {
+                Err(PaceError::WouldMissDeadline { .. }) => {
                     return Err(Refusal::Deadline {
                         deadline: ask.deadline,
                     })

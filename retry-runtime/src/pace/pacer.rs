@@ -37,6 +37,14 @@ pub enum PaceError {
         /// The caller's deadline.
         deadline: Instant,
     },
+    /// The permit would come later than the pacer's `max_wait` from the caller's arrival.
+    #[error("pacer `{pacer}`'s line is longer than its max_wait of {max_wait:?}")]
+    LineTooLong {
+        /// The pacer.
+        pacer: &'static str,
+        /// Its `max_wait`.
+        max_wait: Duration,
+    },
 }
 
 /// A named, shared, client-side rate limiter. Get one by name with [`pacer`] (or
@@ -104,17 +112,40 @@ impl Pacer {
     }
 
     /// Wait for a permit to send one request expected to use `weight_tokens` tokens (zero if
-    /// unknown), in arrival order, until `deadline` at the latest.
+    /// unknown), in arrival order, until `deadline` at the latest, and no longer than the
+    /// pacer's `max_wait`.
     ///
-    /// Returns [`PaceError::WouldMissDeadline`] at once if the projected turn is past the
-    /// deadline, and otherwise as soon as it turns out to be (never after the deadline). A
-    /// dropped future leaves the line without holding up the callers behind it.
+    /// Returns [`PaceError::WouldMissDeadline`] (or [`PaceError::LineTooLong`], when the
+    /// `max_wait` comes first) at once if the projected turn is past the bound, and otherwise
+    /// as soon as it turns out to be (never after it). A dropped future leaves the line
+    /// without holding up the callers behind it.
     pub async fn acquire(
         &self,
         weight_tokens: u64,
         deadline: Option<Instant>,
     ) -> Result<Permit<'_>, PaceError> {
         let arrived = Instant::now();
+        let line = self.config.max_wait.map(|wait| arrived + wait);
+        let (bound, line_bound) = match (deadline, line) {
+            (Some(deadline), Some(line)) if line < deadline => (Some(line), true),
+            (None, Some(line)) => (Some(line), true),
+            (deadline, _) => (deadline, false),
+        };
+        match self.acquire_by(arrived, weight_tokens, bound).await {
+            Err(PaceError::WouldMissDeadline { .. }) if line_bound => Err(PaceError::LineTooLong {
+                pacer: self.name,
+                max_wait: self.config.max_wait.unwrap_or_default(),
+            }),
+            other => other,
+        }
+    }
+
+    async fn acquire_by(
+        &self,
+        arrived: Instant,
+        weight_tokens: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Permit<'_>, PaceError> {
         let arrived_ns = to_ns(arrived);
         if let Some(deadline) = deadline.filter(|&deadline| deadline < arrived) {
             return Err(self.miss(arrived, deadline));

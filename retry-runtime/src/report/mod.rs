@@ -196,7 +196,7 @@ impl StopReason {
 
     /// Whether this ending is an outage (the provider could not serve us) rather than a
     /// verdict on the request: only these run a fallback. Retries exhausted, breaker open,
-    /// retry budget spent, deadline, a `Retry-After` too long. Never a caller fault or a
+    /// retry budget spent or shed, a pacer's line too long, deadline, a `Retry-After` too long. Never a caller fault or a
     /// `Permanent` error, never a spend limit.
     pub fn is_outage(&self) -> bool {
         matches!(
