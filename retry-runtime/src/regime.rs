@@ -506,7 +506,7 @@ pub fn next_baseline(baseline_ms: f64, latency_ms: f64, regime: Regime, at_least
 pub fn run_to_open(share_before: f64, failures: u32) -> u32 {
     let failures = failures.max(1);
     let cap = failures.saturating_mul(RUN_CAP);
-    if !(share_before > 0.0) {
+    if share_before.is_nan() || share_before <= 0.0 {
         return failures;
     }
     if share_before >= 1.0 {
