@@ -30,6 +30,8 @@ pub const KEYS: &[&str] = &[
     "fallback",
     "stale_for",
     "queue_wait",
+    "first_token",
+    "idle",
     "key",
     "name",
     "crate",
@@ -96,6 +98,8 @@ fn example(key: &str) -> &'static str {
         "fallback" => "fallback = cached",
         "stale_for" => "stale_for = \"1h\"",
         "queue_wait" => "queue_wait = \"60s\"",
+        "first_token" => "first_token = \"10s\"",
+        "idle" => "idle = \"30s\"",
         "key" => "key = prompt.to_string()",
         "name" => "name = \"openai.complete\"",
         "crate" => "crate = \"::retry_runtime\"",
@@ -148,6 +152,11 @@ pub struct Policy {
     pub fallback: Vec<Fallback>,
     pub stale_for: Option<Dur>,
     pub queue_wait: Option<Dur>,
+    /// A streaming call's limits: until the first chunk, and between chunks.
+    pub first_token: Option<Dur>,
+    pub idle: Option<Dur>,
+    /// Where the first streaming key (`first_token`, `idle`) was written.
+    pub stream_key: Option<(String, Span)>,
     /// `key = <expr>`.
     pub key: Option<Expr>,
     /// Whether `fallback = …` was written at all (even if it could not be read).
@@ -210,6 +219,9 @@ impl Policy {
             fallback: Vec::new(),
             stale_for: None,
             queue_wait: None,
+            first_token: None,
+            idle: None,
+            stream_key: None,
             key: None,
             fallback_written: false,
             reject_span: None,
@@ -277,17 +289,20 @@ impl Policy {
                     policy.fallback = fallback_chain(&pair.value, errors);
                 }
                 "key" => policy.key = Some(pair.value.clone()),
-                "stale_for" | "queue_wait" => {
+                "stale_for" | "queue_wait" | "first_token" | "idle" => {
                     if let Some(d) = duration(&pair.value, &key, errors) {
                         if d.nanos == 0 {
                             errors.push(syn::Error::new(
                                 d.span,
                                 format!("`{key}` must be longer than zero"),
                             ));
-                        } else if key == "stale_for" {
-                            policy.stale_for = Some(d);
                         } else {
-                            policy.queue_wait = Some(d);
+                            match key.as_str() {
+                                "stale_for" => policy.stale_for = Some(d),
+                                "queue_wait" => policy.queue_wait = Some(d),
+                                "first_token" => policy.first_token = Some(d),
+                                _ => policy.idle = Some(d),
+                            }
                         }
                     }
                 }
@@ -426,6 +441,11 @@ impl Policy {
             ));
         }
         policy.check_fallbacks(args, errors);
+        policy.stream_key = args
+            .pairs
+            .iter()
+            .find(|p| p.key == "first_token" || p.key == "idle")
+            .map(|p| (p.key.to_string(), p.key.span()));
         if let (Some(t), Some(d)) = (policy.timeout, policy.deadline) {
             if t.nanos > d.nanos {
                 errors.push(syn::Error::new(
@@ -569,6 +589,39 @@ pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
 }
 
 impl Policy {
+    /// A streaming call (the function returns `Result<Streamed<_>, _>`): its keys need one,
+    /// and it cannot fall back (a stream commits at its first chunk). Reported at the key.
+    pub fn check_streaming(&self, streaming: bool, errors: &mut Errors) {
+        if let (Some((key, span)), false) = (&self.stream_key, streaming) {
+            errors.push(syn::Error::new(
+                *span,
+                format!(
+                    "`{key}` is for a streaming call: return `Result<Streamed<S>, E>` (`retry_runtime::Streamed`), with `Ok(Streamed::new(stream))` in the body"
+                ),
+            ));
+        }
+        if !streaming {
+            return;
+        }
+        for step in &self.fallback {
+            let (span, what) = match step {
+                Fallback::Cached(span) => (
+                    *span,
+                    "`cached` cannot serve a stream: a streaming call's answer is its chunks as they come, not a value to keep",
+                ),
+                Fallback::Queue(span) => (
+                    *span,
+                    "a streaming call cannot fall back to `queue` yet: the call commits at its first chunk",
+                ),
+                Fallback::Function(path) => (
+                    path.span(),
+                    "a streaming call cannot fall back to a function yet: the call commits at its first chunk",
+                ),
+            };
+            errors.push(syn::Error::new(span, what));
+        }
+    }
+
     /// Combinations that cannot work: `queue` needs a breaker; `stale_for` and `key` need
     /// `cached`; `queue_wait` needs `queue`.
     fn check_fallbacks(&self, args: &Args, errors: &mut Errors) {

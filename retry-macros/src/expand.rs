@@ -197,12 +197,35 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 }
 
 /// The whole rewritten function.
+/// Whether the function is a streaming call: it returns `Result<Streamed<…>, …>` (the last
+/// segment of the success type's path is `Streamed`).
+pub fn returns_stream(item: &ItemFn) -> bool {
+    let syn::ReturnType::Type(_, ty) = &item.sig.output else {
+        return false;
+    };
+    let Type::Path(path) = &**ty else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    matches!(
+        args.args.first(),
+        Some(syn::GenericArgument::Type(Type::Path(ok)))
+            if ok.path.segments.last().is_some_and(|s| s.ident == "Streamed")
+    )
+}
+
 pub fn expand(
     mut item: ItemFn,
     policy: &Policy,
     retry_on: Option<&RetryOn>,
     use_retry_on: TokenStream,
     cache_key: Option<TokenStream>,
+    streaming: bool,
 ) -> TokenStream {
     let krate = match &policy.krate {
         Some(path) => path.to_token_stream(),
@@ -295,6 +318,14 @@ pub fn expand(
         let d = nanos(d.nanos);
         builder.extend(quote!(.with_queue_wait(#d)));
     }
+    if let Some(d) = policy.first_token {
+        let d = nanos(d.nanos);
+        builder.extend(quote!(.with_first_token(#d)));
+    }
+    if let Some(d) = policy.idle {
+        let d = nanos(d.nanos);
+        builder.extend(quote!(.with_idle(#d)));
+    }
     if let Some(on) = retry_on {
         let ranges = on
             .ranges
@@ -340,9 +371,16 @@ pub fn expand(
     // return type.
     let settle = respan(quote!(#call.settle(#outcome, #spend_of)), ret_span);
 
+    // A streaming call's attempt ends at its stream's first chunk (a missing `From<Rejected>`
+    // on the error type, or a stream of another error type, is reported at the return type).
+    let first_chunk = streaming.then(|| {
+        let wait = respan(quote!(#call.first_chunk(#outcome)), ret_span);
+        quote!(let #outcome = #wait.await;)
+    });
     let attempts = quote! {
         loop {
             let #outcome = #run_attempt;
+            #first_chunk
             match #settle {
                 #rt::Settled::Return(#result) => break #result,
                 #rt::Settled::Retry(#error) => {
@@ -354,6 +392,14 @@ pub fn expand(
         }
     };
 
+    // A `Streamed` the signature did not show (a type alias) is an error at the return type.
+    let not_a_stream = {
+        let probe = respan(
+            quote!((&&#rt::stream_probe(&#result)).not_a_stream()),
+            ret_span,
+        );
+        quote!(#probe;)
+    };
     let key = syn::Ident::new("__resilient_key", Span::mixed_site());
     let key_stmt = cache_key.map(|k| quote!(let #key: u64 = #k;));
     let again = syn::Lifetime::new("'__resilient_again", Span::mixed_site());
@@ -363,9 +409,16 @@ pub fn expand(
         .iter()
         .any(|f| matches!(f, Fallback::Queue(_)));
 
-    let body = if policy.fallback.is_empty() {
+    let body = if streaming {
+        // The call goes with the stream: its report is delivered when the stream ends.
         quote! {
             let #result = #attempts;
+            #call.done_stream(#result)
+        }
+    } else if policy.fallback.is_empty() {
+        quote! {
+            let #result = #attempts;
+            #not_a_stream
             #call.done(#result)
         }
     } else {
@@ -408,6 +461,7 @@ pub fn expand(
         });
         let run = quote! {
             let mut #result = #attempts;
+            #not_a_stream
             #store
             if #call.falls_back(&#result) {
                 #chain_label: {
@@ -427,7 +481,7 @@ pub fn expand(
         #use_retry_on
         use #krate::__private as #rt;
         #[allow(unused_imports)]
-        use #rt::{ProbeAny as _, ProbeMetered as _};
+        use #rt::{ProbeAny as _, ProbeMetered as _, ProbeNotStreamed as _, ProbeStreamed as _};
         #key_stmt
         let #spend_of = #spend_fn;
         let mut #call = {

@@ -60,14 +60,16 @@ pub fn resilient(args: TokenStream, item: TokenStream) -> TokenStream {
         .as_ref()
         .and_then(|policy| expand::cache_key(policy, &keys, &mut errors));
     expand::check_fn(&item, &mut errors);
+    let streaming = expand::returns_stream(&item);
     if let Some(policy) = &policy {
         expand::check_fallback_args(&item, policy, &mut errors);
+        policy.check_streaming(streaming, &mut errors);
     }
 
     let used = expand::use_retry_on(retry_on_path.as_ref());
     match (errors.finish(), policy) {
         (Ok(()), Some(policy)) => {
-            expand::expand(item, &policy, retry_on.as_ref(), used, cache_key).into()
+            expand::expand(item, &policy, retry_on.as_ref(), used, cache_key, streaming).into()
         }
         (Err(e), _) => with_error(item, e, used),
         (Ok(()), None) => item.into_token_stream().into(),

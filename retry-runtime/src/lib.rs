@@ -84,6 +84,7 @@ pub use rejected::{CanReject, Rejected};
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
 pub use budget::{pool, workflow, Pool, Workflow};
+pub use executor::Streamed;
 pub use regime::Regime;
 pub use spend::{bill_on_cut, Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};
 
@@ -92,7 +93,7 @@ pub use config::{configure, BreakerConfig, Config, ConfigError, PoolConfig};
 
 // What happened: reports and fallbacks.
 pub use fallback::{FallbackKind, FallbackReport};
-pub use report::{observe, observe_all, AttemptReport, CallReport, StopReason};
+pub use report::{observe, observe_all, AttemptReport, CallReport, StopReason, StreamReport};
 
 // Driving a policy by hand, without the attribute.
 pub use executor::{decide, retry, CallSite, Decision, Failure};
@@ -240,6 +241,53 @@ pub mod __private {
     pub fn no_spend<R>(_: &R) -> Spend {
         Spend::ZERO
     }
+
+    /// Autoref specialization again: `(&&stream_probe(&result)).not_a_stream()` compiles for
+    /// every success type but a `Streamed` one, which the macro only recognises when the
+    /// signature says `Streamed<…>` (a type alias hides it, and the call would not be a
+    /// streaming one: no first chunk awaited, no stream tracked). Emitted for calls the macro
+    /// did not read as streaming.
+    pub struct StreamProbe<R>(PhantomData<R>);
+
+    /// A probe for `result`'s type.
+    pub fn stream_probe<R>(_: &R) -> StreamProbe<R> {
+        StreamProbe(PhantomData)
+    }
+
+    /// Implemented for nothing: its message is the error.
+    #[diagnostic::on_unimplemented(
+        message = "this #[resilient] fn returns a `Streamed` stream under another name: write `Result<Streamed<S>, E>` in its signature",
+        label = "a `Streamed` behind a type alias",
+        note = "the macro reads the signature to make a call a streaming one (retried until its first chunk, then followed to its end); an alias hides the `Streamed`"
+    )]
+    pub trait StreamHiddenByAlias {}
+
+    /// The `Streamed` arm of [`StreamProbe`]: selected, then refused by its bound.
+    pub trait ProbeStreamed {
+        /// Refused.
+        fn not_a_stream(self)
+        where
+            Self: Sized + StreamHiddenByAlias,
+        {
+        }
+    }
+
+    impl<S: futures_core::TryStream, E> ProbeStreamed
+        for &&StreamProbe<Result<crate::executor::Streamed<S>, E>>
+    {
+    }
+
+    /// The fallback arm of [`StreamProbe`]: anything else.
+    pub trait ProbeNotStreamed {
+        /// Nothing to check.
+        fn not_a_stream(self)
+        where
+            Self: Sized,
+        {
+        }
+    }
+
+    impl<R> ProbeNotStreamed for &StreamProbe<R> {}
 }
 
 // The README's examples are compiled and run as doctests, so the docs users copy from work.

@@ -146,6 +146,8 @@ pub struct Policy {
     pub(crate) pace: Option<&'static str>,
     pub(crate) stale_for: Duration,
     pub(crate) queue_wait: Duration,
+    pub(crate) first_token: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
 }
 
 /// The environment variable that turns retries off for the whole process
@@ -202,6 +204,8 @@ impl Policy {
             pace: None,
             stale_for: Duration::from_secs(3600),
             queue_wait: Duration::from_secs(60),
+            first_token: None,
+            idle: None,
         }
     }
 
@@ -304,6 +308,28 @@ impl Policy {
     /// Oldest cached answer that may be served.
     pub const fn stale_for(&self) -> Duration {
         self.stale_for
+    }
+
+    /// A streaming call: the longest an attempt may go without its first chunk.
+    pub const fn with_first_token(mut self, first_token: Duration) -> Self {
+        self.first_token = Some(first_token);
+        self
+    }
+
+    /// A streaming call: the longest gap between two chunks once the stream has begun.
+    pub const fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// A streaming call's `first_token`.
+    pub const fn first_token(&self) -> Option<Duration> {
+        self.first_token
+    }
+
+    /// A streaming call's `idle`.
+    pub const fn idle(&self) -> Option<Duration> {
+        self.idle
     }
 
     /// Longest wait in the breaker's queue.

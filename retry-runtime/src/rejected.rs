@@ -79,6 +79,18 @@ pub enum Rejected {
         /// The limit.
         limit: Budget,
     },
+    /// A streaming call's attempt produced no chunk within its `first_token`: cut, and
+    /// retried like any timeout.
+    FirstTokenTimedOut {
+        /// The policy's `first_token`.
+        first_token: Duration,
+    },
+    /// A streaming call's stream, once begun, went longer than its `idle` without a chunk:
+    /// the stream ends with this error (what was delivered is not sent again).
+    StreamIdle {
+        /// The policy's `idle`.
+        idle: Duration,
+    },
     /// The call's breaker believes its provider is overloaded, so it admits attempts only as
     /// fast as the provider answers them, and this call's turn would have come too late (past
     /// 5 s, or its deadline): refused now, before its wait.
@@ -132,6 +144,12 @@ impl fmt::Display for Rejected {
                 f,
                 "pool `{pool}` has no configured limit (see the ERROR event); refused rather than spent without one"
             ),
+            Rejected::FirstTokenTimedOut { first_token } => {
+                write!(f, "no first chunk within {first_token:?}")
+            }
+            Rejected::StreamIdle { idle } => {
+                write!(f, "the stream went {idle:?} without a chunk")
+            }
             Rejected::Shed { breaker } => write!(
                 f,
                 "breaker `{breaker}` sheds load: its provider is overloaded"
@@ -166,7 +184,9 @@ impl Classify for Rejected {
     fn class(&self) -> ErrorClass {
         match self {
             Rejected::AttemptTimedOut { .. } => ErrorClass::Timeout,
-            Rejected::DeadlineExceeded { .. } => ErrorClass::Timeout,
+            Rejected::DeadlineExceeded { .. }
+            | Rejected::FirstTokenTimedOut { .. }
+            | Rejected::StreamIdle { .. } => ErrorClass::Timeout,
             // The breaker just said no: an outer policy retrying at once would only be
             // refused again.
             Rejected::CircuitOpen { .. } => ErrorClass::Other,

@@ -39,7 +39,11 @@ pub struct Call<'p> {
     pub(super) gate: Gate<'p>,
     // Set when the first attempt was refused.
     pub(super) refused: Option<Refusal>,
-    spent: Spend,
+    pub(super) spent: Spend,
+    // A streaming call: when its first chunk came (the call is committed: nothing is retried
+    // after it), and, once the stream is over, what it did.
+    pub(super) committed: Option<Instant>,
+    pub(super) stream: Option<crate::report::StreamReport>,
     // The most an attempt of this call has cost so far: a floor for the next one's estimate
     // (the site's estimate learns from successes; this call's own billed failures say more).
     costliest: Spend,
@@ -47,7 +51,7 @@ pub struct Call<'p> {
     cut_bill: Spend,
     // The class of the failure being retried, for the report if the wait ends the call.
     last_class: Option<ErrorClass>,
-    started: Instant,
+    pub(super) started: Instant,
     pub(super) attempt_started: Instant,
     pub(super) attempts: u32,
     pub(super) delay_before: Duration,
@@ -103,6 +107,8 @@ impl<'p> Call<'p> {
             ),
             refused: None,
             spent: Spend::ZERO,
+            committed: None,
+            stream: None,
             costliest: Spend::ZERO,
             cut_bill: Spend::ZERO,
             last_class: None,
@@ -255,6 +261,12 @@ impl<'p> Call<'p> {
         }
         let spend = spend_of(&outcome);
         let error = match outcome.into_result() {
+            Ok(value) if self.committed.is_some() => {
+                // A stream's first chunk: the attempt goes on until the stream ends (see
+                // `stream.rs`); only its report entry is written now.
+                self.record(None, None, Spend::ZERO);
+                return Settled::Return(R::from_result(Ok(value)));
+            }
             Ok(value) => {
                 self.site.estimate.observe(spend);
                 self.spent += spend;
@@ -421,6 +433,28 @@ impl<'p> Call<'p> {
         result
     }
 
+    /// A committed stream ended (`failure`: how it failed; `None` for its end or its drop):
+    /// the attempt's result, what it spent, why the call stopped, and its report.
+    pub(super) fn end_stream(
+        &mut self,
+        failure: Option<ErrorClass>,
+        spend: Spend,
+        attempt_started: Instant,
+        stop: StopReason,
+        stream: crate::report::StreamReport,
+    ) {
+        self.spent += spend;
+        match failure {
+            None => self.site.estimate.observe(spend),
+            Some(_) => self.site.estimate.observe_billed(spend),
+        }
+        self.gate
+            .record(failure, spend, None, self.attempts == 1, attempt_started);
+        self.stream = Some(stream);
+        self.finish(stop, failure);
+        self.deliver();
+    }
+
     fn deliver(&mut self) {
         self.line_guard = None;
         self.place = None;
@@ -438,6 +472,7 @@ impl<'p> Call<'p> {
                     fallback: self.fallback.take(),
                     paced_refused: self.gate.paced_refused,
                     regime: self.gate.regime(),
+                    stream: self.stream,
                 },
             );
         }

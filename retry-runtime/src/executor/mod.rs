@@ -44,6 +44,9 @@ mod call;
 mod decide;
 mod fallbacks;
 mod gate;
+mod stream;
+
+pub use stream::Streamed;
 
 pub use call::Call;
 pub use decide::{decide, Decision, Failure};

@@ -128,6 +128,15 @@ pub enum StopReason {
         /// The pool's name.
         pool: &'static str,
     },
+    /// A streaming call's stream ended with an error after `chunks` chunks had been
+    /// delivered (a cut connection, an error event, its `idle` or the deadline): the call was
+    /// committed at its first chunk, so nothing was retried or sent twice.
+    StreamCut {
+        /// Chunks the caller received.
+        chunks: u64,
+        /// How the stream failed.
+        class: ErrorClass,
+    },
     /// The pacer's line was longer than its `max_wait`: refused at once (the first attempt,
     /// or a retry) rather than after the wait.
     PacerLineFull {
@@ -165,6 +174,7 @@ impl StopReason {
         "pool_unconfigured",
         "shed",
         "pacer_line_full",
+        "stream_cut",
     ];
 
     /// A short, stable name for logs and metrics.
@@ -186,6 +196,7 @@ impl StopReason {
             StopReason::PoolUnconfigured { .. } => "pool_unconfigured",
             StopReason::Shed { .. } => "shed",
             StopReason::PacerLineFull { .. } => "pacer_line_full",
+            StopReason::StreamCut { .. } => "stream_cut",
         }
     }
 
@@ -216,6 +227,9 @@ impl StopReason {
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StopReason::StreamCut { chunks, class } => {
+                write!(f, "stream_cut (after {chunks} chunk(s): {class})")
+            }
             StopReason::RetryAfterTooLong { requested, max } => write!(
                 f,
                 "retry_after_too_long (server asked {requested:?}, policy allows {max:?})"
@@ -303,6 +317,19 @@ pub struct CallReport {
     // no attempt holds it).
     pub(crate) paced_refused: Duration,
     pub(crate) regime: Option<Regime>,
+    pub(crate) stream: Option<StreamReport>,
+}
+
+/// What a streaming call's stream did, once it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct StreamReport {
+    /// From the call's start to its first chunk (retries and waits included).
+    pub first_chunk: Duration,
+    /// Chunks the caller received.
+    pub chunks: u64,
+    /// From the first chunk to the stream's end (or its cut, or its drop).
+    pub streamed: Duration,
 }
 
 impl CallReport {
@@ -334,6 +361,12 @@ impl CallReport {
     /// Breaker state changes this call caused, in order.
     pub fn transitions(&self) -> &[Transition] {
         &self.transitions
+    }
+
+    /// A streaming call's stream: time to the first chunk, chunks, how long it streamed
+    /// (`None` for a call that is not streamed, or whose stream never began).
+    pub fn stream(&self) -> Option<&StreamReport> {
+        self.stream.as_ref()
     }
 
     /// What the call's breaker believed its provider was going through when the call ended
@@ -393,6 +426,13 @@ impl fmt::Display for CallReport {
         )?;
         if !self.spent.is_zero() {
             write!(f, ", spent {}", self.spent)?;
+        }
+        if let Some(s) = &self.stream {
+            write!(
+                f,
+                ", first chunk after {:?}, {} chunk(s) in {:?}",
+                s.first_chunk, s.chunks, s.streamed
+            )?;
         }
         writeln!(f)?;
         for a in &self.attempts {
@@ -688,6 +728,7 @@ mod tests {
                 StopReason::PoolUnconfigured { .. } => 13,
                 StopReason::Shed { .. } => 14,
                 StopReason::PacerLineFull { .. } => 15,
+                StopReason::StreamCut { .. } => 16,
             }
         }
         let d = Duration::ZERO;
@@ -717,6 +758,10 @@ mod tests {
                 regime: Regime::Overload,
             },
             StopReason::PacerLineFull { max_wait: d },
+            StopReason::StreamCut {
+                chunks: 3,
+                class: ErrorClass::Transport,
+            },
         ];
         assert_eq!(StopReason::NAMES.len(), every.len());
         for (i, stop) in every.iter().enumerate() {

@@ -1,0 +1,382 @@
+//! Streaming calls: retry until the first chunk, never after.
+//!
+//! A `#[resilient]` function that returns `Result<Streamed<S>, E>` is a streaming call. Each
+//! attempt runs the body (which opens the stream) and then waits for the stream's first chunk,
+//! bounded by `first_token` (and the attempt's `timeout`, the call's `deadline`). Until that
+//! chunk every rule applies as to any call: an error item, or no chunk in time, is the
+//! attempt's failure, classified and retried. The first chunk **commits** the call: the caller
+//! gets a stream that yields that chunk and the rest, and nothing after it is retried, so no
+//! output is ever sent twice. What the attempt holds (the breaker's admission, a pacer permit,
+//! pool and workflow reservations) is held until the stream ends, and its end is the attempt's
+//! result: an error item or an `idle` gap (or the deadline) ends the stream with that error,
+//! one failure for the breaker when its class says so, [`StopReason::StreamCut`] in the
+//! report; the end of the stream is a success; a stream dropped before its end is
+//! `Cancelled`. The spend of each chunk (see [`Streamed::with_spend`]) and of the failing
+//! item settles the ledgers then, and the report (with its [`StreamReport`]) is delivered.
+//!
+//! [`StopReason::StreamCut`]: crate::StopReason::StreamCut
+//! [`StreamReport`]: crate::StreamReport
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::{Stream, TryStream};
+use tokio::time::{Instant, Sleep};
+
+use super::call::{Call, Cut};
+
+/// Which limit bounds the wait for a first chunk.
+#[derive(Clone, Copy)]
+enum Bound {
+    FirstToken,
+    Timeout,
+    Deadline,
+}
+use crate::classify::{Classify, ErrorClass};
+use crate::rejected::Rejected;
+use crate::report::{StopReason, StreamReport};
+use crate::spend::Spend;
+
+/// A stream of chunks under a streaming `#[resilient]` call: return `Result<Streamed<S>, E>`
+/// from the function, with `Ok(Streamed::new(stream))` in its body. `S` yields
+/// `Result<Chunk, E>` (the function's own error type, so that a failing item is classified
+/// like any error) and must be `Unpin` (`Box::pin` it if it is not).
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_runtime::{resilient, Classify, ErrorClass, Rejected, Streamed};
+///
+/// #[derive(Debug)]
+/// enum LlmError { Cut, Runtime(Rejected) }
+/// impl From<Rejected> for LlmError { fn from(r: Rejected) -> Self { LlmError::Runtime(r) } }
+/// impl Classify for LlmError {
+///     fn class(&self) -> ErrorClass {
+///         match self { LlmError::Cut => ErrorClass::Transport, LlmError::Runtime(r) => r.class() }
+///     }
+/// }
+///
+/// type Chunks = std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<String, LlmError>> + Send>>;
+///
+/// #[resilient(max = 3, first_token = "10s", idle = "30s")]
+/// async fn chat(words: Vec<&'static str>) -> Result<Streamed<Chunks>, LlmError> {
+///     let chunks = words.into_iter().map(|w| Ok::<_, LlmError>(w.to_string()));
+///     Ok(Streamed::new(Box::pin(tokio_stream_like(chunks)) as Chunks))
+/// }
+/// # fn tokio_stream_like<I: Iterator + Unpin>(i: I) -> impl futures_core::Stream<Item = I::Item> + Unpin {
+/// #     struct It<I>(I);
+/// #     impl<I: Iterator + Unpin> futures_core::Stream for It<I> {
+/// #         type Item = I::Item;
+/// #         fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<I::Item>> {
+/// #             std::task::Poll::Ready(self.0.next())
+/// #         }
+/// #     }
+/// #     It(i)
+/// # }
+/// ```
+pub struct Streamed<S: TryStream> {
+    inner: S,
+    // The first chunk, held from the attempt that committed the call for the caller.
+    first: Option<Result<S::Ok, S::Error>>,
+    spend_of: fn(&S::Ok) -> Spend,
+    ended: bool,
+    // The stream ended before a first chunk: nothing to poll again.
+    empty: bool,
+    // Once committed under a call: what the call still has to do when the stream ends.
+    tail: Option<Box<Tail>>,
+}
+
+// No field is pinned structurally: `inner` is `Unpin` (required where it is polled), and the
+// held chunk is moved out by value.
+impl<S: TryStream> Unpin for Streamed<S> {}
+
+impl<S: TryStream> std::fmt::Debug for Streamed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("chunks", &self.tail.as_ref().map_or(0, |t| t.chunks))
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Tail {
+    call: Call<'static>,
+    chunks: u64,
+    spend: Spend,
+    first_at: Instant,
+    // Time from the attempt's start to its first chunk: the attempt's latency, for the
+    // breaker's regime (a long answer is not a slow provider).
+    to_first: Duration,
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
+    // The next of: the idle gap's end, the call's deadline. One allocation per stream.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+fn no_spend<T>(_: &T) -> Spend {
+    Spend::ZERO
+}
+
+impl<S: TryStream> Streamed<S> {
+    /// The stream a streaming call's body opened.
+    pub fn new(stream: S) -> Self {
+        Self {
+            inner: stream,
+            first: None,
+            spend_of: no_spend::<S::Ok>,
+            ended: false,
+            empty: false,
+            tail: None,
+        }
+    }
+
+    /// What each chunk cost, summed into the call's spend when the stream ends (and settled
+    /// in its pool and workflow): for a provider that sends usage in a final chunk, that
+    /// chunk's cost, zero for the others.
+    pub fn with_spend(mut self, spend_of: fn(&S::Ok) -> Spend) -> Self {
+        self.spend_of = spend_of;
+        self
+    }
+
+    /// Chunks yielded to the caller so far.
+    pub fn chunks(&self) -> u64 {
+        self.tail.as_ref().map_or(0, |t| t.chunks)
+    }
+}
+
+impl Tail {
+    fn note_chunk(&mut self, spend: Spend) {
+        self.chunks += 1;
+        self.spend += spend;
+        if let (Some(idle), Some(timer)) = (self.idle, self.timer.as_mut()) {
+            let next = Instant::now() + idle;
+            let at = self.deadline.map_or(next, |d| d.min(next));
+            timer.as_mut().reset(at);
+        }
+    }
+
+    /// The stream is over: record it as the attempt's result and deliver the report.
+    fn end(&mut self, failure: Option<ErrorClass>, stop: StopReason) {
+        let call = &mut self.call;
+        // The attempt's latency is its time to the first chunk.
+        let started = Instant::now()
+            .checked_sub(self.to_first)
+            .unwrap_or_else(Instant::now);
+        call.end_stream(
+            failure,
+            self.spend,
+            started,
+            stop,
+            StreamReport {
+                first_chunk: self.first_at.saturating_duration_since(call.started),
+                chunks: self.chunks,
+                streamed: self.first_at.elapsed(),
+            },
+        );
+    }
+}
+
+impl<S, T, E> Stream for Streamed<S>
+where
+    S: TryStream<Ok = T, Error = E> + Stream<Item = Result<T, E>> + Unpin,
+    E: Classify + From<Rejected>,
+{
+    type Item = Result<T, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            if let (Some(tail), Ok(chunk)) = (this.tail.as_mut(), &first) {
+                tail.note_chunk((this.spend_of)(chunk));
+            }
+            return Poll::Ready(Some(first));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.empty {
+            this.ended = true;
+            if let Some(mut tail) = this.tail.take() {
+                tail.end(None, StopReason::Success);
+            }
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(tail) = this.tail.as_mut() {
+                    tail.note_chunk((this.spend_of)(&chunk));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.ended = true;
+                if let Some(mut tail) = this.tail.take() {
+                    let class = error.class();
+                    tail.spend += error.spend();
+                    let chunks = tail.chunks;
+                    tail.end(Some(class), StopReason::StreamCut { chunks, class });
+                }
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(mut tail) = this.tail.take() {
+                    tail.end(None, StopReason::Success);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some(tail) = this.tail.as_mut() else {
+                    return Poll::Pending;
+                };
+                let Some(timer) = tail.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The idle gap or the deadline: which came first says which error.
+                let now = Instant::now();
+                let error = match (tail.deadline, tail.idle) {
+                    (Some(deadline), _) if now >= deadline => Rejected::DeadlineExceeded {
+                        deadline: tail.call.policy.deadline().unwrap_or_default(),
+                    },
+                    (_, Some(idle)) => Rejected::StreamIdle { idle },
+                    (_, None) => Rejected::DeadlineExceeded {
+                        deadline: tail.call.policy.deadline().unwrap_or_default(),
+                    },
+                };
+                this.ended = true;
+                let mut tail = this.tail.take().expect("checked above");
+                let chunks = tail.chunks;
+                tail.end(
+                    Some(ErrorClass::Timeout),
+                    StopReason::StreamCut {
+                        chunks,
+                        class: ErrorClass::Timeout,
+                    },
+                );
+                Poll::Ready(Some(Err(E::from(error))))
+            }
+        }
+    }
+}
+
+/// A stream's cost is not known when the function returns: it is summed from its chunks
+/// ([`Streamed::with_spend`]) and settled when the stream ends. So a streaming call may name a
+/// `budget` or `pool` (which reserve its `max_cost`, or the site's costliest stream so far).
+impl<S: TryStream> crate::spend::Metered for Streamed<S> {
+    fn spend(&self) -> Spend {
+        Spend::ZERO
+    }
+}
+
+impl<S: TryStream> Drop for Streamed<S> {
+    fn drop(&mut self) {
+        // Dropped before its end: the caller stopped reading. Not a failure; what it used is
+        // settled, and the report says so.
+        if let Some(mut tail) = self.tail.take() {
+            tail.end(None, StopReason::Cancelled);
+        }
+    }
+}
+
+impl Call<'static> {
+    /// A streaming attempt's outcome: wait for the stream's first chunk, within the attempt's
+    /// `first_token` (and `timeout`, and the call's `deadline`). The first chunk commits the
+    /// call; an error item, or no chunk in time, is the attempt's failure.
+    pub async fn first_chunk<S, T, E>(
+        &mut self,
+        outcome: Result<Streamed<S>, E>,
+    ) -> Result<Streamed<S>, E>
+    where
+        S: TryStream<Ok = T, Error = E> + Stream<Item = Result<T, E>> + Unpin,
+        E: From<Rejected>,
+    {
+        let mut streamed = outcome?;
+        let policy = self.policy;
+        let bounds = [
+            policy
+                .first_token()
+                .map(|t| (self.attempt_started + t, Bound::FirstToken)),
+            policy
+                .timeout()
+                .map(|t| (self.attempt_started + t, Bound::Timeout)),
+            policy
+                .deadline()
+                .map(|d| (self.started + d, Bound::Deadline)),
+        ];
+        let bound = bounds.into_iter().flatten().min_by_key(|(at, _)| *at);
+        let next = std::future::poll_fn(|cx| Pin::new(&mut streamed.inner).poll_next(cx));
+        let first = match bound {
+            None => next.await,
+            Some((at, cut)) => match tokio::time::timeout_at(at, next).await {
+                Ok(first) => first,
+                Err(_) => {
+                    self.cut = Some(match cut {
+                        Bound::Deadline => Cut::Deadline,
+                        Bound::FirstToken | Bound::Timeout => Cut::Timeout,
+                    });
+                    return Err(E::from(match cut {
+                        Bound::FirstToken => Rejected::FirstTokenTimedOut {
+                            first_token: policy.first_token().unwrap_or_default(),
+                        },
+                        Bound::Timeout => Rejected::AttemptTimedOut {
+                            timeout: policy.timeout().unwrap_or_default(),
+                        },
+                        Bound::Deadline => Rejected::DeadlineExceeded {
+                            deadline: policy.deadline().unwrap_or_default(),
+                        },
+                    }));
+                }
+            },
+        };
+        match first {
+            Some(Err(error)) => Err(error),
+            Some(Ok(chunk)) => {
+                streamed.first = Some(Ok(chunk));
+                self.committed = Some(Instant::now());
+                Ok(streamed)
+            }
+            // An empty stream: committed, and over at once when read.
+            None => {
+                streamed.empty = true;
+                self.committed = Some(Instant::now());
+                Ok(streamed)
+            }
+        }
+    }
+
+    /// The call is over for the function: a committed stream takes the call with it (its
+    /// report is delivered when the stream ends); anything else is [`Call::done`].
+    pub fn done_stream<S: TryStream, E>(
+        mut self,
+        result: Result<Streamed<S>, E>,
+    ) -> Result<Streamed<S>, E> {
+        match (result, self.committed) {
+            (Ok(mut streamed), Some(first_at)) => {
+                let policy = self.policy;
+                let deadline = policy.deadline().map(|d| self.started + d);
+                let idle = policy.idle();
+                let first_timer = match (idle.map(|i| Instant::now() + i), deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let to_first = first_at.saturating_duration_since(self.attempt_started);
+                streamed.tail = Some(Box::new(Tail {
+                    call: self,
+                    chunks: 0,
+                    spend: Spend::ZERO,
+                    first_at,
+                    to_first,
+                    idle,
+                    deadline,
+                    timer: first_timer.map(|at| Box::pin(tokio::time::sleep_until(at))),
+                }));
+                Ok(streamed)
+            }
+            (result, _) => self.done(result),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Streaming calls in-process: retried until the first chunk, committed after it. Each test's
+//! provider is a script of attempts; an attempt is an error before any stream, or a stream of
+//! timed items. The caller's text is assembled from what the stream yields, so a chunk sent
+//! twice would show.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::ApiError;
+use futures::StreamExt;
+use retry_runtime::{
+    breaker, configure, observe, pool, resilient, retry_on, BreakerConfig, BreakerState, Budget,
+    CallReport, Config, ErrorClass, PoolConfig, Rejected, Spend, StopReason, Streamed,
+};
+use tokio::time::{Instant, Sleep};
+
+const S: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+/// One item of a scripted stream: after `delay`, a chunk or an error.
+type Item = (Duration, Result<String, ApiError>);
+
+/// A stream that yields its items each after its delay (on tokio's clock).
+struct Scripted {
+    items: VecDeque<Item>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl futures::Stream for Scripted {
+    type Item = Result<String, ApiError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some((delay, _)) = self.items.front() else {
+            return Poll::Ready(None);
+        };
+        let delay = *delay;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.sleep = None;
+        Poll::Ready(self.items.pop_front().map(|(_, item)| item))
+    }
+}
+
+type Chunks = Scripted;
+
+/// An attempt: an error before the stream, or the stream's items.
+enum Attempt {
+    Fails(ApiError),
+    Streams(Vec<Item>),
+}
+
+struct Provider {
+    attempts: Mutex<VecDeque<Attempt>>,
+    calls: AtomicUsize,
+}
+
+impl Provider {
+    fn new(attempts: Vec<Attempt>) -> Self {
+        Provider {
+            attempts: Mutex::new(attempts.into()),
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    async fn open(&self) -> Result<Chunks, ApiError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(10 * MS).await;
+        match self.attempts.lock().unwrap().pop_front() {
+            Some(Attempt::Fails(e)) => Err(e),
+            Some(Attempt::Streams(items)) => Ok(Scripted {
+                items: items.into(),
+                sleep: None,
+            }),
+            None => Err(ApiError::status(500)),
+        }
+    }
+}
+
+fn chunk(text: &str) -> Item {
+    (100 * MS, Ok(text.to_string()))
+}
+
+/// Each chunk costs one micro-dollar per byte (what a usage chunk would say).
+fn chunk_cost(chunk: &String) -> Spend {
+    Spend::from_micros(chunk.len() as u64)
+}
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        configure(
+            Config::default()
+                .with_breaker(
+                    "stream-cut",
+                    BreakerConfig {
+                        failures: 1,
+                        ..BreakerConfig::default()
+                    },
+                )
+                .with_pool(
+                    "stream-pool",
+                    PoolConfig {
+                        limit: Budget::usd(1.0),
+                        window: 3600 * S,
+                    },
+                ),
+        )
+        .unwrap();
+    });
+}
+
+#[resilient(max = 3, base = "10ms", first_token = "5s", idle = "2s")]
+#[retry_on(429, 500..=599, timeout, transport)]
+async fn chat(p: &Provider) -> Result<Streamed<Chunks>, ApiError> {
+    Ok(Streamed::new(p.open().await?).with_spend(chunk_cost))
+}
+
+#[resilient(max = 3, base = "10ms", first_token = "5s", breaker = "stream-cut")]
+#[retry_on(500..=599, transport)]
+async fn chat_breaker(p: &Provider) -> Result<Streamed<Chunks>, ApiError> {
+    Ok(Streamed::new(p.open().await?).with_spend(chunk_cost))
+}
+
+#[resilient(max = 1, pool = "stream-pool", max_cost = "0.001usd")]
+async fn chat_pool(p: &Provider) -> Result<Streamed<Chunks>, ApiError> {
+    Ok(Streamed::new(p.open().await?).with_spend(chunk_cost))
+}
+
+/// Read the whole stream: the text, and the error that ended it, if one did.
+async fn read(stream: Streamed<Chunks>) -> (String, Option<ApiError>) {
+    let mut stream = stream;
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => text.push_str(&chunk),
+            Err(e) => return (text, Some(e)),
+        }
+    }
+    (text, None)
+}
+
+async fn call(
+    f: impl std::future::Future<Output = Result<Streamed<Chunks>, ApiError>>,
+) -> (Result<(String, Option<ApiError>), ApiError>, CallReport) {
+    observe(async {
+        match f.await {
+            Ok(stream) => Ok(read(stream).await),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_before_the_first_chunk_are_retried_and_the_answer_streams_once() {
+    setup();
+    let p = Provider::new(vec![
+        Attempt::Fails(ApiError::status(429)),
+        Attempt::Streams(vec![chunk("mock "), (400 * MS, Err(ApiError::status(503)))]),
+        Attempt::Fails(ApiError::status(502)),
+    ]);
+    // The 429 is retried; the 503 comes after "mock ", when the call is committed.
+    let (out, report) = call(chat(&p)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!(text, "mock ");
+    assert_eq!(error, Some(ApiError::status(503)));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2, "nothing retried after the first chunk");
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 1,
+            class: ErrorClass::Status(503)
+        }),
+        "{report}"
+    );
+    assert_eq!(report.attempts().len(), 2);
+    assert_eq!(report.attempts()[0].class, Some(ErrorClass::Status(429)));
+
+    let p = Provider::new(vec![
+        Attempt::Fails(ApiError::status(500)),
+        Attempt::Streams(vec![(S, Err(ApiError::status(503)))]),
+        Attempt::Streams(vec![chunk("one "), chunk("two "), chunk("three")]),
+    ]);
+    let (out, report) = call(chat(&p)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!((text.as_str(), error), ("one two three", None));
+    assert_eq!(report.stop(), Some(&StopReason::Success));
+    assert_eq!(report.attempts().len(), 3, "two failures before any chunk, retried");
+    let stream = report.stream().expect("a stream report");
+    assert_eq!(stream.chunks, 3);
+    assert_eq!(report.spent(), Spend::from_micros(13), "each chunk's cost, summed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_first_chunk_is_cut_at_first_token_and_retried() {
+    setup();
+    let p = Provider::new(vec![
+        Attempt::Streams(vec![(60 * S, Ok("too late".into()))]),
+        Attempt::Streams(vec![chunk("fresh")]),
+    ]);
+    let start = Instant::now();
+    let (out, report) = call(chat(&p)).await;
+    assert_eq!(out.unwrap().0, "fresh");
+    assert_eq!(report.attempts()[0].class, Some(ErrorClass::Timeout));
+    assert!(start.elapsed() < 6 * S, "cut at 5 s, not after 60: {report}");
+    let first = report.stream().unwrap().first_chunk;
+    assert!(first >= 5 * S && first < 6 * S, "{first:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_after_three_chunks_ends_the_stream_counts_one_failure_and_repeats_nothing() {
+    setup();
+    let p = Provider::new(vec![
+        Attempt::Streams(vec![
+            chunk("a"),
+            chunk("b"),
+            chunk("c"),
+            (100 * MS, Err(ApiError::Network)),
+        ]),
+        Attempt::Streams(vec![chunk("never")]),
+    ]);
+    assert_eq!(breaker("stream-cut").state(), BreakerState::Closed);
+    let (out, report) = call(chat_breaker(&p)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!(text, "abc", "each chunk exactly once");
+    assert_eq!(error, Some(ApiError::Network));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 3,
+            class: ErrorClass::Transport
+        })
+    );
+    assert_eq!(report.spent(), Spend::from_micros(3), "the chunks it got");
+    // `failures = 1`: the cut was the breaker's one outage failure.
+    assert_eq!(breaker("stream-cut").state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_gap_ends_the_stream() {
+    setup();
+    let p = Provider::new(vec![Attempt::Streams(vec![
+        chunk("a"),
+        chunk("b"),
+        (10 * S, Ok("late".into())),
+    ])]);
+    let start = Instant::now();
+    let (out, report) = call(chat(&p)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!(text, "ab");
+    assert_eq!(
+        error,
+        Some(ApiError::Runtime(Rejected::StreamIdle { idle: 2 * S }))
+    );
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 2,
+            class: ErrorClass::Timeout
+        })
+    );
+    assert!(start.elapsed() < 3 * S, "{:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_stream_is_cancelled_and_settles_what_it_used() {
+    setup();
+    let p = Provider::new(vec![Attempt::Streams(vec![
+        chunk("12345"),
+        chunk("678"),
+        chunk("never read"),
+    ])]);
+    let pool = pool("stream-pool");
+    let (_, report) = observe(async {
+        let mut stream = chat_pool(&p).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "12345");
+        assert_eq!(stream.next().await.unwrap().unwrap(), "678");
+        // While the stream runs, the attempt's reservation is held.
+        let now = retry_runtime::testing::clock_ms();
+        assert_eq!(pool.ledger().committed(now), 1_000, "max_cost reserved");
+        drop(stream);
+    })
+    .await;
+    assert_eq!(report.stop(), Some(&StopReason::Cancelled));
+    assert_eq!(report.stream().unwrap().chunks, 2);
+    let now = retry_runtime::testing::clock_ms();
+    assert_eq!(
+        pool.ledger().committed(now),
+        8,
+        "the reservation settled at what the two chunks cost"
+    );
+}
