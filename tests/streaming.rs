@@ -174,7 +174,11 @@ async fn errors_before_the_first_chunk_are_retried_and_the_answer_streams_once()
     let (text, error) = out.unwrap();
     assert_eq!(text, "mock ");
     assert_eq!(error, Some(ApiError::status(503)));
-    assert_eq!(p.calls.load(Ordering::SeqCst), 2, "nothing retried after the first chunk");
+    assert_eq!(
+        p.calls.load(Ordering::SeqCst),
+        2,
+        "nothing retried after the first chunk"
+    );
     assert_eq!(
         report.stop(),
         Some(&StopReason::StreamCut {
@@ -195,10 +199,18 @@ async fn errors_before_the_first_chunk_are_retried_and_the_answer_streams_once()
     let (text, error) = out.unwrap();
     assert_eq!((text.as_str(), error), ("one two three", None));
     assert_eq!(report.stop(), Some(&StopReason::Success));
-    assert_eq!(report.attempts().len(), 3, "two failures before any chunk, retried");
+    assert_eq!(
+        report.attempts().len(),
+        3,
+        "two failures before any chunk, retried"
+    );
     let stream = report.stream().expect("a stream report");
     assert_eq!(stream.chunks, 3);
-    assert_eq!(report.spent(), Spend::from_micros(13), "each chunk's cost, summed");
+    assert_eq!(
+        report.spent(),
+        Spend::from_micros(13),
+        "each chunk's cost, summed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -212,7 +224,10 @@ async fn a_silent_first_chunk_is_cut_at_first_token_and_retried() {
     let (out, report) = call(chat(&p)).await;
     assert_eq!(out.unwrap().0, "fresh");
     assert_eq!(report.attempts()[0].class, Some(ErrorClass::Timeout));
-    assert!(start.elapsed() < 6 * S, "cut at 5 s, not after 60: {report}");
+    assert!(
+        start.elapsed() < 6 * S,
+        "cut at 5 s, not after 60: {report}"
+    );
     let first = report.stream().unwrap().first_chunk;
     assert!(first >= 5 * S && first < 6 * S, "{first:?}");
 }

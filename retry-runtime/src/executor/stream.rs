@@ -80,6 +80,9 @@ pub struct Streamed<S: TryStream> {
     // The first chunk, held from the attempt that committed the call for the caller.
     first: Option<Result<S::Ok, S::Error>>,
     spend_of: fn(&S::Ok) -> Spend,
+    // What a stream that ends before saying what it cost is charged: the prompt, and each
+    // chunk received.
+    cut_bill: (Spend, Spend),
     ended: bool,
     // The stream ended before a first chunk: nothing to poll again.
     empty: bool,
@@ -125,6 +128,7 @@ impl<S: TryStream> Streamed<S> {
             inner: stream,
             first: None,
             spend_of: no_spend::<S::Ok>,
+            cut_bill: (Spend::ZERO, Spend::ZERO),
             ended: false,
             empty: false,
             tail: None,
@@ -139,6 +143,15 @@ impl<S: TryStream> Streamed<S> {
         self
     }
 
+    /// What the call is charged if its stream is cut (or dropped) before any chunk said what
+    /// it cost: `prompt` (the provider started on it) plus `per_chunk` for each chunk received.
+    /// With async-openai, [`stream_cut_bill`](crate::integrations::openai::stream_cut_bill)
+    /// gives both for a request.
+    pub fn bill_if_cut(mut self, prompt: Spend, per_chunk: Spend) -> Self {
+        self.cut_bill = (prompt, per_chunk);
+        self
+    }
+
     /// Chunks yielded to the caller so far.
     pub fn chunks(&self) -> u64 {
         self.tail.as_ref().map_or(0, |t| t.chunks)
@@ -146,6 +159,17 @@ impl<S: TryStream> Streamed<S> {
 }
 
 impl Tail {
+    /// A stream that ended early with nothing said about its cost: the cut bill.
+    fn bill_cut(&mut self, (prompt, per_chunk): (Spend, Spend)) {
+        if self.spend.is_zero() {
+            self.spend = prompt
+                + Spend::new(
+                    per_chunk.micros().saturating_mul(self.chunks),
+                    per_chunk.tokens().saturating_mul(self.chunks),
+                );
+        }
+    }
+
     fn note_chunk(&mut self, spend: Spend) {
         self.chunks += 1;
         self.spend += spend;
@@ -213,6 +237,7 @@ where
                 this.ended = true;
                 if let Some(mut tail) = this.tail.take() {
                     let class = error.class();
+                    tail.bill_cut(this.cut_bill);
                     tail.spend += error.spend();
                     let chunks = tail.chunks;
                     tail.end(Some(class), StopReason::StreamCut { chunks, class });
@@ -249,6 +274,7 @@ where
                 };
                 this.ended = true;
                 let mut tail = this.tail.take().expect("checked above");
+                tail.bill_cut(this.cut_bill);
                 let chunks = tail.chunks;
                 tail.end(
                     Some(ErrorClass::Timeout),
@@ -277,6 +303,7 @@ impl<S: TryStream> Drop for Streamed<S> {
         // Dropped before its end: the caller stopped reading. Not a failure; what it used is
         // settled, and the report says so.
         if let Some(mut tail) = self.tail.take() {
+            tail.bill_cut(self.cut_bill);
             tail.end(None, StopReason::Cancelled);
         }
     }

@@ -65,6 +65,7 @@ use async_openai::Client;
 
 use async_openai::types::chat::{
     CompletionUsage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+    CreateChatCompletionStreamResponse,
 };
 
 use crate::classify::{Classify, ErrorClass};
@@ -185,6 +186,13 @@ impl Classify for OpenAIError {
                 }
             }
             OpenAIError::InvalidArgument(_) => ErrorClass::Permanent,
+            // Mid-stream: the event stream broke (a cut connection, a truncated body).
+            OpenAIError::StreamError(e) => match &**e {
+                async_openai::error::StreamError::EventStream(_) => ErrorClass::Transport,
+                _ => ErrorClass::Other,
+            },
+            // Mid-stream: an event that is not a chunk, such as the provider's error object.
+            OpenAIError::JSONDeserialize(_, content) => stream_error_class(content),
             _ => ErrorClass::Other,
         }
     }
@@ -200,6 +208,56 @@ impl Classify for OpenAIError {
     fn rate_limits(&self) -> Option<crate::classify::ProviderLimits> {
         http_error(self).and_then(|e| e.rate_limits())
     }
+}
+
+/// The class of an error object sent inside a stream (async-openai hands it over as a chunk it
+/// could not read): OpenAI's `{"error": {"type", "code", "message"}}` or Anthropic's
+/// `{"type": "error", "error": {"type": "overloaded_error", …}}`. A server error counts as a 500,
+/// an overload as a 529, a rate limit as a 429; anything else that is not a chunk is `Other`.
+fn stream_error_class(content: &str) -> ErrorClass {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(content) else {
+        return ErrorClass::Other;
+    };
+    let Some(error) = json.get("error") else {
+        return ErrorClass::Other;
+    };
+    let text = |key: &str| error.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+    let (kind, code, message) = (text("type"), text("code"), text("message"));
+    let status = match kind {
+        "overloaded_error" => 529,
+        "rate_limit_error" | "rate_limit_exceeded" | "requests" | "tokens" => 429,
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        _ if code.contains("rate_limit") => 429,
+        _ => 500,
+    };
+    class_from_texts(status, &[code, kind, message])
+}
+
+/// What a streamed chunk cost: its `usage`, priced at its model's price (OpenAI sends it in a
+/// final chunk when the request asks for `stream_options: {"include_usage": true}`), zero for
+/// the chunks before it. For [`Streamed::with_spend`](crate::Streamed::with_spend).
+pub fn chunk_spend(chunk: &CreateChatCompletionStreamResponse) -> Spend {
+    match &chunk.usage {
+        Some(usage) => priced(&chunk.model, Usage::from(usage)),
+        None => Spend::ZERO,
+    }
+}
+
+/// What a streamed `request` is charged if its stream is cut before its usage chunk: the
+/// prompt's estimate ([`prompt_estimate`]) and one output token per chunk received, at its
+/// model's price. For [`Streamed::bill_if_cut`](crate::Streamed::bill_if_cut).
+pub fn stream_cut_bill(request: &CreateChatCompletionRequest) -> (Spend, Spend) {
+    (
+        prompt_estimate(request),
+        priced(
+            &request.model,
+            Usage {
+                input: 0,
+                output: 1,
+            },
+        ),
+    )
 }
 
 /// The [`HttpError`] inside an error from a [`single_attempt_client`], with the status, the

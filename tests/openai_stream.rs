@@ -1,0 +1,296 @@
+//! Streaming through async-openai's `create_stream` under `#[resilient]`, over real HTTP on
+//! loopback: the SSE server (`tests/sse_server`) plays OpenAI's chunk stream with faults, and
+//! counts requests, so a hidden retry would show. Paused clock throughout.
+
+mod sse_server;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, ChatCompletionResponseStream,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+};
+use async_openai::Client;
+use futures::StreamExt;
+use retry_runtime::integrations::openai::{chunk_spend, single_attempt_client, stream_cut_bill};
+use retry_runtime::pace::{pacer, PaceConfig};
+use retry_runtime::{
+    breaker, configure, observe, resilient, retry_on, BreakerConfig, BreakerState, CallReport,
+    Config, ErrorClass, Price, Spend, StopReason, Streamed,
+};
+use sse_server::{Event, Scripted, SseServer, MODEL};
+
+const S: Duration = Duration::from_secs(1);
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        configure(
+            Config::default()
+                .with_price(MODEL, Price::per_million(1.0, 2.0))
+                .with_breaker(
+                    "openai-stream-cut",
+                    BreakerConfig {
+                        failures: 1,
+                        ..BreakerConfig::default()
+                    },
+                )
+                .with_pacer(
+                    "openai-stream-tpm",
+                    PaceConfig {
+                        tpm: Some(6_000),
+                        burst: Duration::ZERO,
+                        adaptive: false,
+                        max_wait: None,
+                        ..PaceConfig::default()
+                    },
+                ),
+        )
+        .unwrap();
+    });
+}
+
+fn client(server: &SseServer) -> Client<OpenAIConfig> {
+    let config = OpenAIConfig::new()
+        .with_api_base(server.base_url())
+        .with_api_key("sk-test");
+    single_attempt_client(
+        config,
+        reqwest::Client::builder().no_proxy().build().unwrap(),
+    )
+}
+
+fn request(prompt: &str) -> CreateChatCompletionRequest {
+    CreateChatCompletionRequestArgs::default()
+        .model(MODEL)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content(prompt)
+            .build()
+            .unwrap()
+            .into()])
+        .stream_options(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            ..Default::default()
+        })
+        .build()
+        .unwrap()
+}
+
+#[resilient(max = 3, base = "10ms", first_token = "5s", idle = "5s")]
+#[retry_on(429, 500..=599, timeout, transport)]
+async fn stream(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    let (prompt, per_chunk) = stream_cut_bill(request);
+    let chunks = client.chat().create_stream(request.clone()).await?;
+    Ok(Streamed::new(chunks)
+        .with_spend(chunk_spend)
+        .bill_if_cut(prompt, per_chunk))
+}
+
+#[resilient(
+    max = 3,
+    base = "10ms",
+    first_token = "5s",
+    breaker = "openai-stream-cut"
+)]
+#[retry_on(429, 500..=599, timeout, transport)]
+async fn stream_breaker(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    let (prompt, per_chunk) = stream_cut_bill(request);
+    let chunks = client.chat().create_stream(request.clone()).await?;
+    Ok(Streamed::new(chunks)
+        .with_spend(chunk_spend)
+        .bill_if_cut(prompt, per_chunk))
+}
+
+#[resilient(max = 1, pace = "openai-stream-tpm")]
+async fn stream_paced(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    let chunks = client.chat().create_stream(request.clone()).await?;
+    Ok(Streamed::new(chunks).with_spend(chunk_spend))
+}
+
+/// The text the caller assembled, and the error that ended the stream, if any.
+async fn read(stream: Streamed<ChatCompletionResponseStream>) -> (String, Option<OpenAIError>) {
+    let mut stream = stream;
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => {
+                for choice in chunk.choices {
+                    text.push_str(choice.delta.content.as_deref().unwrap_or_default());
+                }
+            }
+            Err(e) => return (text, Some(e)),
+        }
+    }
+    (text, None)
+}
+
+async fn run(
+    f: impl std::future::Future<Output = Result<Streamed<ChatCompletionResponseStream>, OpenAIError>>,
+) -> (String, Option<OpenAIError>, CallReport) {
+    let (out, report) = observe(async {
+        match f.await {
+            Ok(s) => read(s).await,
+            Err(e) => (String::new(), Some(e)),
+        }
+    })
+    .await;
+    (out.0, out.1, report)
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_before_the_first_chunk_are_retried() {
+    setup();
+    let server = SseServer::start(vec![
+        Scripted::rate_limited(200),
+        Scripted::status(503, sse_server::openai_error("server_error", "", "busy")),
+        Scripted::words(&["Hello", " world"]),
+    ])
+    .await;
+    let (text, error, report) = run(stream(&client(&server), &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "Hello world");
+    assert_eq!(server.requests(), 3);
+    assert_eq!(report.stop(), Some(&StopReason::Success), "{report}");
+    let classes: Vec<_> = report.attempts().iter().map(|a| a.class).collect();
+    assert_eq!(
+        classes,
+        [
+            Some(ErrorClass::Status(429)),
+            Some(ErrorClass::Status(503)),
+            None
+        ]
+    );
+    // The usage chunk (3 prompt tokens, 2 completion tokens at $1 / $2 per million).
+    assert_eq!(report.spent(), Spend::new(7, 5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_first_chunk_is_cut_at_first_token_and_retried() {
+    setup();
+    let server = SseServer::start(vec![
+        Scripted::stream([Event::chunk("late").after(60 * S), Event::Done]),
+        Scripted::words(&["on", " time"]),
+    ])
+    .await;
+    let start = tokio::time::Instant::now();
+    let (text, error, report) = run(stream(&client(&server), &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "on time");
+    assert_eq!(server.requests(), 2);
+    assert_eq!(report.attempts()[0].class, Some(ErrorClass::Timeout));
+    assert!(start.elapsed() < 6 * S, "{:?}", start.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_after_three_chunks_is_one_failure_charged_and_never_repeated() {
+    setup();
+    let server = SseServer::start(vec![
+        Scripted::words_then_cut(&["one", " two", " three"]),
+        Scripted::words(&["never", " sent"]),
+    ])
+    .await;
+    assert_eq!(breaker("openai-stream-cut").state(), BreakerState::Closed);
+    let req = request("hi");
+    let (text, error, report) = run(stream_breaker(&client(&server), &req)).await;
+    assert_eq!(text, "one two three", "each chunk exactly once");
+    assert!(error.is_some());
+    assert_eq!(
+        server.requests(),
+        1,
+        "nothing retried after the first chunk"
+    );
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 3,
+            class: ErrorClass::Transport
+        }),
+        "{report}"
+    );
+    // The prompt's estimate and one output token a chunk.
+    let (prompt, per_chunk) = stream_cut_bill(&req);
+    let expected = prompt + per_chunk + per_chunk + per_chunk;
+    assert!(!expected.is_zero());
+    assert_eq!(report.spent(), expected);
+    assert_eq!(breaker("openai-stream-cut").state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_gap_and_an_error_event_end_the_stream() {
+    setup();
+    let server = SseServer::start(vec![
+        Scripted::stream([
+            Event::chunk("a"),
+            Event::chunk("b").after(30 * S),
+            Event::Done,
+        ]),
+        Scripted::stream([
+            Event::chunk("x"),
+            Event::error("server_error", "The server had an error"),
+            Event::chunk("y"),
+            Event::Done,
+        ]),
+    ])
+    .await;
+    let c = client(&server);
+    let (text, error, report) = run(stream(&c, &request("hi"))).await;
+    assert_eq!(text, "a");
+    assert!(error.is_some());
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 1,
+            class: ErrorClass::Timeout
+        }),
+        "{report}"
+    );
+    let (text, _, report) = run(stream(&c, &request("hi"))).await;
+    assert_eq!(text, "x");
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 1,
+            class: ErrorClass::Status(500)
+        }),
+        "{report}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_usage_chunk_settles_the_token_pacer() {
+    setup();
+    // 6000 tokens a minute = 100 a second, no burst. The usage chunk says 3 + 1000.
+    let server = SseServer::start(vec![Scripted::stream([
+        Event::chunk("long"),
+        Event::Finish,
+        Event::Usage {
+            prompt: 3,
+            completion: 1000,
+        },
+        Event::Done,
+    ])])
+    .await;
+    let c = client(&server);
+    let (_, error, report) = run(stream_paced(&c, &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(report.spent(), Spend::new(2_003, 1_003));
+    // The next call waits for the 1003 tokens the stream used (about 10 s at 100 a second),
+    // not for the zero it was expected to use.
+    let (_, error, report) = run(stream_paced(&c, &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    let waited = report.paced();
+    assert!(waited >= 9 * S, "paced {waited:?}: {report}");
+    let _ = pacer("openai-stream-tpm");
+}
