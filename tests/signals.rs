@@ -16,7 +16,7 @@ use retry_runtime::metric_names::{CALLS, FALLBACKS, REGIME_CHANGES};
 use retry_runtime::pace::PaceConfig;
 use retry_runtime::{
     configure, observe, resilient, BreakerConfig, Budget, CallReport, Config, FallbackKind,
-    PoolConfig, Regime, Spend, StopReason,
+    PoolConfig, Regime, Spend, StopReason, Streamed,
 };
 
 static RECORDER: std::sync::LazyLock<TestRecorder> =
@@ -204,6 +204,22 @@ async fn shed() -> Result<Reply, ApiError> {
     Err(status(503))
 }
 
+/// A stream of two chunks, then a cut connection.
+fn cut_stream() -> Streamed<futures::stream::Iter<std::vec::IntoIter<Result<String, ApiError>>>> {
+    Streamed::new(futures::stream::iter(vec![
+        Ok("a".to_string()),
+        Ok("b".to_string()),
+        Err(ApiError::Network),
+    ]))
+}
+
+#[resilient(max = 2, base = "1ms")]
+async fn stream_cut(
+) -> Result<Streamed<futures::stream::Iter<std::vec::IntoIter<Result<String, ApiError>>>>, ApiError>
+{
+    Ok(cut_stream())
+}
+
 // ---- fallbacks ----
 
 static DOWN: AtomicBool = AtomicBool::new(false);
@@ -382,6 +398,27 @@ async fn every_ending_and_every_fallback_has_a_report_an_event_and_a_metric() {
             &[("breaker", "sig-shed"), ("to", "overload")]
         ) >= 1
     );
+
+    // A streaming call cut after its second chunk: committed, so not retried.
+    let (text, report) = observe(async {
+        use futures::StreamExt;
+        let mut stream = stream_cut().await.unwrap();
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk);
+        }
+        text
+    })
+    .await;
+    assert_eq!(text, "ab");
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 2,
+            class: retry_runtime::ErrorClass::Transport
+        })
+    );
+    check("stream_cut", report, "stream_cut");
 
     let expected: BTreeSet<&str> = StopReason::NAMES.iter().copied().collect();
     assert_eq!(seen, expected, "every StopReason is produced and signalled");

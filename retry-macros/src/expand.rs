@@ -393,12 +393,16 @@ pub fn expand(
     };
 
     // A `Streamed` the signature did not show (a type alias) is an error at the return type.
-    let not_a_stream = {
-        let probe = respan(
-            quote!((&&#rt::stream_probe(&#result)).not_a_stream()),
-            ret_span,
-        );
-        quote!(#probe;)
+    // The declared type, not the result's (whose inference the probe must not steer).
+    let not_a_stream = match ret {
+        Some(ty) if !mentions_impl(ty) => {
+            let probe = respan(
+                quote!((&&#rt::StreamProbe::<#ty>::new()).not_a_stream()),
+                ret_span,
+            );
+            quote!(#probe;)
+        }
+        _ => quote!(),
     };
     let key = syn::Ident::new("__resilient_key", Span::mixed_site());
     let key_stmt = cache_key.map(|k| quote!(let #key: u64 = #k;));

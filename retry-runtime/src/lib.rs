@@ -242,16 +242,19 @@ pub mod __private {
         Spend::ZERO
     }
 
-    /// Autoref specialization again: `(&&stream_probe(&result)).not_a_stream()` compiles for
+    /// Autoref specialization again: `(&&StreamProbe::<R>::new()).not_a_stream()` compiles for
     /// every success type but a `Streamed` one, which the macro only recognises when the
     /// signature says `Streamed<…>` (a type alias hides it, and the call would not be a
     /// streaming one: no first chunk awaited, no stream tracked). Emitted for calls the macro
     /// did not read as streaming.
     pub struct StreamProbe<R>(PhantomData<R>);
 
-    /// A probe for `result`'s type.
-    pub fn stream_probe<R>(_: &R) -> StreamProbe<R> {
-        StreamProbe(PhantomData)
+    impl<R> StreamProbe<R> {
+        /// A probe for `R`.
+        #[allow(clippy::new_without_default)]
+        pub fn new() -> Self {
+            StreamProbe(PhantomData)
+        }
     }
 
     /// Implemented for nothing: its message is the error.
