@@ -254,3 +254,37 @@ fn only_the_observed_call_allocates() {
     assert_eq!(observed, 1, "observed call");
     assert_eq!(allocations_of_second_call(|| default_policy(7)), 0);
 }
+
+type Chunks = futures::stream::Iter<std::vec::IntoIter<Result<u64, ApiError>>>;
+
+#[resilient(max = 3, first_token = "10s", idle = "30s")]
+#[retry_on(500..=599)]
+async fn streamed(
+    chunks: Vec<Result<u64, ApiError>>,
+) -> Result<retry_runtime::Streamed<Chunks>, ApiError> {
+    Ok(retry_runtime::Streamed::new(futures::stream::iter(chunks)))
+}
+
+#[test]
+fn passing_a_chunk_through_a_stream_allocates_nothing() {
+    use futures::StreamExt;
+    let rt = runtime();
+    rt.block_on(async {
+        let chunks: Vec<Result<u64, ApiError>> = (0..1_000).map(Ok).collect();
+        // Opening and committing the call allocates (the stream's tail, its idle timer);
+        // passing each chunk through, with the idle timer reset every time, does not.
+        let mut stream = streamed(chunks).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), 0);
+        let (sum, allocations) = count_allocations(async {
+            let mut sum = 0;
+            for _ in 1..1_000 {
+                sum += stream.next().await.unwrap().unwrap();
+            }
+            sum
+        })
+        .await;
+        assert_eq!(sum, (1..1_000).sum::<u64>());
+        assert_eq!(allocations, 0, "allocations while passing 999 chunks");
+        assert!(stream.next().await.is_none());
+    });
+}

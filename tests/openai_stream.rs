@@ -38,6 +38,13 @@ fn setup() {
                         ..BreakerConfig::default()
                     },
                 )
+                .with_pool(
+                    "openai-stream-pool",
+                    retry_runtime::PoolConfig {
+                        limit: retry_runtime::Budget::usd(1.0),
+                        window: Duration::from_secs(3600),
+                    },
+                )
                 .with_pacer(
                     "openai-stream-tpm",
                     PaceConfig {
@@ -293,4 +300,49 @@ async fn the_usage_chunk_settles_the_token_pacer() {
     let waited = report.paced();
     assert!(waited >= 9 * S, "paced {waited:?}: {report}");
     let _ = pacer("openai-stream-tpm");
+}
+
+#[resilient(max = 1, pool = "openai-stream-pool", max_cost = "0.01usd")]
+async fn stream_pooled(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    let (prompt, per_chunk) = stream_cut_bill(request);
+    let chunks = client.chat().create_stream(request.clone()).await?;
+    Ok(Streamed::new(chunks)
+        .with_spend(chunk_spend)
+        .bill_if_cut(prompt, per_chunk))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_stream_is_cancelled_and_the_pool_keeps_only_what_it_used() {
+    setup();
+    let server = SseServer::start(vec![Scripted::words(&["a", " b", " c", " d"])]).await;
+    let c = client(&server);
+    let req = request("hi");
+    let pool = retry_runtime::pool("openai-stream-pool");
+    let (_, report) = observe(async {
+        let mut stream = stream_pooled(&c, &req).await.unwrap();
+        assert!(stream.next().await.unwrap().is_ok());
+        assert!(stream.next().await.unwrap().is_ok());
+        let now = retry_runtime::testing::clock_ms();
+        assert_eq!(
+            pool.ledger().committed(now),
+            10_000,
+            "max_cost held while it streams"
+        );
+        drop(stream);
+    })
+    .await;
+    assert_eq!(report.stop(), Some(&StopReason::Cancelled), "{report}");
+    assert_eq!(report.stream().unwrap().chunks, 2);
+    let (prompt, per_chunk) = stream_cut_bill(&req);
+    let used = prompt + per_chunk + per_chunk;
+    assert_eq!(report.spent(), used);
+    let now = retry_runtime::testing::clock_ms();
+    assert_eq!(
+        pool.ledger().committed(now),
+        used.micros(),
+        "the reservation settled at what was used"
+    );
 }
