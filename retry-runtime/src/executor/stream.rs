@@ -79,7 +79,7 @@ pub struct Streamed<S: TryStream> {
     inner: S,
     // The first chunk, held from the attempt that committed the call for the caller.
     first: Option<Result<S::Ok, S::Error>>,
-    spend_of: fn(&S::Ok) -> Spend,
+    spend_of: Option<fn(&S::Ok) -> Spend>,
     // What a stream that ends before saying what it cost is charged: the prompt, and each
     // chunk received.
     cut_bill: (Spend, Spend),
@@ -115,10 +115,9 @@ struct Tail {
     deadline: Option<Instant>,
     // The next of: the idle gap's end, the call's deadline. One allocation per stream.
     timer: Option<Pin<Box<Sleep>>>,
-}
-
-fn no_spend<T>(_: &T) -> Spend {
-    Spend::ZERO
+    // The chunk count when the timer was last set: it is set again only when the stream goes
+    // quiet after new chunks (a chunk itself touches no clock and no timer).
+    armed_at: u64,
 }
 
 impl<S: TryStream> Streamed<S> {
@@ -127,7 +126,7 @@ impl<S: TryStream> Streamed<S> {
         Self {
             inner: stream,
             first: None,
-            spend_of: no_spend::<S::Ok>,
+            spend_of: None,
             cut_bill: (Spend::ZERO, Spend::ZERO),
             ended: false,
             empty: false,
@@ -139,7 +138,7 @@ impl<S: TryStream> Streamed<S> {
     /// in its pool and workflow): for a provider that sends usage in a final chunk, that
     /// chunk's cost, zero for the others.
     pub fn with_spend(mut self, spend_of: fn(&S::Ok) -> Spend) -> Self {
-        self.spend_of = spend_of;
+        self.spend_of = Some(spend_of);
         self
     }
 
@@ -170,9 +169,20 @@ impl Tail {
         }
     }
 
-    fn note_chunk(&mut self, spend: Spend) {
+    #[inline]
+    fn note_chunk<T>(&mut self, spend_of: Option<fn(&T) -> Spend>, chunk: &T) {
         self.chunks += 1;
-        self.spend += spend;
+        if let Some(spend_of) = spend_of {
+            self.spend += spend_of(chunk);
+        }
+    }
+
+    /// The stream went quiet: an idle gap starts now if chunks came since the timer was set.
+    fn arm(&mut self) {
+        if self.armed_at == self.chunks {
+            return;
+        }
+        self.armed_at = self.chunks;
         if let (Some(idle), Some(timer)) = (self.idle, self.timer.as_mut()) {
             let next = Instant::now() + idle;
             let at = self.deadline.map_or(next, |d| d.min(next));
@@ -208,11 +218,12 @@ where
 {
     type Item = Result<T, E>;
 
+    #[inline]
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(first) = this.first.take() {
             if let (Some(tail), Ok(chunk)) = (this.tail.as_mut(), &first) {
-                tail.note_chunk((this.spend_of)(chunk));
+                tail.note_chunk(this.spend_of, chunk);
             }
             return Poll::Ready(Some(first));
         }
@@ -229,7 +240,7 @@ where
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 if let Some(tail) = this.tail.as_mut() {
-                    tail.note_chunk((this.spend_of)(&chunk));
+                    tail.note_chunk(this.spend_of, &chunk);
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
@@ -255,6 +266,7 @@ where
                 let Some(tail) = this.tail.as_mut() else {
                     return Poll::Pending;
                 };
+                tail.arm();
                 let Some(timer) = tail.timer.as_mut() else {
                     return Poll::Pending;
                 };
@@ -400,6 +412,7 @@ impl Call<'static> {
                     idle,
                     deadline,
                     timer: first_timer.map(|at| Box::pin(tokio::time::sleep_until(at))),
+                    armed_at: 0,
                 }));
                 Ok(streamed)
             }
