@@ -91,6 +91,8 @@ fn chunk(text: &str) -> Item {
 }
 
 /// Each chunk costs one micro-dollar per byte (what a usage chunk would say).
+// `&String`: `with_spend` takes a `fn(&Chunk)`, and the chunk is a `String`.
+#[allow(clippy::ptr_arg)]
 fn chunk_cost(chunk: &String) -> Spend {
     Spend::from_micros(chunk.len() as u64)
 }

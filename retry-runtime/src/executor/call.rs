@@ -450,6 +450,11 @@ impl<'p> Call<'p> {
         }
         self.gate
             .record(failure, spend, None, self.attempts == 1, attempt_started);
+        // The committed attempt's entry was written at its first chunk: it ends as its stream.
+        if let Some(last) = self.observed.as_mut().and_then(|a| a.last_mut()) {
+            last.class = failure;
+            last.spend = spend;
+        }
         self.stream = Some(stream);
         self.finish(stop, failure);
         self.deliver();

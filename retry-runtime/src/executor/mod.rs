@@ -33,6 +33,8 @@
 //! - the call (`call.rs`): start, attempt, settle, wait, done, and `Drop` (a dropped call
 //!   gives back what it holds and reports `Cancelled`).
 //! - fallbacks (`fallbacks.rs`): cached answers, another function, the queue.
+//! - streams (`stream.rs`): [`Streamed`], retried until its first chunk, then the stream's end
+//!   recorded as the committing attempt's result.
 
 use std::future::Future;
 

@@ -144,7 +144,7 @@ impl<S: TryStream> Streamed<S> {
 
     /// What the call is charged if its stream is cut (or dropped) before any chunk said what
     /// it cost: `prompt` (the provider started on it) plus `per_chunk` for each chunk received.
-    /// With async-openai, [`stream_cut_bill`](crate::integrations::openai::stream_cut_bill)
+    /// With async-openai, `integrations::openai::stream_cut_bill` (feature `async-openai`)
     /// gives both for a request.
     pub fn bill_if_cut(mut self, prompt: Spend, per_chunk: Spend) -> Self {
         self.cut_bill = (prompt, per_chunk);
