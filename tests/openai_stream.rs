@@ -86,9 +86,8 @@ fn request(prompt: &str) -> CreateChatCompletionRequest {
         .unwrap()
 }
 
-#[resilient(max = 3, base = "10ms", first_token = "5s", idle = "5s")]
-#[retry_on(429, 500..=599, timeout, transport)]
-async fn stream(
+/// One attempt's stream: priced by its usage chunk, or by its prompt and chunks if cut.
+async fn open(
     client: &Client<OpenAIConfig>,
     request: &CreateChatCompletionRequest,
 ) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
@@ -97,6 +96,15 @@ async fn stream(
     Ok(Streamed::new(chunks)
         .with_spend(chunk_spend)
         .bill_if_cut(prompt, per_chunk))
+}
+
+#[resilient(max = 3, base = "10ms", first_token = "5s", idle = "5s")]
+#[retry_on(429, 500..=599, timeout, transport)]
+async fn stream(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    open(client, request).await
 }
 
 #[resilient(
@@ -110,11 +118,7 @@ async fn stream_breaker(
     client: &Client<OpenAIConfig>,
     request: &CreateChatCompletionRequest,
 ) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
-    let (prompt, per_chunk) = stream_cut_bill(request);
-    let chunks = client.chat().create_stream(request.clone()).await?;
-    Ok(Streamed::new(chunks)
-        .with_spend(chunk_spend)
-        .bill_if_cut(prompt, per_chunk))
+    open(client, request).await
 }
 
 #[resilient(max = 1, pace = "openai-stream-tpm")]
@@ -307,11 +311,7 @@ async fn stream_pooled(
     client: &Client<OpenAIConfig>,
     request: &CreateChatCompletionRequest,
 ) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
-    let (prompt, per_chunk) = stream_cut_bill(request);
-    let chunks = client.chat().create_stream(request.clone()).await?;
-    Ok(Streamed::new(chunks)
-        .with_spend(chunk_spend)
-        .bill_if_cut(prompt, per_chunk))
+    open(client, request).await
 }
 
 #[tokio::test(start_paused = true)]
