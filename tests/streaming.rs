@@ -318,3 +318,64 @@ async fn a_dropped_stream_is_cancelled_and_settles_what_it_used() {
         "the reservation settled at what the two chunks cost"
     );
 }
+
+#[resilient(max = 3, base = "10ms", first_token = "5s")]
+#[retry_on(500..=599, transport)]
+async fn chat_continued(
+    p: &std::sync::Arc<Provider>,
+    delivered: &std::sync::Arc<AtomicUsize>,
+) -> Result<Streamed<Chunks>, ApiError> {
+    let (p2, seen) = (p.clone(), delivered.clone());
+    Ok(Streamed::new(p.open().await?).on_cut(move |_cut, chunks| {
+        // A real hook would send the delivered text as a prefill; here it says how much.
+        seen.store(chunks as usize, Ordering::SeqCst);
+        let p = p2.clone();
+        Some(async move { p.open().await })
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_stream_continued_by_its_hook_delivers_every_chunk_once() {
+    setup();
+    let p = std::sync::Arc::new(Provider::new(vec![
+        Attempt::Streams(vec![
+            chunk("a"),
+            chunk("b"),
+            (100 * MS, Err(ApiError::Network)),
+        ]),
+        Attempt::Streams(vec![chunk("c"), chunk("d")]),
+    ]));
+    let delivered = std::sync::Arc::new(AtomicUsize::new(0));
+    let (out, report) = call(chat_continued(&p, &delivered)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!((text.as_str(), error), ("abcd", None), "every chunk once");
+    assert_eq!(
+        delivered.load(Ordering::SeqCst),
+        2,
+        "the hook was told what was delivered"
+    );
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(report.stop(), Some(&StopReason::Success), "{report}");
+    let classes: Vec<_> = report.attempts().iter().map(|a| a.class).collect();
+    assert_eq!(classes, [Some(ErrorClass::Transport), None], "{report}");
+    assert_eq!(report.stream().unwrap().chunks, 4);
+
+    // Within `max`: a stream cut on every attempt ends with the last cut.
+    let p = std::sync::Arc::new(Provider::new(
+        (0..4)
+            .map(|_| Attempt::Streams(vec![chunk("x"), (100 * MS, Err(ApiError::Network))]))
+            .collect(),
+    ));
+    let (out, report) = call(chat_continued(&p, &delivered)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!(text, "xxx");
+    assert_eq!(error, Some(ApiError::Network));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 3, "max = 3 attempts");
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 3,
+            class: ErrorClass::Transport
+        })
+    );
+}

@@ -433,6 +433,18 @@ impl<'p> Call<'p> {
         result
     }
 
+    /// A committed stream was cut (`cut`) and a continuation of it is being opened: that is
+    /// the call's next attempt (its report entry written now, its result at the stream's end).
+    pub(super) fn continue_stream(&mut self, cut: ErrorClass) {
+        if let Some(last) = self.observed.as_mut().and_then(|a| a.last_mut()) {
+            last.class = Some(cut);
+        }
+        self.attempts += 1;
+        self.attempt_started = Instant::now();
+        self.delay_before = Duration::ZERO;
+        self.record(None, None, Spend::ZERO);
+    }
+
     /// A committed stream ended (`failure`: how it failed; `None` for its end or its drop):
     /// the attempt's result, what it spent, why the call stopped, and its report.
     pub(super) fn end_stream(

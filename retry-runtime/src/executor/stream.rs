@@ -88,7 +88,18 @@ pub struct Streamed<S: TryStream> {
     empty: bool,
     // Once committed under a call: what the call still has to do when the stream ends.
     tail: Option<Box<Tail>>,
+    // What to do when the stream is cut: open a stream that continues it.
+    on_cut: Option<OnCut<S>>,
+    continuing: Option<Continuation<S>>,
 }
+
+/// A stream that continues a cut one, being opened.
+type Continuation<S> =
+    Pin<Box<dyn Future<Output = Result<S, <S as TryStream>::Error>> + Send + 'static>>;
+
+/// The hook of [`Streamed::on_cut`].
+type OnCut<S> =
+    Box<dyn FnMut(&<S as TryStream>::Error, u64) -> Option<Continuation<S>> + Send + 'static>;
 
 // No field is pinned structurally: `inner` is `Unpin` (required where it is polled), and the
 // held chunk is moved out by value.
@@ -131,7 +142,28 @@ impl<S: TryStream> Streamed<S> {
             ended: false,
             empty: false,
             tail: None,
+            on_cut: None,
+            continuing: None,
         }
+    }
+
+    /// When the committed stream is cut (an error item), call `hook` with the error and the
+    /// number of chunks delivered; a future it returns opens a stream that **continues** the
+    /// answer (the same model with the delivered text as a prefill, another model: yours to
+    /// say). Its chunks follow the delivered ones, nothing is repeated. Each continuation is
+    /// one more attempt of the call, within its `max`; `None`, or `max` reached, or a
+    /// continuation that fails to open, ends the stream with the error as without a hook.
+    /// The report shows the continued attempt's cut; the breaker, pacer and ledgers see the
+    /// stream's final end, as one attempt's result.
+    pub fn on_cut<F, Fut>(mut self, mut hook: F) -> Self
+    where
+        F: FnMut(&S::Error, u64) -> Option<Fut> + Send + 'static,
+        Fut: Future<Output = Result<S, S::Error>> + Send + 'static,
+    {
+        self.on_cut = Some(Box::new(move |error: &S::Error, chunks: u64| {
+            hook(error, chunks).map(|fut| Box::pin(fut) as Continuation<S>)
+        }));
+        self
     }
 
     /// What each chunk cost, summed into the call's spend when the stream ends (and settled
@@ -237,73 +269,115 @@ where
             }
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(tail) = this.tail.as_mut() {
-                    tail.note_chunk(this.spend_of, &chunk);
+        loop {
+            if let Some(opening) = this.continuing.as_mut() {
+                match opening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(stream)) => {
+                        this.continuing = None;
+                        this.inner = stream;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        this.continuing = None;
+                        return this.cut(error);
+                    }
                 }
-                Poll::Ready(Some(Ok(chunk)))
             }
-            Poll::Ready(Some(Err(error))) => {
-                this.ended = true;
-                if let Some(mut tail) = this.tail.take() {
-                    let class = error.class();
-                    tail.bill_cut(this.cut_bill);
-                    tail.spend += error.spend();
-                    let chunks = tail.chunks;
-                    tail.end(Some(class), StopReason::StreamCut { chunks, class });
+            return match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(tail) = this.tail.as_mut() {
+                        tail.note_chunk(this.spend_of, &chunk);
+                    }
+                    Poll::Ready(Some(Ok(chunk)))
                 }
-                Poll::Ready(Some(Err(error)))
-            }
-            Poll::Ready(None) => {
-                this.ended = true;
-                if let Some(mut tail) = this.tail.take() {
-                    tail.end(None, StopReason::Success);
+                Poll::Ready(Some(Err(error))) => {
+                    if let Some(opening) = this.continuation(&error) {
+                        this.continuing = Some(opening);
+                        continue;
+                    }
+                    this.cut(error)
                 }
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let Some(tail) = this.tail.as_mut() else {
-                    return Poll::Pending;
-                };
-                tail.arm();
-                let Some(timer) = tail.timer.as_mut() else {
-                    return Poll::Pending;
-                };
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if let Some(mut tail) = this.tail.take() {
+                        tail.end(None, StopReason::Success);
+                    }
+                    Poll::Ready(None)
                 }
-                // The idle gap or the deadline: which came first says which error.
-                let now = Instant::now();
-                let error = match (tail.deadline, tail.idle) {
-                    (Some(deadline), _) if now >= deadline => Rejected::DeadlineExceeded {
-                        deadline: tail.call.policy.deadline().unwrap_or_default(),
-                    },
-                    (_, Some(idle)) => Rejected::StreamIdle { idle },
-                    (_, None) => Rejected::DeadlineExceeded {
-                        deadline: tail.call.policy.deadline().unwrap_or_default(),
-                    },
-                };
-                this.ended = true;
-                let mut tail = this.tail.take().expect("checked above");
-                tail.bill_cut(this.cut_bill);
-                let chunks = tail.chunks;
-                tail.end(
-                    Some(ErrorClass::Timeout),
-                    StopReason::StreamCut {
-                        chunks,
-                        class: ErrorClass::Timeout,
-                    },
-                );
-                Poll::Ready(Some(Err(E::from(error))))
-            }
+                Poll::Pending => this.pending(cx),
+            };
         }
     }
 }
 
-/// A stream's cost is not known when the function returns: it is summed from its chunks
-/// ([`Streamed::with_spend`]) and settled when the stream ends. So a streaming call may name a
-/// `budget` or `pool` (which reserve its `max_cost`, or the site's costliest stream so far).
+impl<S, T, E> Streamed<S>
+where
+    S: TryStream<Ok = T, Error = E> + Stream<Item = Result<T, E>> + Unpin,
+    E: Classify + From<Rejected>,
+{
+    /// The stream is cut by `error`: its end, and the error for the caller.
+    fn cut(&mut self, error: E) -> Poll<Option<Result<T, E>>> {
+        self.ended = true;
+        if let Some(mut tail) = self.tail.take() {
+            let class = error.class();
+            tail.bill_cut(self.cut_bill);
+            tail.spend += error.spend();
+            let chunks = tail.chunks;
+            tail.end(Some(class), StopReason::StreamCut { chunks, class });
+        }
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// A continuation of the cut stream, if the hook gives one and the call has attempts left
+    /// (it is one of them).
+    fn continuation(&mut self, error: &E) -> Option<Continuation<S>> {
+        let tail = self.tail.as_mut()?;
+        if tail.call.attempts >= tail.call.policy.max_attempts() {
+            return None;
+        }
+        let opening = (self.on_cut.as_mut()?)(error, tail.chunks)?;
+        tail.call.continue_stream(error.class());
+        Some(opening)
+    }
+
+    /// The inner stream has nothing yet: is the idle gap, or the deadline, over?
+    fn pending(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, E>>> {
+        let Some(tail) = self.tail.as_mut() else {
+            return Poll::Pending;
+        };
+        tail.arm();
+        let Some(timer) = tail.timer.as_mut() else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // The idle gap or the deadline: which came first says which error.
+        let now = Instant::now();
+        let error = match (tail.deadline, tail.idle) {
+            (Some(deadline), _) if now >= deadline => Rejected::DeadlineExceeded {
+                deadline: tail.call.policy.deadline().unwrap_or_default(),
+            },
+            (_, Some(idle)) => Rejected::StreamIdle { idle },
+            (_, None) => Rejected::DeadlineExceeded {
+                deadline: tail.call.policy.deadline().unwrap_or_default(),
+            },
+        };
+        self.ended = true;
+        let mut tail = self.tail.take().expect("checked above");
+        tail.bill_cut(self.cut_bill);
+        let chunks = tail.chunks;
+        tail.end(
+            Some(ErrorClass::Timeout),
+            StopReason::StreamCut {
+                chunks,
+                class: ErrorClass::Timeout,
+            },
+        );
+        Poll::Ready(Some(Err(E::from(error))))
+    }
+}
+
 impl<S: TryStream> crate::spend::Metered for Streamed<S> {
     fn spend(&self) -> Spend {
         Spend::ZERO
