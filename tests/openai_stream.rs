@@ -45,6 +45,13 @@ fn setup() {
                         window: Duration::from_secs(3600),
                     },
                 )
+                .with_pool(
+                    "openai-stream-usage",
+                    retry_runtime::PoolConfig {
+                        limit: retry_runtime::Budget::usd(1.0),
+                        window: Duration::from_secs(3600),
+                    },
+                )
                 .with_pacer(
                     "openai-stream-tpm",
                     PaceConfig {
@@ -344,5 +351,40 @@ async fn a_dropped_stream_is_cancelled_and_the_pool_keeps_only_what_it_used() {
         pool.ledger().committed(now),
         used.micros(),
         "the reservation settled at what was used"
+    );
+}
+
+#[resilient(max = 1, pool = "openai-stream-usage", max_cost = "0.01usd")]
+async fn stream_usage_pooled(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    open(client, request).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_usage_chunk_settles_the_pool() {
+    setup();
+    let server = SseServer::start(vec![Scripted::stream([
+        Event::chunk("ok"),
+        Event::Finish,
+        Event::Usage {
+            prompt: 1_000,
+            completion: 2_000,
+        },
+        Event::Done,
+    ])])
+    .await;
+    let pool = retry_runtime::pool("openai-stream-usage");
+    let before = pool.ledger().committed(retry_runtime::testing::clock_ms());
+    let (_, error, report) = run(stream_usage_pooled(&client(&server), &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    // 1000 prompt tokens at $1 and 2000 completion tokens at $2 per million: $0.005.
+    assert_eq!(report.spent(), Spend::new(5_000, 3_000));
+    let after = pool.ledger().committed(retry_runtime::testing::clock_ms());
+    assert_eq!(
+        after - before,
+        5_000,
+        "the pool keeps the usage, not the 10 000 reserved"
     );
 }
