@@ -919,6 +919,11 @@ async fn logical_call(
 /// Poisson stream of logical calls, together offering the scenario's load) on the current
 /// runtime, which must have a paused clock. Returns when every call has ended.
 pub async fn run_policy(spec: &Scenario, policy: Policy, callers: u32, seed: u64) -> Run {
+    // Start on a whole second of the runtime's clock: breakers, retry budgets and pacers
+    // count in per-second buckets, so the same run must meet the same second boundaries
+    // whatever ran before it in the process.
+    let ms = retry_runtime::testing::clock_ms();
+    tokio::time::sleep(Duration::from_millis(1000 - ms % 1000)).await;
     retry_runtime::testing::seed_jitter(seed);
     let provider = Arc::new(Provider::new(spec, seed));
     let start = Instant::now();
@@ -979,15 +984,22 @@ pub async fn run_policy(spec: &Scenario, policy: Policy, callers: u32, seed: u64
     }
 }
 
-/// Run every policy through `spec`, one after the other, on a fresh paused-clock runtime.
+/// Run every policy through `spec`, one after the other, on the process's paused-clock
+/// runtime.
 /// Each scenario has its own breaker, pacer and cache, so run each scenario once per process.
 pub fn run_scenario(spec: &Scenario, callers: u32, seed: u64) -> Vec<Run> {
     configure();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
+    // One paused runtime for the process: its clock never reads real time, so the runtime's
+    // clock (whose origin is the first instant the process read) moves only with the
+    // simulation, and a run's figures never depend on how long the ones before it took.
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+    });
     rt.block_on(async {
         let mut runs = Vec::new();
         for policy in Policy::ALL {
