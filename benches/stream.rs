@@ -27,13 +27,23 @@ use retry_runtime::integrations::openai::single_attempt_client;
 use retry_runtime::{resilient, Rejected, Streamed};
 use sse_server::{Scripted, SseServer, MODEL};
 
-const CHUNKS: u64 = 1_000;
+/// Chunks per call: 1000, or `STREAM_BENCH_CHUNKS` (e.g. 10000, to separate the call's set-up
+/// from the per-chunk cost).
+fn chunks() -> u64 {
+    static CHUNKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CHUNKS.get_or_init(|| {
+        std::env::var("STREAM_BENCH_CHUNKS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000)
+    })
+}
 
 type Chunks = futures::stream::Iter<std::ops::Range<u64>>;
 type Items = futures::stream::Map<Chunks, fn(u64) -> Result<u64, Rejected>>;
 
 fn items() -> Items {
-    futures::stream::iter(0..CHUNKS).map(Ok as fn(u64) -> Result<u64, Rejected>)
+    futures::stream::iter(0..chunks()).map(Ok as fn(u64) -> Result<u64, Rejected>)
 }
 
 #[resilient(max = 3, first_token = "10s", idle = "30s")]
@@ -94,7 +104,7 @@ struct Sse {
 
 impl Sse {
     fn start(rt: &tokio::runtime::Runtime) -> Self {
-        let words: Vec<String> = (0..CHUNKS).map(|i| format!(" w{i}")).collect();
+        let words: Vec<String> = (0..chunks()).map(|i| format!(" w{i}")).collect();
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let server = rt.block_on(SseServer::start(vec![Scripted::words(&words)]));
         let config = OpenAIConfig::new()
@@ -162,7 +172,7 @@ fn interleaved() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let per_chunk = |t: Instant| t.elapsed().as_nanos() as f64 / CHUNKS as f64;
+    let per_chunk = |t: Instant| t.elapsed().as_nanos() as f64 / chunks() as f64;
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..200 {
         let t = Instant::now();
@@ -185,7 +195,8 @@ fn interleaved() {
     }
     let (sr, so) = (median(&mut sraw), median(&mut sours));
     println!(
-        "stream: ns per chunk, interleaved medians ({CHUNKS} chunks per call, the call included)"
+        "stream: ns per chunk, interleaved medians ({} chunks per call, the call included)",
+        chunks()
     );
     println!(
         "  memory  raw {r:>9.1}  streamed {o:>9.1}  ratio {:.2}",

@@ -16,7 +16,7 @@ use async_openai::types::chat::{
 use async_openai::Client;
 use futures::StreamExt;
 use retry_runtime::integrations::openai::{chunk_spend, single_attempt_client, stream_cut_bill};
-use retry_runtime::pace::{pacer, PaceConfig};
+use retry_runtime::pace::PaceConfig;
 use retry_runtime::{
     breaker, configure, observe, resilient, retry_on, BreakerConfig, BreakerState, CallReport,
     Config, ErrorClass, Price, Spend, StopReason, Streamed,
@@ -50,6 +50,29 @@ fn setup() {
                     retry_runtime::PoolConfig {
                         limit: retry_runtime::Budget::usd(1.0),
                         window: Duration::from_secs(3600),
+                    },
+                )
+                .with_breaker(
+                    "openai-stream-combo",
+                    BreakerConfig {
+                        failures: 1,
+                        ..BreakerConfig::default()
+                    },
+                )
+                .with_pool(
+                    "openai-stream-combo",
+                    retry_runtime::PoolConfig {
+                        limit: retry_runtime::Budget::usd(1.0),
+                        window: Duration::from_secs(3600),
+                    },
+                )
+                .with_pacer(
+                    "openai-stream-combo",
+                    PaceConfig {
+                        rpm: Some(60),
+                        burst: Duration::ZERO,
+                        adaptive: false,
+                        ..PaceConfig::default()
                     },
                 )
                 .with_pacer(
@@ -310,7 +333,6 @@ async fn the_usage_chunk_settles_the_token_pacer() {
     assert!(error.is_none(), "{error:?}");
     let waited = report.paced();
     assert!(waited >= 9 * S, "paced {waited:?}: {report}");
-    let _ = pacer("openai-stream-tpm");
 }
 
 #[resilient(max = 1, pool = "openai-stream-pool", max_cost = "0.01usd")]
@@ -386,5 +408,88 @@ async fn the_usage_chunk_settles_the_pool() {
         after - before,
         5_000,
         "the pool keeps the usage, not the 10 000 reserved"
+    );
+}
+
+#[resilient(
+    max = 3,
+    base = "10ms",
+    first_token = "5s",
+    breaker = "openai-stream-combo",
+    pace = "openai-stream-combo",
+    pool = "openai-stream-combo",
+    max_cost = "0.01usd"
+)]
+#[retry_on(429, 500..=599, timeout, transport)]
+async fn stream_combo(
+    client: &Client<OpenAIConfig>,
+    request: &CreateChatCompletionRequest,
+) -> Result<Streamed<ChatCompletionResponseStream>, OpenAIError> {
+    open(client, request).await
+}
+
+/// A breaker, a pacer and a pool at one streaming call site, through async-openai: a 429
+/// before the stream (which the breaker does not count) is retried after its pacing permit, the stream's usage settles the pool,
+/// and a later stream cut mid-way is the breaker's one failure, so the next call is refused
+/// before the pacer's line without a request.
+#[tokio::test(start_paused = true)]
+async fn breaker_pacer_and_pool_together_around_a_stream() {
+    setup();
+    let server = SseServer::start(vec![
+        Scripted::rate_limited(10),
+        Scripted::stream([
+            Event::chunk("ok"),
+            Event::Finish,
+            Event::Usage {
+                prompt: 1_000,
+                completion: 2_000,
+            },
+            Event::Done,
+        ]),
+        Scripted::words_then_cut(&["half"]),
+        Scripted::words(&["never"]),
+    ])
+    .await;
+    let c = client(&server);
+    let pool = retry_runtime::pool("openai-stream-combo");
+    let now = retry_runtime::testing::clock_ms;
+
+    let (text, error, report) = run(stream_combo(&c, &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "ok");
+    assert_eq!(report.attempts().len(), 2, "{report}");
+    // One permit a second: the retry waited for its turn.
+    assert!(report.paced() >= Duration::from_millis(900), "{report}");
+    assert_eq!(pool.ledger().committed(now()), 5_000, "the usage, settled");
+
+    let (text, error, report) = run(stream_combo(&c, &request("hi"))).await;
+    assert_eq!(text, "half");
+    assert!(error.is_some());
+    assert!(
+        matches!(report.stop(), Some(StopReason::StreamCut { chunks: 1, .. })),
+        "{report}"
+    );
+    assert_eq!(breaker("openai-stream-combo").state(), BreakerState::Open);
+    let settled = pool.ledger().committed(now());
+    assert!(
+        settled > 5_000,
+        "the cut stream is charged its prompt and chunk"
+    );
+
+    let (_, error, report) = run(stream_combo(&c, &request("hi"))).await;
+    assert!(
+        matches!(report.stop(), Some(StopReason::CircuitOpen { .. })),
+        "{error:?} {report}"
+    );
+    assert_eq!(
+        report.paced(),
+        Duration::ZERO,
+        "refused before the pacer's line"
+    );
+    assert_eq!(server.requests(), 3, "the open breaker sent nothing");
+    assert_eq!(
+        pool.ledger().committed(now()),
+        settled,
+        "nothing reserved for it"
     );
 }

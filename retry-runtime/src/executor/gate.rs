@@ -607,9 +607,9 @@ impl<'p> Gate<'p> {
             self.admission = Some(admission);
         }
         // The fleet's pacing slot, no later than the local pacer's permit may be.
-        let (latest, line_bound) = self
-            .pacer
-            .map_or((ask.latest_permit, false), |p| latest_permit(p, ask));
+        let (latest, line_bound) = self.pacer.map_or((ask.latest_permit, false), |p| {
+            p.bound(Instant::now(), ask.latest_permit)
+        });
         let max_wait = latest.map_or(Duration::MAX, |at| {
             at.saturating_duration_since(Instant::now())
         });
@@ -847,18 +847,6 @@ impl<'p> Gate<'p> {
             // it reserved.
             self.ledgers.release(held);
         }
-    }
-}
-
-/// The latest a permit from `pacer` is worth having: the call's own bound, or the pacer's
-/// `max_wait` from now if that comes first (then `true`: the line, not the deadline, refuses).
-fn latest_permit(pacer: &Pacer, ask: &Ask) -> (Option<Instant>, bool) {
-    let Some(line) = pacer.config().max_wait.map(|w| Instant::now() + w) else {
-        return (ask.latest_permit, false);
-    };
-    match ask.latest_permit {
-        Some(call) if call <= line => (Some(call), false),
-        _ => (Some(line), true),
     }
 }
 

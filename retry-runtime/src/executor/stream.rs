@@ -189,6 +189,16 @@ impl<S: TryStream> Streamed<S> {
     }
 }
 
+/// When a quiet stream is over: the idle gap's end from now, or the deadline, whichever
+/// comes first (`None`: neither is set).
+fn next_timeout(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
+    let gap = idle.map(|idle| Instant::now() + idle);
+    match (gap, deadline) {
+        (Some(gap), Some(deadline)) => Some(gap.min(deadline)),
+        (gap, deadline) => gap.or(deadline),
+    }
+}
+
 impl Tail {
     /// A stream that ended early with nothing said about its cost: the cut bill.
     fn bill_cut(&mut self, (prompt, per_chunk): (Spend, Spend)) {
@@ -215,9 +225,11 @@ impl Tail {
             return;
         }
         self.armed_at = self.chunks;
-        if let (Some(idle), Some(timer)) = (self.idle, self.timer.as_mut()) {
-            let next = Instant::now() + idle;
-            let at = self.deadline.map_or(next, |d| d.min(next));
+        if let (Some(_), Some(at), Some(timer)) = (
+            self.idle,
+            next_timeout(self.idle, self.deadline),
+            self.timer.as_mut(),
+        ) {
             timer.as_mut().reset(at);
         }
     }
@@ -352,29 +364,16 @@ where
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        // The idle gap or the deadline: which came first says which error.
-        let now = Instant::now();
-        let error = match (tail.deadline, tail.idle) {
-            (Some(deadline), _) if now >= deadline => Rejected::DeadlineExceeded {
-                deadline: tail.call.policy.deadline().unwrap_or_default(),
-            },
-            (_, Some(idle)) => Rejected::StreamIdle { idle },
-            (_, None) => Rejected::DeadlineExceeded {
+        // The idle gap or the deadline: which came first says which error. Either ends the
+        // stream as a cut by a `Timeout`-class error (what `Rejected` says of both).
+        let deadline_passed = tail.deadline.is_some_and(|d| Instant::now() >= d);
+        let error = match tail.idle {
+            Some(idle) if !deadline_passed => Rejected::StreamIdle { idle },
+            _ => Rejected::DeadlineExceeded {
                 deadline: tail.call.policy.deadline().unwrap_or_default(),
             },
         };
-        self.ended = true;
-        let mut tail = self.tail.take().expect("checked above");
-        tail.bill_cut(self.cut_bill);
-        let chunks = tail.chunks;
-        tail.end(
-            Some(ErrorClass::Timeout),
-            StopReason::StreamCut {
-                chunks,
-                class: ErrorClass::Timeout,
-            },
-        );
-        Poll::Ready(Some(Err(E::from(error))))
+        self.cut(E::from(error))
     }
 }
 
@@ -472,10 +471,7 @@ impl Call<'static> {
                 let policy = self.policy;
                 let deadline = policy.deadline().map(|d| self.started + d);
                 let idle = policy.idle();
-                let first_timer = match (idle.map(|i| Instant::now() + i), deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let first_timer = next_timeout(idle, deadline);
                 let to_first = first_at.saturating_duration_since(self.attempt_started);
                 streamed.tail = Some(Box::new(Tail {
                     call: self,

@@ -125,18 +125,30 @@ impl Pacer {
         deadline: Option<Instant>,
     ) -> Result<Permit<'_>, PaceError> {
         let arrived = Instant::now();
-        let line = self.config.max_wait.map(|wait| arrived + wait);
-        let (bound, line_bound) = match (deadline, line) {
-            (Some(deadline), Some(line)) if line < deadline => (Some(line), true),
-            (None, Some(line)) => (Some(line), true),
-            (deadline, _) => (deadline, false),
-        };
+        let (bound, line_bound) = self.bound(arrived, deadline);
         match self.acquire_by(arrived, weight_tokens, bound).await {
             Err(PaceError::WouldMissDeadline { .. }) if line_bound => Err(PaceError::LineTooLong {
                 pacer: self.name,
                 max_wait: self.config.max_wait.unwrap_or_default(),
             }),
             other => other,
+        }
+    }
+
+    /// The latest a permit is worth having for a caller arriving at `arrived`: its own
+    /// `deadline`, or the pacer's `max_wait` from its arrival if that comes first (then `true`:
+    /// the line, not the deadline, refuses).
+    pub(crate) fn bound(
+        &self,
+        arrived: Instant,
+        deadline: Option<Instant>,
+    ) -> (Option<Instant>, bool) {
+        let Some(line) = self.config.max_wait.map(|wait| arrived + wait) else {
+            return (deadline, false);
+        };
+        match deadline {
+            Some(deadline) if deadline <= line => (Some(deadline), false),
+            _ => (Some(line), true),
         }
     }
 

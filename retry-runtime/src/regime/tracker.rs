@@ -290,15 +290,18 @@ impl Tracker {
         }
     }
 
+    /// Field `f` summed over the `secs` seconds up to `second`.
+    fn sum(&self, f: usize, second: u64, secs: u64) -> u64 {
+        self.buckets
+            .iter()
+            .map(|b| count_within(&b[f], second, secs))
+            .sum()
+    }
+
     /// The window's signals as of `now_ms`.
     pub fn signals(&self, now_ms: u64) -> Signals {
         let second = now_ms / 1000;
-        let field = |f: usize, secs: u64| -> u64 {
-            self.buckets
-                .iter()
-                .map(|b| count_within(&b[f], second, secs))
-                .sum()
-        };
+        let field = |f: usize, secs: u64| self.sum(f, second, secs);
         let (timed, latency) = self
             .buckets
             .iter()
@@ -346,7 +349,14 @@ impl Tracker {
         // window's anyway.
         self.flush(now_ms);
         let signals = self.signals(now_ms);
-        let mut belief = self.belief.lock().unwrap_or_else(|p| p.into_inner());
+        // Never a wait on the call's path: the CAS above makes this call the second's only
+        // assessor, so the lock is free unless a reader (a test, `reset` as the breaker
+        // closes) holds it this instant; then this second is simply not assessed.
+        let mut belief = match self.belief.try_lock() {
+            Ok(belief) => belief,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         let before = *belief;
         let why = assess(&signals, &before).map(|(_, why)| why);
         *belief = next_belief(&before, &signals, &self.tuning);
@@ -406,12 +416,7 @@ impl Tracker {
         self.flush(now_ms);
         let second = now_ms / 1000;
         let share = |secs: u64| {
-            let field = |f: usize| -> u64 {
-                self.buckets
-                    .iter()
-                    .map(|b| count_within(&b[f], second, secs))
-                    .sum()
-            };
+            let field = |f: usize| self.sum(f, second, secs);
             // Without the run's own first failure, counted just before this is asked.
             let failed = (field(FIRST_FAILED) + field(RETRY_FAILED)).saturating_sub(1);
             let answered = failed + field(FIRST_OK) + field(RETRY_OK) + field(ANSWERED);
