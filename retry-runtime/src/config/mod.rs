@@ -111,8 +111,9 @@ pub const CONFIG_ENV: &str = "RETRY_RUNTIME_CONFIG";
 pub struct BreakerConfig {
     /// The run of outage-class failures (with no answer between them) that opens the
     /// breaker (1..=1000). Default 30: a 70% brownout begins with a run of 5 one time in six,
-    /// of 30 one time in 40 000; at 5 calls a second a hard outage opens it in 6 s. With `adaptive`, a run must be longer when failures were
-    /// already common as it began (a brownout makes runs by chance), up to 10 times this:
+    /// of 30 one time in 44 000; at 5 calls a second a hard outage opens it in 6 s. With
+    /// `adaptive`, a run must be longer when failures were already common as it began (a
+    /// brownout makes runs by chance), up to 10 times this:
     /// see [`regime::run_to_open`](crate::regime::run_to_open). Trades: lower opens sooner in
     /// an outage, and more often on bad luck.
     pub failures: u32,

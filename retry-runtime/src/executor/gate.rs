@@ -206,9 +206,9 @@ impl<'p> Gate<'p> {
         self.breaker.is_none() && self.pacer.is_none() && self.ledgers.is_empty()
     }
 
-    /// Whether the breaker sheds load now (its admission rate is on).
-    fn sheds(&self) -> bool {
-        self.breaker.is_some_and(|b| b.rate_gate().rate().is_some())
+    /// The breaker, if it sheds load now (its admission rate is on).
+    fn shedding(&self) -> Option<&'static Breaker> {
+        self.breaker.filter(|b| b.rate_gate().rate().is_some())
     }
 
     /// Whether the attempt reserves in a pool or workflow.
@@ -344,7 +344,7 @@ impl<'p> Gate<'p> {
             // breaker or ledger takes nothing), so the take alone decides: no await, and no
             // second look at the same atomics on the hot path.
             let mut result = Ok(());
-            if self.pacer.is_some() || self.needs_turn(ask) || self.sheds() {
+            if self.pacer.is_some() || self.needs_turn(ask) || self.shedding().is_some() {
                 result = self.check(ask);
                 if result.is_ok() {
                     result = self.pace(ask).await;
@@ -481,7 +481,7 @@ impl<'p> Gate<'p> {
     /// `latest_permit`.
     async fn pace(&mut self, ask: &Ask) -> Result<(), Refusal> {
         self.paced = Duration::ZERO;
-        if let Some(breaker) = self.breaker.filter(|b| b.rate_gate().rate().is_some()) {
+        if let Some(breaker) = self.shedding() {
             // An overloaded provider: no faster than it answers (before the pacer, so a call
             // shed here takes no pacing permit).
             let line = Instant::now() + crate::overload::MAX_WAIT;

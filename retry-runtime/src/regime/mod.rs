@@ -58,7 +58,7 @@
 //! A hard outage after health opens in `failures` attempts; a 70% brownout needs a run of 46,
 //! which it all but never makes. `failures` itself is what protects the first seconds of a
 //! brownout, before the window has seen it: a 70% brownout begins with 30 failures in a row
-//! one time in 40 000.
+//! one time in 44 000.
 //!
 //! The counters are per-second buckets of packed atomics, as the retry budget's, no lock. A
 //! success is one atomic increment and no clock read (counted in a second at the next
