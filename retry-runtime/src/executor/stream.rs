@@ -118,6 +118,8 @@ struct Tail {
     call: Call<'static>,
     chunks: u64,
     spend: Spend,
+    // The chunk count at the last chunk that said what it cost.
+    priced_at: u64,
     first_at: Instant,
     // Time from the attempt's start to its first chunk: the attempt's latency, for the
     // breaker's regime (a long answer is not a slow provider).
@@ -174,8 +176,10 @@ impl<S: TryStream> Streamed<S> {
         self
     }
 
-    /// What the call is charged if its stream is cut (or dropped) before any chunk said what
-    /// it cost: `prompt` (the provider started on it) plus `per_chunk` for each chunk received.
+    /// What the call is charged if its stream is cut (or dropped) before its end: `prompt`
+    /// (the provider started on it) plus `per_chunk` for each chunk received; if chunks said
+    /// what they cost ([`with_spend`](Self::with_spend)), that, plus `per_chunk` for each chunk
+    /// after the last of them.
     /// With async-openai, `integrations::openai::stream_cut_bill` (feature `async-openai`)
     /// gives both for a request.
     pub fn bill_if_cut(mut self, prompt: Spend, per_chunk: Spend) -> Self {
@@ -200,14 +204,21 @@ fn next_timeout(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Ins
 }
 
 impl Tail {
-    /// A stream that ended early with nothing said about its cost: the cut bill.
+    /// A stream that ended early: charged what its chunks said they cost, plus `per_chunk` for
+    /// each chunk after the last one that said so (a provider that reports the prompt's tokens
+    /// first, as Anthropic does, has not said what the output cost); with no chunk that said
+    /// anything, the prompt and `per_chunk` for each chunk.
     fn bill_cut(&mut self, (prompt, per_chunk): (Spend, Spend)) {
+        let per_chunks = |n: u64| {
+            Spend::new(
+                per_chunk.micros().saturating_mul(n),
+                per_chunk.tokens().saturating_mul(n),
+            )
+        };
         if self.spend.is_zero() {
-            self.spend = prompt
-                + Spend::new(
-                    per_chunk.micros().saturating_mul(self.chunks),
-                    per_chunk.tokens().saturating_mul(self.chunks),
-                );
+            self.spend = prompt + per_chunks(self.chunks);
+        } else {
+            self.spend += per_chunks(self.chunks - self.priced_at);
         }
     }
 
@@ -215,7 +226,11 @@ impl Tail {
     fn note_chunk<T>(&mut self, spend_of: Option<fn(&T) -> Spend>, chunk: &T) {
         self.chunks += 1;
         if let Some(spend_of) = spend_of {
-            self.spend += spend_of(chunk);
+            let spend = spend_of(chunk);
+            if !spend.is_zero() {
+                self.spend += spend;
+                self.priced_at = self.chunks;
+            }
         }
     }
 
@@ -477,6 +492,7 @@ impl Call<'static> {
                     call: self,
                     chunks: 0,
                     spend: Spend::ZERO,
+                    priced_at: 0,
                     first_at,
                     to_first,
                     idle,

@@ -4,11 +4,12 @@
 //!
 //! | feature | module | what it gives | pulls in |
 //! |---|---|---|---|
-//! | `http` | `http` | `RateLimitHint` from `Retry-After`, `retry-after-ms`, `x-should-retry`, OpenAI's `x-ratelimit-*` and Anthropic's `anthropic-ratelimit-*` headers; `HttpError` with the providers' rules | `http`, `httpdate` |
-//! | `reqwest` | `reqwest` | `Classify` for `reqwest::Error`; `HttpError` from a failed `reqwest::Response`; a ready-made `CallError` | `reqwest` (no TLS backend of its own choosing), and `http` |
+//! | `http` | `http` | `RateLimitHint` from `Retry-After`, `retry-after-ms`, `x-should-retry`, OpenAI's `x-ratelimit-*` and Anthropic's `anthropic-ratelimit-*` headers; `HttpError` with the providers' rules; `StreamEvent`, what an OpenAI or Anthropic stream event says (text, usage, error); a request's price | `http`, `httpdate`, `serde_json` |
+//! | `reqwest` | `reqwest` | `Classify` for `reqwest::Error`; `HttpError` from a failed `reqwest::Response`; a ready-made `CallError`; `sse`, a provider's event stream from a response | `reqwest` (feature `stream`, no TLS backend of its own choosing), `bytes`, `eventsource-stream`, and `http` |
 //! | `async-openai` | `openai` | `Classify` for `OpenAIError`; `From<Rejected>` for it; a client that makes one HTTP request per call | `async-openai` (feature `middleware`), `tower-service`, `serde_json`, and `reqwest` |
 //!
-//! The providers' rules live in one place (`http::provider_class`): a 429 whose body says `insufficient_quota` is
+//! The providers' rules live in one place (`http::provider_class`, and `http::stream_event_class`
+//! for an error event inside a stream): a 429 whose body says `insufficient_quota` is
 //! [`Permanent`](crate::ErrorClass::Permanent) (the quota will not come back in seconds); a 4xx
 //! about the context length or a content policy is `Permanent`; 529 "overloaded" stays a
 //! retryable 5xx. Garbage in a header is ignored with a DEBUG event (target `retry_runtime`),

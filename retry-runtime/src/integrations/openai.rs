@@ -69,7 +69,9 @@ use async_openai::types::chat::{
 };
 
 use crate::classify::{Classify, ErrorClass};
-use crate::integrations::http::{class_from_texts, HttpError};
+use crate::integrations::http::{
+    class_from_texts, priced, prompt_cost, request_prompt, stream_event_class, HttpError,
+};
 use crate::integrations::reqwest::error_for_status;
 use crate::rejected::Rejected;
 use crate::spend::{Metered, Spend, Usage};
@@ -128,7 +130,7 @@ impl tower_service::Service<HttpRequestFactory> for SingleAttempt {
             if let Some(bill) = request
                 .body()
                 .and_then(|b| b.as_bytes())
-                .and_then(body_prompt)
+                .and_then(request_prompt)
             {
                 crate::spend::bill_on_cut(bill);
             }
@@ -192,7 +194,9 @@ impl Classify for OpenAIError {
                 _ => ErrorClass::Other,
             },
             // Mid-stream: an event that is not a chunk, such as the provider's error object.
-            OpenAIError::JSONDeserialize(_, content) => stream_error_class(content),
+            OpenAIError::JSONDeserialize(_, content) => {
+                stream_event_class("message", content).unwrap_or(ErrorClass::Other)
+            }
             _ => ErrorClass::Other,
         }
     }
@@ -208,30 +212,6 @@ impl Classify for OpenAIError {
     fn rate_limits(&self) -> Option<crate::classify::ProviderLimits> {
         http_error(self).and_then(|e| e.rate_limits())
     }
-}
-
-/// The class of an error object sent inside a stream (async-openai hands it over as a chunk it
-/// could not read): OpenAI's `{"error": {"type", "code", "message"}}` or Anthropic's
-/// `{"type": "error", "error": {"type": "overloaded_error", …}}`. A server error counts as a 500,
-/// an overload as a 529, a rate limit as a 429; anything else that is not a chunk is `Other`.
-fn stream_error_class(content: &str) -> ErrorClass {
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(content) else {
-        return ErrorClass::Other;
-    };
-    let Some(error) = json.get("error") else {
-        return ErrorClass::Other;
-    };
-    let text = |key: &str| error.get(key).and_then(|v| v.as_str()).unwrap_or_default();
-    let (kind, code, message) = (text("type"), text("code"), text("message"));
-    let status = match kind {
-        "overloaded_error" => 529,
-        "rate_limit_error" | "rate_limit_exceeded" | "requests" | "tokens" => 429,
-        "invalid_request_error" => 400,
-        "authentication_error" => 401,
-        _ if code.contains("rate_limit") => 429,
-        _ => 500,
-    };
-    class_from_texts(status, &[code, kind, message])
 }
 
 /// What a streamed chunk cost: its `usage`, priced at its model's price (OpenAI sends it in a
@@ -429,41 +409,4 @@ impl Metered for Completion {
 pub fn prompt_estimate(request: &CreateChatCompletionRequest) -> Spend {
     let chars = serde_json::to_string(&request.messages).map_or(0, |json| json.len());
     prompt_cost(&request.model, chars)
-}
-
-/// [`prompt_estimate`] of a request body as sent (JSON with `model` and `messages`), for
-/// [`SingleAttempt`], which sees requests only as bytes. `None` for a body of another shape.
-fn body_prompt(body: &[u8]) -> Option<Spend> {
-    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let model = json.get("model")?.as_str()?;
-    let messages = json.get("messages")?;
-    let chars = serde_json::to_string(messages).map_or(0, |m| m.len());
-    Some(prompt_cost(model, chars))
-}
-
-fn prompt_cost(model: &str, json_chars: usize) -> Spend {
-    let usage = Usage {
-        input: (json_chars as u64).div_ceil(4),
-        output: 0,
-    };
-    priced(model, usage)
-}
-
-fn priced(model: &str, usage: Usage) -> Spend {
-    match crate::config::price(model) {
-        Some(price) => price.cost(usage),
-        None => {
-            warn_unpriced(model);
-            Spend::from_tokens(usage.input.saturating_add(usage.output))
-        }
-    }
-}
-
-fn warn_unpriced(model: &str) {
-    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    if warned.insert(model.to_owned()) {
-        tracing::warn!(target: "retry_runtime", model, "no price configured for this model: its answers count tokens only; add [price.\"{model}\"] input = \"…usd\", output = \"…usd\" (per million tokens)");
-    }
 }

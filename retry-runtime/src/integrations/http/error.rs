@@ -79,7 +79,7 @@ impl HttpError {
 }
 
 /// The first [`BODY_SNIPPET_LIMIT`] bytes of `body` as text, and whether there was more.
-fn snippet(body: &[u8]) -> (String, bool) {
+pub(super) fn snippet(body: &[u8]) -> (String, bool) {
     let truncated = body.len() > BODY_SNIPPET_LIMIT;
     let cut = &body[..body.len().min(BODY_SNIPPET_LIMIT)];
     // A cut through a multi-byte character drops that character, rather than showing U+FFFD.

@@ -20,6 +20,8 @@
 
 mod error;
 mod headers;
+mod spend;
+mod stream;
 mod time;
 
 use std::time::Duration;
@@ -28,6 +30,9 @@ use crate::classify::{Classify, ErrorClass, ProviderLimits};
 
 pub use error::{HttpError, BODY_SNIPPET_LIMIT};
 pub use headers::{LimitWindow, RateLimitHint, RETRY_AFTER, RETRY_AFTER_MS, X_SHOULD_RETRY};
+pub(crate) use spend::prompt_cost;
+pub use spend::{priced, request_prompt, stream_cut_bill};
+pub use stream::{stream_event_class, StreamEvent, StreamEventError};
 pub use time::MAX_HINTED_WAIT;
 
 /// Why a header value could not be read.

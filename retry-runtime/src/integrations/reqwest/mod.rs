@@ -1,6 +1,6 @@
 //! reqwest: [`Classify`] for `reqwest::Error`, [`HttpError`] from a failed `reqwest::Response`,
-//! and [`CallError`], an error type ready for a `#[resilient]` function that calls a provider
-//! over reqwest.
+//! [`CallError`], an error type ready for a `#[resilient]` function that calls a provider
+//! over reqwest, and [`sse`], a provider's event stream from a response, for streaming calls.
 //!
 //! ```no_run
 //! use retry_runtime::integrations::reqwest::{error_for_status, CallError};
@@ -27,11 +27,15 @@
 //! # }
 //! ```
 
+mod sse;
+
 use std::time::Duration;
 
 use crate::classify::{Classify, ErrorClass};
-use crate::integrations::http::{HttpError, RateLimitHint, BODY_SNIPPET_LIMIT};
+use crate::integrations::http::{HttpError, RateLimitHint, StreamEventError, BODY_SNIPPET_LIMIT};
 use crate::rejected::Rejected;
+
+pub use sse::{sse, SseEvent, SseStream};
 
 /// Where a reqwest failure happened decides its class: a timeout is
 /// [`Timeout`](ErrorClass::Timeout); a failed connection, or a connection lost while sending
@@ -148,6 +152,10 @@ pub enum CallError {
     /// reqwest failed: connect, timeout, body, decode.
     #[error(transparent)]
     Request(#[from] reqwest::Error),
+    /// The provider's event stream reported an error, or ended before its last event
+    /// ([`sse`]).
+    #[error(transparent)]
+    Stream(#[from] StreamEventError),
     /// The runtime cut or refused the attempt.
     #[error(transparent)]
     Rejected(#[from] Rejected),
@@ -158,6 +166,7 @@ impl Classify for CallError {
         match self {
             CallError::Http(e) => e.class(),
             CallError::Request(e) => e.class(),
+            CallError::Stream(e) => e.class(),
             CallError::Rejected(e) => e.class(),
         }
     }
