@@ -109,6 +109,14 @@ fn setup() {
                         ..BreakerConfig::default()
                     },
                 )
+                .with_breaker(
+                    "stream-queue",
+                    BreakerConfig {
+                        failures: 1,
+                        cooldown: 5 * S,
+                        ..BreakerConfig::default()
+                    },
+                )
                 .with_pool(
                     "stream-pool",
                     PoolConfig {
@@ -378,4 +386,93 @@ async fn a_cut_stream_continued_by_its_hook_delivers_every_chunk_once() {
             class: ErrorClass::Transport
         })
     );
+}
+
+#[resilient(max = 2, base = "10ms", first_token = "5s", fallback = chat_backup)]
+#[retry_on(500..=599, transport)]
+async fn chat_with_backup(p: &Provider, backup: &Provider) -> Result<Streamed<Chunks>, ApiError> {
+    let _ = backup;
+    Ok(Streamed::new(p.open().await?).with_spend(chunk_cost))
+}
+
+/// The other model: a streaming call of its own, with its own limits and report.
+#[resilient(max = 1, first_token = "5s")]
+async fn chat_backup(p: &Provider, backup: &Provider) -> Result<Streamed<Chunks>, ApiError> {
+    let _ = p;
+    Ok(Streamed::new(backup.open().await?).with_spend(chunk_cost))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_fails_before_its_first_chunk_falls_back_to_another_stream() {
+    setup();
+    let p = Provider::new(vec![
+        Attempt::Fails(ApiError::status(503)),
+        Attempt::Streams(vec![(100 * MS, Err(ApiError::status(502)))]),
+    ]);
+    let backup = Provider::new(vec![Attempt::Streams(vec![
+        chunk("from "),
+        chunk("backup"),
+    ])]);
+    let (out, report) = call(chat_with_backup(&p, &backup)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!((text.as_str(), error), ("from backup", None));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(backup.calls.load(Ordering::SeqCst), 1);
+    let fallback = report.fallback().expect("the backup served the call");
+    assert_eq!(
+        fallback.kind,
+        retry_runtime::FallbackKind::Function("chat_backup")
+    );
+    assert_eq!(fallback.because, StopReason::AttemptsExhausted, "{report}");
+
+    // Committed, then cut: the caller has output, so nothing falls back (it would repeat it).
+    let p = Provider::new(vec![Attempt::Streams(vec![
+        chunk("half"),
+        (100 * MS, Err(ApiError::status(503))),
+    ])]);
+    let backup = Provider::new(vec![Attempt::Streams(vec![chunk("never")])]);
+    let (out, report) = call(chat_with_backup(&p, &backup)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!(
+        (text.as_str(), error),
+        ("half", Some(ApiError::status(503)))
+    );
+    assert_eq!(backup.calls.load(Ordering::SeqCst), 0);
+    assert!(report.fallback().is_none(), "{report}");
+}
+
+#[resilient(
+    max = 1,
+    first_token = "5s",
+    breaker = "stream-queue",
+    fallback = queue,
+    queue_wait = "60s"
+)]
+#[retry_on(500..=599, transport)]
+async fn chat_queued(p: &Provider) -> Result<Streamed<Chunks>, ApiError> {
+    Ok(Streamed::new(p.open().await?))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_stream_waits_for_its_breaker_and_streams_after_recovery() {
+    setup();
+    let p = Provider::new(vec![
+        Attempt::Fails(ApiError::status(503)),
+        Attempt::Streams(vec![chunk("after "), chunk("recovery")]),
+    ]);
+    let start = Instant::now();
+    // The 503 opens the breaker (`failures = 1`); the call waits in its line until the
+    // breaker lets a probe through (5 s), and that probe is the stream.
+    let (out, report) = call(chat_queued(&p)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!((text.as_str(), error), ("after recovery", None), "{report}");
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    assert!(start.elapsed() >= 5 * S, "{:?}", start.elapsed());
+    assert_eq!(
+        report.fallback().map(|f| &f.kind),
+        Some(&retry_runtime::FallbackKind::Queue),
+        "{report}"
+    );
+    assert_eq!(report.stream().unwrap().chunks, 2);
+    assert_eq!(breaker("stream-queue").state(), BreakerState::Closed);
 }

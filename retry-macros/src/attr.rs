@@ -590,7 +590,8 @@ pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
 
 impl Policy {
     /// A streaming call (the function returns `Result<Streamed<_>, _>`): its keys need one,
-    /// and it cannot fall back (a stream commits at its first chunk). Reported at the key.
+    /// and `cached` cannot serve it (there is no answer to keep, only chunks). Reported at
+    /// the key. A function (another stream) and `queue` serve it before its first chunk.
     pub fn check_streaming(&self, streaming: bool, errors: &mut Errors) {
         if let (Some((key, span)), false) = (&self.stream_key, streaming) {
             errors.push(syn::Error::new(
@@ -604,21 +605,12 @@ impl Policy {
             return;
         }
         for step in &self.fallback {
-            let (span, what) = match step {
-                Fallback::Cached(span) => (
+            if let Fallback::Cached(span) = step {
+                errors.push(syn::Error::new(
                     *span,
-                    "`cached` cannot serve a stream: a streaming call's answer is its chunks as they come, not a value to keep",
-                ),
-                Fallback::Queue(span) => (
-                    *span,
-                    "a streaming call cannot fall back to `queue` yet: the call commits at its first chunk",
-                ),
-                Fallback::Function(path) => (
-                    path.span(),
-                    "a streaming call cannot fall back to a function yet: the call commits at its first chunk",
-                ),
-            };
-            errors.push(syn::Error::new(span, what));
+                    "`cached` cannot serve a stream: a streaming call's answer is its chunks as they come, not a value to keep; fall back to a function that opens another stream",
+                ));
+            }
         }
     }
 

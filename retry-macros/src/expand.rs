@@ -413,17 +413,18 @@ pub fn expand(
         .iter()
         .any(|f| matches!(f, Fallback::Queue(_)));
 
-    let body = if streaming {
-        // The call goes with the stream: its report is delivered when the stream ends.
-        quote! {
-            let #result = #attempts;
-            #call.done_stream(#result)
-        }
-    } else if policy.fallback.is_empty() {
+    // A streaming call goes with its stream: its report is delivered when the stream ends.
+    // (A stream is never a value a probe must catch behind an alias: the signature said so.)
+    let (finish, not_a_stream) = if streaming {
+        (quote!(#call.done_stream(#result)), quote!())
+    } else {
+        (quote!(#call.done(#result)), not_a_stream)
+    };
+    let body = if policy.fallback.is_empty() {
         quote! {
             let #result = #attempts;
             #not_a_stream
-            #call.done(#result)
+            #finish
         }
     } else {
         // Remember good answers (a missing `Clone` is reported at the return type).
@@ -472,7 +473,7 @@ pub fn expand(
                     #(#steps)*
                 }
             }
-            #call.done(#result)
+            #finish
         };
         if has_queue {
             quote!(#again: loop { return { #run }; })
