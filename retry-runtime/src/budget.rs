@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::PoolSetting;
+use crate::metric_names::{self, LazyGauge};
 use crate::registry::{Named, Registry, Slot};
 use crate::spend::{Exhausted, Spend, Unit};
 
@@ -182,6 +183,12 @@ impl Ledger {
         }
     }
 
+    /// Committed in the window of the ledger's last write, with no clock read: what it is
+    /// right after a reservation or a settlement.
+    fn committed_latest(&self) -> u64 {
+        unpack(self.state.load(Ordering::Acquire)).1
+    }
+
     /// Everything ever settled here (all windows).
     pub fn total(&self) -> Spend {
         Spend::new(
@@ -207,9 +214,137 @@ pub struct Pool {
     // when that was last said (ms on the runtime clock).
     refused: Option<String>,
     said_at: AtomicU64,
+    committed_gauge: LazyGauge,
+    limit_gauge: LazyGauge,
+}
+
+/// What a pool has committed in its current window, against its limit: from
+/// [`pool_usage`] or [`Pool::usage`].
+///
+/// With a shared store, `committed` is the fleet's committed amount as this process last saw
+/// it (each admission through the store mirrors it); `total` is what this process settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolUsage {
+    /// Settled spend plus the reservations of attempts in flight, in the current window, in
+    /// the limit's unit (micro-dollars or tokens). Zero for a pool without a limit, which
+    /// only counts (see `total`).
+    pub committed: Spend,
+    /// The most the pool lets calls commit in one window; `None` for a pool without a limit.
+    pub limit: Option<Budget>,
+    /// The window the limit applies to; `None` without a limit.
+    pub window: Option<Duration>,
+    /// Time until the current window rolls over and the pool refills; `None` without a limit.
+    pub resets_in: Option<Duration>,
+    /// Everything settled in the pool since the process started, all windows.
+    pub total: Spend,
+}
+
+impl PoolUsage {
+    /// `committed` over `limit` (1.0 when full; a little over 1.0 when attempts in flight cost
+    /// more than they reserved); `None` without a limit.
+    pub fn fraction(&self) -> Option<f64> {
+        let limit = self.limit?;
+        let committed = self.committed.amount(limit.unit());
+        Some(if limit.amount() == 0 {
+            1.0
+        } else {
+            committed as f64 / limit.amount() as f64
+        })
+    }
+}
+
+/// What the pool named `name` has committed in its current window, and its limit; `None` if no
+/// call (nor [`pool`]) has used that name yet. It creates no pool and reads the clock once.
+///
+/// ```
+/// use retry_runtime::{pool, pool_usage, Spend};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert_eq!(pool_usage("doc-usage"), None); // never named yet
+/// pool("doc-usage"); // a call naming the pool creates it
+/// let usage = pool_usage("doc-usage").unwrap();
+/// assert_eq!(usage.committed, Spend::ZERO);
+/// // No configuration here, so the pool only counts: no limit, no window.
+/// assert_eq!((usage.limit, usage.fraction()), (None, None));
+/// # }
+/// ```
+pub fn pool_usage(name: &str) -> Option<PoolUsage> {
+    POOLS.find(name).map(Pool::usage)
+}
+
+/// Every pool created so far (in the current test-isolation scope), for the gauges' refresh.
+pub(crate) fn all_pools() -> Vec<&'static Pool> {
+    POOLS.all()
 }
 
 impl Pool {
+    /// What the pool has committed in its current window, and its limit (see [`PoolUsage`]).
+    /// Reads the clock once.
+    pub fn usage(&self) -> PoolUsage {
+        let ledger = &self.ledger;
+        let now_ms = crate::clock::now_ms();
+        let limit = ledger.limit;
+        let window_ms = ledger.window_ms.filter(|_| limit.is_some());
+        PoolUsage {
+            committed: limit.map_or(Spend::ZERO, |l| amount(l.unit(), ledger.committed(now_ms))),
+            limit,
+            window: window_ms.map(Duration::from_millis),
+            resets_in: window_ms.map(|w| Duration::from_millis(w - now_ms % w)),
+            total: ledger.total(),
+        }
+    }
+
+    /// Set the pool's gauges (committed and limit, in the limit's unit) to `committed`; a
+    /// pool without a limit has none.
+    fn publish_committed(&self, committed: u64) {
+        let (Some(limit), Some(window_ms)) = (self.ledger.limit, self.ledger.window_ms) else {
+            return;
+        };
+        let (committed_name, limit_name) = match limit.unit() {
+            Unit::Usd => (
+                metric_names::POOL_COMMITTED_MICROS,
+                metric_names::POOL_LIMIT_MICROS,
+            ),
+            Unit::Tokens => (
+                metric_names::POOL_COMMITTED_TOKENS,
+                metric_names::POOL_LIMIT_TOKENS,
+            ),
+        };
+        let name = self.name;
+        let labels = || {
+            let window = if window_ms % 1000 == 0 {
+                format!("{}s", window_ms / 1000)
+            } else {
+                format!("{window_ms}ms")
+            };
+            vec![("pool", name.to_string()), ("window", window)]
+        };
+        self.committed_gauge
+            .set(committed_name, labels, committed as f64);
+        self.limit_gauge
+            .set(limit_name, labels, limit.amount() as f64);
+    }
+
+    /// After a reservation, settlement or release: the gauges follow the ledger, with no
+    /// clock read.
+    fn publish(&self) {
+        self.publish_committed(self.ledger.committed_latest());
+    }
+
+    /// Set the gauges from the current window (a window that rolled over with no call in it
+    /// is empty, though no write said so).
+    pub(crate) fn refresh(&self) {
+        self.publish_committed(self.ledger.committed(crate::clock::now_ms()));
+    }
+
+    /// Take the fleet's committed amount as the ledger's, as the shared store just said, and
+    /// show it.
+    pub(crate) fn mirror(&self, committed: u64, now_ms: u64) {
+        self.ledger.mirror(committed, now_ms);
+        self.publish();
+    }
+
     /// Whether this pool refuses every call (its configuration is missing where it should
     /// be). The ERROR event that says why comes at most once a minute, for as long as calls
     /// keep coming: an operator who missed the first one sees it again.
@@ -284,6 +419,8 @@ pub fn pool(name: &str) -> &'static Pool {
                 ledger: Ledger::new(config.map(|c| c.limit), config.map(|c| c.window)),
                 refused,
                 said_at: AtomicU64::new(0),
+                committed_gauge: LazyGauge::new(),
+                limit_gauge: LazyGauge::new(),
             }
         })
         .0
@@ -598,7 +735,10 @@ impl Ledgers {
         if let Some(pool) = self.pool {
             let unit_amount = pool.ledger.limit.map_or(0, |l| expected.amount(l.unit()));
             match pool.ledger.reserve(unit_amount, now_ms) {
-                Ok(r) => held.pool = Some(PoolHold::Local(r)),
+                Ok(r) => {
+                    held.pool = Some(PoolHold::Local(r));
+                    pool.publish();
+                }
                 Err(committed) => {
                     pool.refused(committed, now_ms);
                     let limit = pool.ledger.limit.unwrap_or(Budget::micros(0));
@@ -719,6 +859,7 @@ impl Ledgers {
                     }
                 }
             }
+            pool.publish();
         }
         if let (Some(scope), Some(expected)) = (&self.workflow, held.workflow) {
             for s in scope.chain() {
@@ -732,7 +873,10 @@ impl Ledgers {
     pub(crate) fn release(&self, held: Held) {
         if let (Some(pool), Some(hold)) = (self.pool, held.pool) {
             match hold {
-                PoolHold::Local(r) => pool.ledger.release(r),
+                PoolHold::Local(r) => {
+                    pool.ledger.release(r);
+                    pool.publish();
+                }
                 PoolHold::Shared { window, amount } => {
                     if let Some(shared) = crate::store::active() {
                         shared.send(crate::store::Update::Release {

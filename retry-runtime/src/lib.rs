@@ -83,7 +83,7 @@ pub use rejected::{CanReject, Rejected};
 
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
-pub use budget::{pool, workflow, Pool, Workflow};
+pub use budget::{pool, pool_usage, workflow, Pool, PoolUsage, Workflow};
 pub use executor::Streamed;
 pub use regime::Regime;
 pub use spend::{bill_on_cut, Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};

@@ -76,6 +76,25 @@ impl<T: Named> Registry<T> {
         all.push((scope, created));
         (created, true)
     }
+
+    /// The entry named `name` in the current scope, if something created it; creates nothing.
+    pub(crate) fn find(&self, name: &str) -> Option<&'static T> {
+        let scope = current_scope();
+        self.entries()
+            .iter()
+            .find(|(s, e)| *s == scope && e.name() == name)
+            .map(|(_, e)| *e)
+    }
+
+    /// Every entry of the current scope, in the order they were created.
+    pub(crate) fn all(&self) -> Vec<&'static T> {
+        let scope = current_scope();
+        self.entries()
+            .iter()
+            .filter(|(s, _)| *s == scope)
+            .map(|(_, e)| *e)
+            .collect()
+    }
 }
 
 /// A call site's handle on a named entry (a breaker, a pool, a pacer): resolved from its

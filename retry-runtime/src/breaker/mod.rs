@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::classify::ErrorClass;
 use crate::clock::now_ms;
 use crate::config::BreakerConfig;
+use crate::metric_names::{self, LazyGauge};
 use crate::overload::RateGate;
 use crate::queue::Queue;
 mod adaptive;
@@ -48,6 +49,16 @@ impl BreakerState {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the gauge `retry_runtime_breaker_state`: 0 closed, 1 half-open, 2 open
+    /// (ordered by how much the breaker holds back, so the worst of several is their `max`).
+    pub fn gauge_value(&self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
         }
     }
 }
@@ -290,6 +301,9 @@ pub struct Breaker {
     queue: Queue,
     // The shared store's generation of this breaker's state last adopted (0: none stored).
     shared_generation: AtomicU64,
+    // The gauges of its state and of its queue's length.
+    state_gauge: LazyGauge,
+    queue_gauge: LazyGauge,
 }
 
 impl fmt::Debug for Breaker {
@@ -325,8 +339,38 @@ impl Breaker {
             rate_gate: RateGate::new(),
             queue: Queue::new(config.queue_len as usize, config.queue_release_per_sec),
             shared_generation: AtomicU64::new(0),
+            state_gauge: LazyGauge::new(),
+            queue_gauge: LazyGauge::new(),
             config,
         }
+    }
+
+    /// Set the state gauge (`retry_runtime_breaker_state`) to `state`.
+    fn publish_state(&self, state: BreakerState) {
+        let name = self.name;
+        self.state_gauge.set(
+            metric_names::BREAKER_STATE,
+            || vec![("breaker", name.to_string())],
+            state.gauge_value(),
+        );
+    }
+
+    /// Set the gauges from the state now: its state, and its queue's length (the refresh
+    /// that catches what no transition said, e.g. a breaker created before the recorder).
+    pub(crate) fn publish(&self) {
+        self.publish_state(self.state());
+        self.publish_queue();
+    }
+
+    /// Set the queue-length gauge (`retry_runtime_queue_length`) to the queue's length now:
+    /// after a caller joined or left it.
+    pub(crate) fn publish_queue(&self) {
+        let name = self.name;
+        self.queue_gauge.set(
+            metric_names::QUEUE_LENGTH,
+            || vec![("breaker", name.to_string())],
+            self.queue.len() as f64,
+        );
     }
 
     /// The breaker's name.
@@ -392,6 +436,12 @@ impl Breaker {
                         from: before.state,
                         to: after.state,
                     });
+                    // Every change of state goes through here (admission, result, adoption
+                    // of the fleet's state), so the gauge misses none. The state read again,
+                    // not `after`: of two racing changes, the later set shows the newer state.
+                    if transition.is_some() {
+                        self.publish_state(self.state());
+                    }
                     return (out, transition);
                 }
                 Err(actual) => bits = actual,
@@ -573,6 +623,11 @@ pub fn breaker(name: &str) -> &'static Breaker {
             Breaker::new(name, crate::config::breaker_config(name))
         })
         .0
+}
+
+/// Every breaker created so far (in the current test-isolation scope), for the gauges' refresh.
+pub(crate) fn all_breakers() -> Vec<&'static Breaker> {
+    BREAKERS.all()
 }
 
 /// A call site's breaker, resolved once: after the first call, one atomic load.

@@ -242,6 +242,14 @@ impl<'p> Call<'p> {
         if self.attempts > 0 || !self.gate.paced().is_zero() {
             self.attempt_started = Instant::now();
         }
+        // The call's own first attempt (not a round run again after the queue): how long the
+        // gate held it, from instants already read.
+        if self.attempts == 0 && self.parked_at.is_none() {
+            report::metered::first_attempt(
+                self.labels,
+                self.attempt_started.saturating_duration_since(self.started),
+            );
+        }
         self.attempts += 1;
         self.cut = None;
     }
@@ -406,6 +414,7 @@ impl<'p> Call<'p> {
             u64::from(self.attempts),
             self.spent.micros(),
             self.spent.tokens(),
+            self.started,
         );
         if let Some(reason) = refusal_reason(&stop) {
             report::metered::rejection(self.policy.name(), reason);
@@ -472,9 +481,26 @@ impl<'p> Call<'p> {
         self.deliver();
     }
 
+    /// A streamed call's first chunk came (`committed` was just set): the time to it, for its
+    /// histogram, from the instants the report takes it from.
+    pub(super) fn first_chunk_came(&self) {
+        if let Some(at) = self.committed {
+            report::metered::first_chunk(self.labels, at.saturating_duration_since(self.started));
+        }
+    }
+
+    /// Leave the breaker's queue, if the call is in it.
+    pub(super) fn leave_queue(&mut self) {
+        if self.place.take().is_some() {
+            if let Some(breaker) = self.gate.breaker {
+                breaker.publish_queue();
+            }
+        }
+    }
+
     fn deliver(&mut self) {
         self.line_guard = None;
-        self.place = None;
+        self.leave_queue();
         if let Some(attempts) = self.observed.take() {
             report::deliver(
                 self.seat,

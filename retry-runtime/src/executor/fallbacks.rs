@@ -76,7 +76,7 @@ impl Call<'_> {
         let timed_out = |call: &mut Self| {
             let waited = parked_at.elapsed();
             call.line_guard = None;
-            call.place = None;
+            call.leave_queue();
             call.finish(StopReason::QueueTimeout { waited }, None);
             Step::Return(Err(E::from(Rejected::QueueTimeout {
                 breaker: breaker.name(),
@@ -91,6 +91,7 @@ impl Call<'_> {
                 })));
             };
             self.place = Some(place);
+            breaker.publish_queue();
             match tokio::time::timeout_at(give_up, queue.line().lock_owned()).await {
                 Ok(guard) => self.line_guard = Some(guard),
                 Err(_) => return timed_out(self),
@@ -109,7 +110,7 @@ impl Call<'_> {
             tokio::time::sleep(wait).await;
         }
         queue.await_release_slot().await;
-        self.place = None;
+        self.leave_queue();
         if breaker.state() == BreakerState::Closed {
             // No probe needed: let the next caller in line go (after its own release slot).
             self.line_guard = None;

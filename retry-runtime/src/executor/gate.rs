@@ -473,7 +473,7 @@ impl<'p> Gate<'p> {
             self.note(transition);
         }
         if let (Some(pool), Some((_, committed))) = (pool, seen.pool) {
-            pool.ledger().mirror(committed, now);
+            pool.mirror(committed, now);
         }
     }
 
@@ -643,7 +643,7 @@ impl<'p> Gate<'p> {
             self.note(transition);
         }
         if let (Some(pool), Some((_, committed))) = (self.ledgers.pool, answer.pool) {
-            pool.ledger().mirror(committed, now);
+            pool.mirror(committed, now);
         }
         let refusal = match answer.verdict {
             Verdict::Admitted => None,

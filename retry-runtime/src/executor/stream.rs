@@ -464,6 +464,7 @@ impl Call<'static> {
             Some(Ok(chunk)) => {
                 streamed.first = Some(Ok(chunk));
                 self.committed = Some(Instant::now());
+                self.first_chunk_came();
                 Ok(streamed)
             }
             // An empty stream: committed, and over at once when read.

@@ -132,7 +132,10 @@
 //! with fields `pacer`, `rate_before`, `rate_after` (requests per second; `inf` when there was
 //! no limit yet) and `reason` (`rate_limited`, or `hint` for a provider's headers lowering it
 //! by 5% or more; smaller header corrections are DEBUG). With the `metrics` feature, the
-//! current request rate is the gauge `retry_runtime_pace_rate{pacer}` ([`RATE_GAUGE`]).
+//! current request rate is the gauge `retry_runtime_pace_rate{pacer}` ([`RATE_GAUGE`]), set
+//! when it changes, and the line's length `retry_runtime_pace_waiting{pacer}`, set when a
+//! caller joins or leaves it; [`crate::report::refresh_gauges`] sets both from the state now
+//! (a fixed `rpm` never changes, so only the refresh shows it).
 //!
 //! ```
 //! use std::time::Duration;
@@ -257,6 +260,11 @@ pub fn register_pacer(name: &str, config: PaceConfig) -> Result<&'static Pacer, 
         }
         (existing, false) => Err(AlreadyExists { existing }),
     }
+}
+
+/// Every pacer created so far (in the current test-isolation scope), for the gauges' refresh.
+pub(crate) fn all_pacers() -> Vec<&'static Pacer> {
+    PACERS.all()
 }
 
 /// A call site's pacer, resolved once: after the first call, one atomic load.

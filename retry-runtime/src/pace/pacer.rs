@@ -15,10 +15,11 @@ use super::core::{Core, RateChange};
 use super::gcra::Gcra;
 use super::{PaceConfig, ProviderLimits};
 use crate::clock::{from_ns, to_ns};
+use crate::metric_names::{self, LazyGauge};
 
 /// The gauge holding each pacer's current request rate (requests per second), labelled
-/// `pacer`.
-pub const RATE_GAUGE: &str = "retry_runtime_pace_rate";
+/// `pacer`: [`metric_names::PACE_RATE`], under the name it had first.
+pub const RATE_GAUGE: &str = metric_names::PACE_RATE;
 // A header-driven drop of at least this share is an INFO event, a smaller one DEBUG.
 const HINT_EVENT_DROP: f64 = 0.05;
 
@@ -60,6 +61,9 @@ pub struct Pacer {
     line: tokio::sync::Mutex<()>,
     // Wakes the head of the line when the rate rises or tokens are given back.
     changed: Notify,
+    // The gauges of its rate and of its line's length.
+    rate_gauge: LazyGauge,
+    waiting_gauge: LazyGauge,
 }
 
 impl fmt::Debug for Pacer {
@@ -82,7 +86,41 @@ impl Pacer {
             config,
             line: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
+            rate_gauge: LazyGauge::new(),
+            waiting_gauge: LazyGauge::new(),
         }
+    }
+
+    /// Set the gauges from the state now: the rate (none while nothing limits) and the
+    /// line's length. For the refresh: a fixed `rpm` never changes, so nothing else sets it.
+    pub(crate) fn publish(&self) {
+        let (rate, waiting) = {
+            let core = self.lock();
+            (core.effective_rate(), core.queued_requests)
+        };
+        if let Some(rate) = rate {
+            self.publish_rate(rate);
+        }
+        self.publish_waiting(waiting);
+    }
+
+    fn publish_rate(&self, rate: f64) {
+        let name = self.name;
+        self.rate_gauge.set(
+            metric_names::PACE_RATE,
+            || vec![("pacer", name.to_string())],
+            rate,
+        );
+    }
+
+    /// After the line changed (outside the pacer's lock: a first use registers the gauge).
+    fn publish_waiting(&self, waiting: u64) {
+        let name = self.name;
+        self.waiting_gauge.set(
+            metric_names::PACE_WAITING,
+            || vec![("pacer", name.to_string())],
+            waiting as f64,
+        );
     }
 
     /// The pacer's name.
@@ -162,7 +200,7 @@ impl Pacer {
         if let Some(deadline) = deadline.filter(|&deadline| deadline < arrived) {
             return Err(self.miss(arrived, deadline));
         }
-        {
+        let waiting = {
             let mut core = self.lock();
             if core.queued_requests == 0 && core.conform(arrived_ns, weight_tokens) <= arrived_ns {
                 // The fast path: nobody waiting, room in every bucket.
@@ -177,7 +215,9 @@ impl Pacer {
             }
             core.queued_requests += 1;
             core.queued_tokens = core.queued_tokens.saturating_add(weight_tokens);
-        }
+            core.queued_requests
+        };
+        self.publish_waiting(waiting);
         let mut place = Place {
             pacer: self,
             tokens: weight_tokens,
@@ -210,6 +250,9 @@ impl Pacer {
                     core.queued_requests = core.queued_requests.saturating_sub(1);
                     core.queued_tokens = core.queued_tokens.saturating_sub(weight_tokens);
                     place.joined = false;
+                    let waiting = core.queued_requests;
+                    drop(core);
+                    self.publish_waiting(waiting);
                     return Ok(self.permit(arrived, now, weight_tokens));
                 }
                 at
@@ -349,7 +392,7 @@ impl Pacer {
         }
         #[cfg(feature = "metrics")]
         if let Some(rate) = self.rate() {
-            metrics::gauge!(RATE_GAUGE, "pacer" => self.name).set(rate);
+            self.publish_rate(rate);
         }
     }
 }
@@ -365,9 +408,13 @@ struct Place<'a> {
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         if self.joined {
-            let mut core = self.pacer.lock();
-            core.queued_requests = core.queued_requests.saturating_sub(1);
-            core.queued_tokens = core.queued_tokens.saturating_sub(self.tokens);
+            let waiting = {
+                let mut core = self.pacer.lock();
+                core.queued_requests = core.queued_requests.saturating_sub(1);
+                core.queued_tokens = core.queued_tokens.saturating_sub(self.tokens);
+                core.queued_requests
+            };
+            self.pacer.publish_waiting(waiting);
         }
     }
 }

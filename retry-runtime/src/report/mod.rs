@@ -702,6 +702,33 @@ pub use crate::metric_names;
 
 pub(crate) mod metered;
 
+/// Set every gauge from the state now: each breaker's state and queue length, each pool's
+/// committed amount and limit, each pacer's rate and line (names in [`metric_names`]).
+///
+/// The gauges are also set as that state changes, but some of it changes with time alone: a
+/// pool's window rolls over with no call in it, a pacer's fixed `rpm` never changes, and a
+/// breaker or pacer created before the recorder was installed has said nothing yet. Call this
+/// before each scrape, or every few seconds from a task of your own; it takes the registries'
+/// locks briefly and reads the clock once per pool. Without the `metrics` feature the gauges
+/// go nowhere.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// retry_runtime::report::refresh_gauges();
+/// # }
+/// ```
+pub fn refresh_gauges() {
+    for breaker in crate::breaker::all_breakers() {
+        breaker.publish();
+    }
+    for pool in crate::budget::all_pools() {
+        pool.refresh();
+    }
+    for pacer in crate::pace::all_pacers() {
+        pacer.publish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
