@@ -22,24 +22,17 @@ const S: Duration = Duration::from_secs(1);
 
 // ---- seeded randomness ----
 
-/// SplitMix64: small, seedable, good enough for think times and latencies.
-struct Rng(u64);
+/// The runtime's jitter source (`rand`'s `SmallRng`), for think times and latencies.
+struct Rng(retry_runtime::Jitter);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Rng(retry_runtime::Jitter::from_seed(seed))
     }
     /// Uniform in [lo, hi).
     fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
         let span = (hi - lo).as_nanos() as u64;
-        lo + Duration::from_nanos(self.next_u64() % span.max(1))
+        lo + Duration::from_nanos(self.0.between(0, span.saturating_sub(1)))
     }
 }
 

@@ -67,9 +67,15 @@ fn ours_beats_the_other_policies_in_short_storms() {
     }
 
     // (d) metastable: retries keep a slowed provider down after the trigger ends.
-    let (d, table) = run(&Scenario::metastable().short(), 50, 11);
+    // Shortened, the trigger tips the provider over for most seeds, not all (in 3 of seeds
+    // 1 to 15 the retrying policies ride it out): a seed where it does, and the check that it did.
+    let (d, table) = run(&Scenario::metastable().short(), 50, 7);
     println!("{table}");
     let ours = of(&d, Policy::Ours);
+    assert!(
+        of(&d, Policy::Naive).amplification >= 1.5,
+        "the collapse is real:\n{table}"
+    );
     assert!(ours.recovery.is_some(), "ours must recover:\n{table}");
     for other in [Policy::Naive, Policy::Exp, Policy::FullJitter] {
         let them = of(&d, other);

@@ -13,9 +13,12 @@
 //!
 //! All arithmetic is on whole nanoseconds and saturates, so no policy can overflow.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
 
 /// Which formula spaces the retries. The attribute spells them `"exp_jitter"`,
 /// `"equal_jitter"`, `"decorrelated_jitter"`, `"exp"`, `"constant"`.
@@ -108,23 +111,25 @@ fn exp_nanos(retry: u32, base: u64, cap: u64) -> u64 {
     base.saturating_mul(factor).min(cap)
 }
 
-/// A small, fast, seedable random source for jitter (wyrand). Not for cryptography.
+/// The seedable random source jitter is drawn from: `rand`'s [`SmallRng`] (xoshiro256++ on
+/// 64-bit targets), small and fast; not for cryptography. The same seed gives the same
+/// sequence (for one version of `rand` on one target width).
 #[derive(Debug, Clone)]
 pub struct Jitter {
-    state: u64,
+    rng: SmallRng,
 }
 
 impl Jitter {
     /// A source that yields the same sequence for the same seed.
-    pub const fn from_seed(seed: u64) -> Self {
-        Self { state: seed }
+    pub fn from_seed(seed: u64) -> Self {
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+        }
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0xa076_1d64_78bd_642f);
-        let t = u128::from(self.state) * u128::from(self.state ^ 0xe703_7ed1_a0b4_28db);
-        ((t >> 64) as u64) ^ (t as u64)
+        self.rng.next_u64()
     }
 
     /// A uniform integer in `[low, high]` (inclusive); `low` when `high <= low`.
@@ -132,48 +137,36 @@ impl Jitter {
         if high <= low {
             return low;
         }
-        let span = high - low;
-        if span == u64::MAX {
-            return self.next_u64();
-        }
-        // Lemire's multiply-shift: no division, bias below 2^-64 * span.
-        low + ((u128::from(self.next_u64()) * (u128::from(span) + 1)) >> 64) as u64
+        self.rng.random_range(low..=high)
     }
 
     /// A fresh source for one call. Each call draws its own seed from the thread's sequence,
     /// so a call's delays do not depend on how other calls interleave with it.
     pub(crate) fn for_call() -> Self {
-        THREAD_SEQUENCE.with(|seq| {
-            let mut parent = Jitter::from_seed(seq.get());
-            let seed = parent.next_u64();
-            seq.set(parent.state);
-            Jitter::from_seed(seed)
-        })
+        THREAD_SEQUENCE.with(|seq| Jitter::from_seed(seq.borrow_mut().next_u64()))
     }
 }
 
 /// Seed for threads that start drawing jitter after `testing::seed_jitter` was called, and
-/// the marker that none was set (then each thread seeds itself from the clock).
+/// the marker that none was set (then each thread seeds itself from the OS).
 static PROCESS_SEED: AtomicU64 = AtomicU64::new(UNSEEDED);
 const UNSEEDED: u64 = 0;
 
 thread_local! {
-    static THREAD_SEQUENCE: Cell<u64> = Cell::new(initial_thread_seed());
+    static THREAD_SEQUENCE: RefCell<SmallRng> = RefCell::new(initial_thread_rng());
 }
 
-fn initial_thread_seed() -> u64 {
+fn initial_thread_rng() -> SmallRng {
     match PROCESS_SEED.load(Ordering::Relaxed) {
-        UNSEEDED => {
-            // Unseeded: mix the wall clock with this thread's address space position so two
-            // processes (or threads) started together do not jitter in lock-step.
+        // Unseeded: from the OS, so two processes (or threads) started together do not jitter
+        // in lock-step; from the clock if the OS has no randomness to give (never a panic).
+        UNSEEDED => SmallRng::try_from_os_rng().unwrap_or_else(|_| {
             let clock = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let local = 0u8;
-            clock ^ (&local as *const u8 as u64).rotate_left(32)
-        }
-        seed => seed,
+                .map_or(0, |d| d.as_nanos() as u64);
+            SmallRng::seed_from_u64(clock)
+        }),
+        seed => SmallRng::seed_from_u64(seed),
     }
 }
 
@@ -182,7 +175,7 @@ pub(crate) fn seed(seed: u64) {
     // 0 is the "unseeded" marker; any other value maps to itself.
     let seed = if seed == UNSEEDED { 0x5eed } else { seed };
     PROCESS_SEED.store(seed, Ordering::Relaxed);
-    THREAD_SEQUENCE.with(|seq| seq.set(seed));
+    THREAD_SEQUENCE.with(|seq| *seq.borrow_mut() = SmallRng::seed_from_u64(seed));
 }
 
 #[cfg(test)]

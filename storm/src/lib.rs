@@ -33,39 +33,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::rngs::SmallRng;
+use rand::{Rng as _, RngCore, SeedableRng};
 use retry_runtime::{
     resilient, retry_on, Classify, ErrorClass, Metered, Price, Rejected, Spend, Usage,
 };
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------
-// A seeded random number generator (SplitMix64): the simulation draws nothing from the OS.
+// A seeded random number generator (`rand`'s `SmallRng`): the simulation draws nothing from
+// the OS.
 
-/// SplitMix64: small, fast and good enough for a simulation; same seed, same stream.
+/// `rand`'s `SmallRng` behind the three draws the simulation makes; same seed, same stream.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SmallRng);
 
 impl Rng {
     /// A generator for `seed`, mixed with a stream number so that callers get independent
     /// streams.
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
-        r.next_u64();
-        r
+        Rng(SmallRng::seed_from_u64(
+            seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F),
+        ))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.random::<f64>()
     }
 
     /// Exponentially distributed with this mean.
