@@ -110,6 +110,13 @@ fn setup() {
                     },
                 )
                 .with_breaker(
+                    "stream-continue",
+                    BreakerConfig {
+                        failures: 1,
+                        ..BreakerConfig::default()
+                    },
+                )
+                .with_breaker(
                     "stream-queue",
                     BreakerConfig {
                         failures: 1,
@@ -475,4 +482,56 @@ async fn a_queued_stream_waits_for_its_breaker_and_streams_after_recovery() {
     );
     assert_eq!(report.stream().unwrap().chunks, 2);
     assert_eq!(breaker("stream-queue").state(), BreakerState::Closed);
+}
+
+#[resilient(
+    max = 3,
+    base = "10ms",
+    first_token = "5s",
+    breaker = "stream-continue"
+)]
+#[retry_on(500..=599, transport)]
+async fn chat_continued_breaker(
+    p: &std::sync::Arc<Provider>,
+    hooked: &std::sync::Arc<AtomicUsize>,
+) -> Result<Streamed<Chunks>, ApiError> {
+    let (p2, hooked) = (p.clone(), hooked.clone());
+    Ok(Streamed::new(p.open().await?).on_cut(move |_cut, _chunks| {
+        hooked.fetch_add(1, Ordering::SeqCst);
+        let p = p2.clone();
+        Some(async move { p.open().await })
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_the_hook_would_continue_is_a_failure_for_the_breaker_first() {
+    setup();
+    // `failures = 1`: the cut opens the breaker, so the continuation is refused, unsent.
+    let p = std::sync::Arc::new(Provider::new(vec![
+        Attempt::Streams(vec![
+            chunk("a"),
+            chunk("b"),
+            (100 * MS, Err(ApiError::Network)),
+        ]),
+        Attempt::Streams(vec![chunk("never")]),
+    ]));
+    let hooked = std::sync::Arc::new(AtomicUsize::new(0));
+    assert_eq!(breaker("stream-continue").state(), BreakerState::Closed);
+    let (out, report) = call(chat_continued_breaker(&p, &hooked)).await;
+    let (text, error) = out.unwrap();
+    assert_eq!((text.as_str(), error), ("ab", Some(ApiError::Network)));
+    assert_eq!(hooked.load(Ordering::SeqCst), 1, "the hook was asked");
+    assert_eq!(p.calls.load(Ordering::SeqCst), 1, "its stream never opened");
+    assert_eq!(breaker("stream-continue").state(), BreakerState::Open);
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::StreamCut {
+            chunks: 2,
+            class: ErrorClass::Transport
+        }),
+        "{report}"
+    );
+    assert_eq!(report.attempts().len(), 1, "{report}");
+    // Exactly one transition (closed to open): the end of the stream added no second failure.
+    assert_eq!(report.transitions().len(), 1, "{report}");
 }

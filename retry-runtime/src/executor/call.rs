@@ -442,9 +442,17 @@ impl<'p> Call<'p> {
         result
     }
 
-    /// A committed stream was cut (`cut`) and a continuation of it is being opened: that is
-    /// the call's next attempt (its report entry written now, its result at the stream's end).
-    pub(super) fn continue_stream(&mut self, cut: ErrorClass) {
+    /// A committed stream was cut (`cut`; the attempt started at `started`, as far as the
+    /// regime's latency goes) and a continuation of it would be opened: the breaker hears the
+    /// cut and must admit the continuation, the call's next attempt (its report entry written
+    /// now, its result at the stream's end). `false` if the breaker refuses it.
+    pub(super) fn continue_stream(&mut self, cut: ErrorClass, started: Instant) -> bool {
+        if !self
+            .gate
+            .continue_after_cut(cut, self.attempts == 1, started)
+        {
+            return false;
+        }
         if let Some(last) = self.observed.as_mut().and_then(|a| a.last_mut()) {
             last.class = Some(cut);
         }
@@ -452,6 +460,7 @@ impl<'p> Call<'p> {
         self.attempt_started = Instant::now();
         self.delay_before = Duration::ZERO;
         self.record(None, None, Spend::ZERO);
+        true
     }
 
     /// A committed stream ended (`failure`: how it failed; `None` for its end or its drop):

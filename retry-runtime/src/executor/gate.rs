@@ -775,6 +775,31 @@ impl<'p> Gate<'p> {
         }
     }
 
+    /// A committed stream was cut and the call would continue it: the cut is the attempt's
+    /// failure for the breaker now, and the continuation a new attempt that the breaker must
+    /// admit (at once: a continuation does not wait). `false` if it refuses (the cut opened
+    /// it, or it was open); the breaker has heard the cut either way, so the stream's end
+    /// tells it nothing more. The pacer's permit and the ledgers' reservations go on to the
+    /// continuation: the stream's whole spend settles them at its end.
+    pub(super) fn continue_after_cut(
+        &mut self,
+        cut: ErrorClass,
+        first: bool,
+        started: Instant,
+    ) -> bool {
+        self.record_breaker(Some(cut), first, started);
+        let Some(breaker) = self.breaker else {
+            return true;
+        };
+        let (admission, transition) = breaker.admit(now_ms());
+        self.note(transition);
+        if let Admission::Rejected { .. } = admission {
+            return false;
+        }
+        self.admission = Some(admission);
+        true
+    }
+
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
             let news = breaker.observe(first, failure, started);

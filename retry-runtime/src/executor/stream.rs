@@ -249,13 +249,18 @@ impl Tail {
         }
     }
 
+    /// When the attempt "started", for the regime: its latency is its time to the first
+    /// chunk (a long answer is not a slow provider).
+    fn attempt_started(&self) -> Instant {
+        Instant::now()
+            .checked_sub(self.to_first)
+            .unwrap_or_else(Instant::now)
+    }
+
     /// The stream is over: record it as the attempt's result and deliver the report.
     fn end(&mut self, failure: Option<ErrorClass>, stop: StopReason) {
+        let started = self.attempt_started();
         let call = &mut self.call;
-        // The attempt's latency is its time to the first chunk.
-        let started = Instant::now()
-            .checked_sub(self.to_first)
-            .unwrap_or_else(Instant::now);
         call.end_stream(
             failure,
             self.spend,
@@ -355,16 +360,18 @@ where
         Poll::Ready(Some(Err(error)))
     }
 
-    /// A continuation of the cut stream, if the hook gives one and the call has attempts left
-    /// (it is one of them).
+    /// A continuation of the cut stream, if the hook gives one, the call has attempts left
+    /// (it is one of them) and the breaker, told of the cut, admits it.
     fn continuation(&mut self, error: &E) -> Option<Continuation<S>> {
         let tail = self.tail.as_mut()?;
         if tail.call.attempts >= tail.call.policy.max_attempts() {
             return None;
         }
         let opening = (self.on_cut.as_mut()?)(error, tail.chunks)?;
-        tail.call.continue_stream(error.class());
-        Some(opening)
+        // A refused continuation is dropped unpolled: nothing was sent.
+        tail.call
+            .continue_stream(error.class(), tail.attempt_started())
+            .then_some(opening)
     }
 
     /// The inner stream has nothing yet: is the idle gap, or the deadline, over?
