@@ -493,3 +493,37 @@ async fn breaker_pacer_and_pool_together_around_a_stream() {
         "nothing reserved for it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_of_a_call_sends_the_same_idempotency_key() {
+    setup();
+    let server = SseServer::start(vec![
+        Scripted::status(503, sse_server::openai_error("server_error", "", "busy")),
+        Scripted::rate_limited(100),
+        Scripted::words(&["one"]),
+        Scripted::words(&["two"]),
+    ])
+    .await;
+    let c = client(&server);
+    let (text, error, _) = run(stream(&c, &request("hi"))).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text, "one");
+    let (text, _, _) = run(stream(&c, &request("hi"))).await;
+    assert_eq!(text, "two");
+    let keys = server.header("idempotency-key");
+    assert_eq!(keys.len(), 4);
+    let first = keys[0].clone().expect("a key on the first attempt");
+    assert_eq!(first.len(), 32, "{first}");
+    assert_eq!(
+        keys[1].as_deref(),
+        Some(first.as_str()),
+        "the retry after a 503"
+    );
+    assert_eq!(
+        keys[2].as_deref(),
+        Some(first.as_str()),
+        "the retry after a 429"
+    );
+    let second = keys[3].clone().expect("a key on the next call");
+    assert_ne!(second, first, "another call, another key");
+}

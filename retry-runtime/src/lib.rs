@@ -53,6 +53,7 @@ pub mod budget;
 pub mod classify;
 mod clock;
 pub mod config;
+pub mod context;
 pub mod executor;
 pub mod fallback;
 pub mod integrations;
@@ -84,6 +85,7 @@ pub use rejected::{CanReject, Rejected};
 // Spend, limits and named shared state.
 pub use breaker::{breaker, Breaker, BreakerState, Transition};
 pub use budget::{pool, pool_usage, workflow, Pool, PoolUsage, Workflow};
+pub use context::{current_attempt, AttemptContext, IdempotencyKey};
 pub use executor::Streamed;
 pub use regime::Regime;
 pub use spend::{bill_on_cut, Budget, BudgetScope, Metered, Price, Spend, Unit, Usage};

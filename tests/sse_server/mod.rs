@@ -249,6 +249,7 @@ struct Shared {
     script: Mutex<Vec<Scripted>>,
     requests: AtomicUsize,
     bodies: Mutex<Vec<String>>,
+    headers: Mutex<Vec<axum::http::HeaderMap>>,
 }
 
 /// A running server; it lives as long as the test's runtime.
@@ -264,6 +265,7 @@ impl SseServer {
             script: Mutex::new(script),
             requests: AtomicUsize::new(0),
             bodies: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(answer))
@@ -299,6 +301,17 @@ impl SseServer {
         self.shared.bodies.lock().unwrap().clone()
     }
 
+    /// The value of request header `name` on each request, in arrival order.
+    pub fn header(&self, name: &str) -> Vec<Option<String>> {
+        self.shared
+            .headers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned))
+            .collect()
+    }
+
     /// Their bodies as JSON (panics on a body that is not JSON).
     pub fn bodies_json(&self) -> Vec<serde_json::Value> {
         self.bodies()
@@ -319,8 +332,13 @@ async fn not_found(uri: Uri) -> Response {
     response
 }
 
-async fn answer(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn answer(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     shared.requests.fetch_add(1, Ordering::SeqCst);
+    shared.headers.lock().unwrap().push(headers);
     shared
         .bodies
         .lock()

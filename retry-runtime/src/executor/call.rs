@@ -11,6 +11,7 @@ use super::{CallSite, Outcome, Settled, Step};
 use crate::backoff::Jitter;
 use crate::budget::{current_workflow, Ledgers};
 use crate::classify::{Classify, ErrorClass};
+use crate::context::IdempotencyKey;
 use crate::fallback::{FallbackReport, Place};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
@@ -57,6 +58,8 @@ pub struct Call<'p> {
     pub(super) delay_before: Duration,
     pub(super) prev_backoff: Duration,
     jitter: Option<Jitter>,
+    // The call's idempotency key, the same for each of its attempts (`current_attempt`).
+    key: IdempotencyKey,
     pub(super) cut: Option<Cut>,
     // `Some` only under `observe`, so an unobserved call never allocates for its report.
     observed: Option<Vec<AttemptReport>>,
@@ -118,6 +121,7 @@ impl<'p> Call<'p> {
             delay_before: Duration::ZERO,
             prev_backoff: policy.base(),
             jitter: None,
+            key: crate::context::new_call_key(),
             cut: None,
             observed,
             seat: seat.unwrap_or(0),
@@ -144,7 +148,7 @@ impl<'p> Call<'p> {
             self.gate.take_unrefusable(self.site.estimate.expected());
         }
         self.begin_attempt();
-        attempt.await
+        crate::context::scope(self.attempts, self.key, attempt).await
     }
 
     /// Run one attempt through the gate (the first attempt is admitted here, retries in
@@ -166,6 +170,7 @@ impl<'p> Call<'p> {
             }
         }
         self.begin_attempt();
+        let attempt = crate::context::scope(self.attempts, self.key, attempt);
         let now = self.attempt_started;
         let by_timeout = self.policy.timeout().map(|t| (now + t, Cut::Timeout));
         let by_deadline = self

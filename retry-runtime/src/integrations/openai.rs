@@ -98,6 +98,10 @@ pub fn single_attempt_client<C: Config>(config: C, http: reqwest::Client) -> Cli
 /// The HTTP service behind [`single_attempt_client`]: a `tower` service that sends each
 /// request once and turns a 4xx/5xx answer into `OpenAIError::Boxed(HttpError)`.
 ///
+/// Each POST it sends under a `#[resilient]` call carries an `Idempotency-Key` header, the
+/// same on every attempt of the call ([`current_attempt`](crate::current_attempt)), unless
+/// the request already has one.
+///
 /// Install it yourself with `Client::with_http_service`, e.g. under other `tower` layers
 /// (concurrency limits, tracing); just not under a retry layer.
 #[derive(Debug, Clone)]
@@ -112,6 +116,9 @@ impl SingleAttempt {
     }
 }
 
+/// The header [`SingleAttempt`] names a call with.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 impl tower_service::Service<HttpRequestFactory> for SingleAttempt {
     type Response = reqwest::Response;
     type Error = OpenAIError;
@@ -125,7 +132,20 @@ impl tower_service::Service<HttpRequestFactory> for SingleAttempt {
     fn call(&mut self, request: HttpRequestFactory) -> Self::Future {
         let http = self.http.clone();
         Box::pin(async move {
-            let request = request.build().await?;
+            let mut request = request.build().await?;
+            // One key for every attempt of the call: a POST the server already served is not
+            // served again when the answer was lost on the way back.
+            if let Some(attempt) = crate::context::current_attempt() {
+                if request.method() == reqwest::Method::POST
+                    && !request.headers().contains_key(IDEMPOTENCY_KEY)
+                {
+                    if let Ok(value) =
+                        http::HeaderValue::from_str(&attempt.idempotency_key().to_string())
+                    {
+                        request.headers_mut().insert(IDEMPOTENCY_KEY, value);
+                    }
+                }
+            }
             // Sent from here on: a cut attempt pays the prompt, with no glue in the body.
             if let Some(bill) = request
                 .body()

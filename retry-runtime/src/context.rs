@@ -1,0 +1,152 @@
+//! The attempt in flight, readable from a `#[resilient]` function's body: which attempt it is,
+//! and a key that names the call across its attempts, for an `Idempotency-Key` header (the
+//! OpenAI SDKs send one, the same on each retry, so that a retried POST the server already
+//! served is not served twice) or a retry-count header.
+//!
+//! ```
+//! use retry_runtime::{current_attempt, resilient, Rejected};
+//!
+//! # #[derive(Debug)] struct ApiError;
+//! # impl retry_runtime::Classify for ApiError {
+//! #     fn class(&self) -> retry_runtime::ErrorClass { retry_runtime::ErrorClass::Status(503) }
+//! # }
+//! #[resilient(max = 3, base = "1ms")]
+//! async fn send(seen: &std::sync::Mutex<Vec<(u32, String)>>) -> Result<(), ApiError> {
+//!     let attempt = current_attempt().expect("inside a #[resilient] body");
+//!     // e.g. `.header("Idempotency-Key", attempt.idempotency_key().to_string())`
+//!     seen.lock().unwrap().push((attempt.number(), attempt.idempotency_key().to_string()));
+//!     Err(ApiError)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let seen = std::sync::Mutex::new(Vec::new());
+//! let _ = send(&seen).await;
+//! let seen = seen.into_inner().unwrap();
+//! assert_eq!(seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
+//! assert!(seen.iter().all(|(_, key)| *key == seen[0].1), "one key for the whole call");
+//! assert!(current_attempt().is_none(), "outside any attempt");
+//! # }
+//! ```
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+tokio::task_local! {
+    // The attempt whose future is being polled (set around each poll by `scope`).
+    static ATTEMPT: AttemptContext;
+}
+
+/// The attempt a `#[resilient]` function's body is running: see [`current_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttemptContext {
+    number: u32,
+    key: IdempotencyKey,
+}
+
+impl AttemptContext {
+    /// Which attempt this is: 1 for the first, 2 for the first retry, ….
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Retries before this attempt (0 on the first): what a `x-retry-count` header says.
+    pub fn retries(&self) -> u32 {
+        self.number.saturating_sub(1)
+    }
+
+    /// The call's key: the same on every attempt of one call, different for every call of
+    /// the process (and, with a prefix drawn from the OS at start, of any other process).
+    pub fn idempotency_key(&self) -> IdempotencyKey {
+        self.key
+    }
+}
+
+/// A call's idempotency key; `Display` writes it as 32 hex digits (a process prefix and the
+/// call's number), fit for an `Idempotency-Key` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    process: u64,
+    call: u64,
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}", self.process, self.call)
+    }
+}
+
+/// The attempt in flight, from inside a `#[resilient]` function's body (and what it calls,
+/// on the same task, while the attempt's future is polled); `None` anywhere else: outside
+/// any call, in a task the body spawned, in a fallback function that is not itself
+/// `#[resilient]`, and in a streaming call's stream after its first chunk.
+pub fn current_attempt() -> Option<AttemptContext> {
+    ATTEMPT.try_with(|a| *a).ok()
+}
+
+/// A new call's key. No allocation and no shared write but once per thread: a thread's
+/// number (drawn from one counter the first time the thread starts a call) above a
+/// thread-local count.
+pub(crate) fn new_call_key() -> IdempotencyKey {
+    static THREADS: AtomicU32 = AtomicU32::new(0);
+    thread_local! {
+        static NEXT: Cell<u64> = const { Cell::new(0) };
+    }
+    let call = NEXT.with(|next| {
+        let mut n = next.get();
+        if n == 0 {
+            // 24 bits of thread number, 40 bits of calls per thread (a trillion).
+            n = u64::from(THREADS.fetch_add(1, Ordering::Relaxed) & 0xff_ffff) << 40;
+        }
+        next.set(n + 1);
+        n
+    });
+    IdempotencyKey {
+        process: process_prefix(),
+        call,
+    }
+}
+
+fn process_prefix() -> u64 {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    *PREFIX.get_or_init(|| {
+        use rand::{RngCore, SeedableRng};
+        // From the OS (never the jitter sequence, whose seeded draws must not move); the
+        // clock if the OS has nothing to give.
+        rand::rngs::SmallRng::try_from_os_rng().map_or_else(
+            |_| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            },
+            |mut rng| rng.next_u64(),
+        )
+    })
+}
+
+/// `attempt` run as attempt `number` of the call keyed `key`.
+pub(crate) fn scope<F: std::future::Future>(
+    number: u32,
+    key: IdempotencyKey,
+    attempt: F,
+) -> impl std::future::Future<Output = F::Output> {
+    ATTEMPT.scope(AttemptContext { number, key }, attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_per_call_and_across_threads() {
+        let a = new_call_key();
+        let b = new_call_key();
+        assert_ne!(a, b);
+        let c = std::thread::spawn(new_call_key).join().unwrap();
+        assert_ne!(a, c);
+        assert_ne!(b, c);
+        assert_eq!(a.to_string().len(), 32);
+        assert_eq!(a.process, c.process, "one prefix per process");
+    }
+}
