@@ -56,9 +56,8 @@ async fn a_pool_refuses_when_spent_warns_once_per_window_and_refills() {
     let cost = Spend::from_micros(40_000);
 
     let window = |expect_ok: usize| async move {
-        // Diagnostics for a failure: where the runtime clock and the ledger stood.
-        let clock = retry_runtime::testing::clock_ms();
-        let committed = pool("hourly").ledger().committed(clock);
+        // Diagnostics for a failure: where the pool stood at the window's start.
+        let usage = pool("hourly").usage();
         let mut ok = 0;
         for _ in 0..6 {
             match hourly(cost).await {
@@ -76,7 +75,8 @@ async fn a_pool_refuses_when_spent_warns_once_per_window_and_refills() {
         }
         assert_eq!(
             ok, expect_ok,
-            "calls that fit in this window (clock {clock} ms at its start, {committed} committed)"
+            "calls that fit in this window ({} committed at its start, refilling in {:?})",
+            usage.committed, usage.resets_in
         );
         log.with_message("spend pool exhausted")
             .iter()
