@@ -123,7 +123,7 @@ fn status_name(code: u16) -> &'static str {
     message = "`{Self}` does not say whether a failed attempt is worth retrying",
     label = "the error type of a `#[resilient]` fn must implement `Classify`",
     note = "implement `retry_runtime::Classify` for `{Self}`: map each error to an `ErrorClass` (`Status(code)`, `Timeout`, `Transport`, `Permanent`, `Other`)",
-    note = "if `{Self}` comes from another crate (`anyhow::Error`, `Box<dyn Error>`, a client's error), the orphan rule forbids that impl here: return your own error type that wraps it (`enum LlmError {{ Api(TheirError), Runtime(Rejected) }}`) and classify the wrapper"
+    note = "if `{Self}` comes from another crate (`anyhow::Error`, `Box<dyn Error>`, a client's error), the orphan rule forbids that impl here: return `retry_runtime::AnyError` (any error, classified by the errors the library knows in its chain), or your own error type that wraps it (`enum LlmError {{ Api(TheirError), Runtime(Rejected) }}`) and classify the wrapper"
 )]
 pub trait Classify {
     /// The class of this failure.

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod any_error;
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
@@ -79,6 +80,7 @@ pub use backoff::{Backoff, Jitter};
 pub use policy::{CodeRange, Policy, RetryOn};
 
 // Classifying errors, and what the runtime itself refuses with.
+pub use any_error::AnyError;
 pub use classify::{Classify, ErrorClass};
 pub use rejected::{CanReject, Rejected};
 
