@@ -29,7 +29,9 @@
 //!
 //! # When the store is unreachable
 //!
-//! Each operation has a short timeout ([`StoreConfig::with_timeout`], 50 ms by default). An
+//! Each operation has a short timeout ([`StoreConfig::with_timeout`], 50 ms by default; an
+//! admission awaited on the caller's task is given up within an eighth of it after, by a
+//! watchdog that ticks on the store's thread). An
 //! operation that fails or times out switches the process to local state ([`StoreStatus::Local`]):
 //! calls go on with the in-memory behaviour, one WARN event says so (target `retry_runtime`),
 //! and a background task tries the store again every `reconnect` (500 ms). When it answers,
@@ -129,6 +131,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Everything an attempt's admission needs, in one round trip, all or nothing.
     fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted>;
+
+    /// [`Store::admit`] on the caller's own task, when this store can answer there with no
+    /// other thread in between (Redis: on a connection of the caller's tokio runtime); `Err`
+    /// gives the ask back, and the runtime runs [`Store::admit`] on the store's thread
+    /// instead (the default). The runtime bounds the future by the store's timeout in real
+    /// time, from its own thread: the future must need neither the caller's clock (which may
+    /// be paused) nor its timers (which it may not have).
+    // The ask goes back by value, moved: boxing it would allocate on every admission.
+    #[allow(clippy::result_large_err)]
+    fn admit_here(&self, ask: Admit) -> Result<StoreFuture<'_, Admitted>, Admit> {
+        Err(ask)
+    }
 
     /// Apply a write that the caller does not wait for.
     fn update(&self, update: Update) -> StoreFuture<'_, ()>;

@@ -14,12 +14,23 @@
 //! check, retry budget, pacer slot, pool reservation: all checks, then all writes), `settle`
 //! (also used to add reconciled spend), `release`, `breaker_open`; a closed breaker is a `DEL`.
 //! Every time comes from `redis.call('TIME')`, never from a process's clock.
+//!
+//! Connections: one opened by [`Store::ping`] (on the store's thread, when the runtime uses
+//! the store) for the writes, pings and reconciliation, and one per tokio runtime that
+//! admits through [`Store::admit_here`], opened in the background on that runtime the first
+//! time it asks. A caller's admission then writes and reads on its own runtime's reactor, with
+//! no thread between it and Redis; concurrent admissions share the connection, pipelined.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, Script};
+use ::redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, RedisError, Script,
+    ServerErrorKind,
+};
+use tokio::runtime::{Handle, Id};
+use tokio::task::AbortHandle;
 
 use super::{
     Admit, Admitted, SharedBreaker, Store, StoreConfig, StoreError, StoreFuture, Update, Verdict,
@@ -57,12 +68,43 @@ struct Scripts {
     breaker_open: Script,
 }
 
-/// Shared state in Redis. See the module docs for the keys and scripts.
+/// The connection `ping` opened, and the runtime its I/O runs on.
+struct Home {
+    connection: MultiplexedConnection,
+    runtime: Option<Id>,
+}
+
+/// The connections of the runtimes that admit through [`Store::admit_here`].
+#[derive(Default)]
+struct Callers {
+    /// The home connection's runtime: it needs no second connection.
+    home: Option<Id>,
+    list: Vec<CallerConnection>,
+}
+
+/// One runtime's connection, opened (and kept) by a task on that runtime.
+struct CallerConnection {
+    runtime: Id,
+    /// Held by the task: it is gone when the runtime shut down (the task with it).
+    slot: Weak<Slot>,
+    task: AbortHandle,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: OnceLock<MultiplexedConnection>,
+}
+
+/// Shared state in Redis. See the module docs for the keys, scripts and connections.
 pub struct RedisStore {
     client: Client,
     prefix: String,
     connect_timeout: Duration,
-    connection: Mutex<Option<MultiplexedConnection>>,
+    /// How long a runtime's connection may take to open before it is tried again.
+    caller_retry: Duration,
+    connection: Mutex<Option<Home>>,
+    callers: Mutex<Callers>,
     scripts: Scripts,
 }
 
@@ -75,7 +117,7 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn backend(error: ::redis::RedisError) -> StoreError {
+fn backend(error: RedisError) -> StoreError {
     StoreError::Backend(error.to_string())
 }
 
@@ -87,17 +129,58 @@ fn bool_arg(b: bool) -> &'static str {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change below is complete between statements: a poisoned lock is still valid.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `error` means the connection is no good any more (a fresh one is needed).
+fn breaks_connection(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}
+
+/// `EVALSHA` of `script`'s hash with no keys (the scripts compute theirs): the arguments are
+/// added by the caller, into the command's one buffer.
+fn evalsha(script: &Script) -> Cmd {
+    let mut cmd = Cmd::with_capacity(18, 160);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(0);
+    cmd
+}
+
+/// Run `cmd` (an `EVALSHA` of `script`); a server that lost the script (a `SCRIPT FLUSH`, a
+/// restart) gets it again, once.
+async fn eval<T: FromRedisValue>(
+    connection: &mut MultiplexedConnection,
+    script: &Script,
+    cmd: &Cmd,
+) -> Result<T, RedisError> {
+    match cmd.query_async(connection).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(connection).await?;
+            cmd.query_async(connection).await
+        }
+        answer => answer,
+    }
+}
+
 impl RedisStore {
     /// A store for the server at `url`, under `config`'s prefix. Does not connect: the
     /// first [`Store::ping`] does (in the background, when used by the runtime).
     pub fn new(url: &str, config: &StoreConfig) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(backend)?;
         let window = WINDOW_SECS.to_string();
+        let connect_timeout = config.timeout().max(Duration::from_millis(250));
         Ok(Self {
             client,
             prefix: format!("{{{}}}", config.prefix()),
-            connect_timeout: config.timeout().max(Duration::from_millis(250)),
+            connect_timeout,
+            caller_retry: connect_timeout.max(config.reconnect_every()),
             connection: Mutex::new(None),
+            callers: Mutex::new(Callers::default()),
             scripts: Scripts {
                 admit: Script::new(&ADMIT_LUA.replace("WINDOW_SECS", &window)),
                 settle: Script::new(SETTLE_LUA),
@@ -113,37 +196,97 @@ impl RedisStore {
     }
 
     fn connection(&self) -> Option<MultiplexedConnection> {
-        self.connection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.connection)
+            .as_ref()
+            .map(|h| h.connection.clone())
     }
 
-    fn set_connection(&self, connection: Option<MultiplexedConnection>) {
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = connection;
+    fn set_connection(&self, home: Option<Home>) {
+        lock(&self.callers).home = home.as_ref().and_then(|h| h.runtime);
+        *lock(&self.connection) = home;
     }
 
-    /// Run `op` on the connection; a failed one is dropped, so that the next ping reconnects.
-    async fn with_connection<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ::redis::RedisError>>,
-    {
-        let connection = self.connection().ok_or(StoreError::NotConnected)?;
-        match op(connection).await {
-            Ok(v) => Ok(v),
-            Err(error) => {
-                if error.is_io_error()
-                    || error.is_connection_dropped()
-                    || error.is_connection_refusal()
-                    || error.is_timeout()
-                    || error.is_unrecoverable_error()
-                {
-                    self.set_connection(None);
+    /// The connection of the caller's runtime, when it is open; otherwise `None`, after
+    /// starting to open it (in the background, on that runtime) if nothing is under way.
+    fn caller_connection(&self) -> Option<(MultiplexedConnection, Id)> {
+        let runtime = Handle::try_current().ok()?;
+        let id = runtime.id();
+        let mut callers = lock(&self.callers);
+        if callers.home == Some(id) {
+            return None;
+        }
+        if let Some(i) = callers.list.iter().position(|c| c.runtime == id) {
+            let caller = &callers.list[i];
+            if let Some(slot) = caller.slot.upgrade() {
+                if let Some(connection) = slot.connection.get() {
+                    return Some((connection.clone(), id));
                 }
-                Err(backend(error))
+                if caller.since.elapsed() < self.caller_retry {
+                    return None;
+                }
+            }
+            // The runtime is gone, or its connection did not open in time: start again.
+            callers.list.swap_remove(i).task.abort();
+        }
+        // Forget the runtimes that shut down (their tasks went with them).
+        callers.list.retain(|c| c.slot.strong_count() > 0);
+        let caller = self.open_caller(&runtime, id);
+        callers.list.push(caller);
+        None
+    }
+
+    /// Open a connection on `runtime`, in a task there that keeps it until the runtime shuts
+    /// down or the store lets it go.
+    fn open_caller(&self, runtime: &Handle, id: Id) -> CallerConnection {
+        let slot = Arc::new(Slot::default());
+        let weak = Arc::downgrade(&slot);
+        let client = self.client.clone();
+        let task = runtime.spawn(async move {
+            // No timeouts on the caller's runtime: its clock may be paused, or it may have no
+            // timers. The runtime bounds each admission in real time; a connection that does
+            // not open is tried again after a while (`caller_connection`).
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(None)
+                .set_response_timeout(None);
+            if let Ok(connection) = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                let _ = slot.connection.set(connection);
+            }
+            std::future::pending::<()>().await;
+            drop(slot);
+        });
+        CallerConnection {
+            runtime: id,
+            slot: weak,
+            task: task.abort_handle(),
+            since: Instant::now(),
+        }
+    }
+
+    /// Let go of one runtime's connection (`Some`), or of every one (`None`).
+    fn drop_callers(&self, runtime: Option<Id>) {
+        let mut callers = lock(&self.callers);
+        callers.list.retain(|c| {
+            let keep = runtime.is_some_and(|id| id != c.runtime);
+            if !keep {
+                c.task.abort();
+            }
+            keep
+        });
+    }
+
+    /// A failed operation on the home connection (`None`) or a runtime's: a broken
+    /// connection is dropped, so that the next one is fresh.
+    fn failed(&self, error: RedisError, caller: Option<Id>) -> StoreError {
+        if breaks_connection(&error) {
+            match caller {
+                Some(id) => self.drop_callers(Some(id)),
+                None => self.set_connection(None),
             }
         }
+        backend(error)
     }
 
     async fn connect(&self) -> Result<(), StoreError> {
@@ -168,143 +311,167 @@ impl RedisStore {
                 .await
                 .map_err(backend)?;
         }
-        self.set_connection(Some(connection));
+        let runtime = Handle::try_current().ok().map(|h| h.id());
+        self.set_connection(Some(Home {
+            connection,
+            runtime,
+        }));
         Ok(())
     }
 
+    fn admit_cmd(&self, ask: &Admit) -> Cmd {
+        let mut cmd = evalsha(&self.scripts.admit);
+        cmd.arg(&self.prefix);
+        match &ask.breaker {
+            Some(b) => {
+                let rule = b.withdraw.unwrap_or(super::RetryRule {
+                    ratio_ppm: 0,
+                    floor_per_window: 0,
+                });
+                cmd.arg(b.name)
+                    .arg(bool_arg(b.deposit))
+                    .arg(bool_arg(b.withdraw.is_some()))
+                    .arg(rule.ratio_ppm)
+                    .arg(rule.floor_per_window);
+            }
+            None => {
+                cmd.arg("").arg("0").arg("0").arg(0).arg(0);
+            }
+        }
+        match &ask.pool {
+            Some(p) => {
+                cmd.arg(p.name)
+                    .arg(p.window_ms.max(1))
+                    .arg(p.limit)
+                    .arg(p.expected);
+            }
+            None => {
+                cmd.arg("").arg(1).arg(0).arg(0);
+            }
+        }
+        match &ask.pace {
+            Some(p) => {
+                cmd.arg(p.name)
+                    .arg(p.interval_us.max(1))
+                    .arg(p.burst.max(1))
+                    .arg(p.max_wait_us.min(1 << 52));
+            }
+            None => {
+                cmd.arg("").arg(1).arg(1).arg(0);
+            }
+        }
+        cmd
+    }
+
+    /// One admission on `connection` (the home one: `caller` is `None`).
+    async fn admit_on(
+        &self,
+        mut connection: MultiplexedConnection,
+        caller: Option<Id>,
+        ask: Admit,
+    ) -> Result<Admitted, StoreError> {
+        let cmd = self.admit_cmd(&ask);
+        match eval::<Vec<i64>>(&mut connection, &self.scripts.admit, &cmd).await {
+            Ok(answer) => parse_admitted(&ask, &answer),
+            Err(error) => Err(self.failed(error, caller)),
+        }
+    }
+
     async fn admit_inner(&self, ask: Admit) -> Result<Admitted, StoreError> {
-        let answer: Vec<i64> = self
-            .with_connection(|mut c| {
-                let mut inv = self.scripts.admit.prepare_invoke();
-                inv.arg(&self.prefix);
-                match &ask.breaker {
-                    Some(b) => {
-                        let rule = b.withdraw.unwrap_or(super::RetryRule {
-                            ratio_ppm: 0,
-                            floor_per_window: 0,
-                        });
-                        inv.arg(b.name)
-                            .arg(bool_arg(b.deposit))
-                            .arg(bool_arg(b.withdraw.is_some()))
-                            .arg(rule.ratio_ppm)
-                            .arg(rule.floor_per_window);
-                    }
-                    None => {
-                        inv.arg("").arg("0").arg("0").arg(0).arg(0);
-                    }
-                }
-                match &ask.pool {
-                    Some(p) => {
-                        inv.arg(p.name)
-                            .arg(p.window_ms.max(1))
-                            .arg(p.limit)
-                            .arg(p.expected);
-                    }
-                    None => {
-                        inv.arg("").arg(1).arg(0).arg(0);
-                    }
-                }
-                match &ask.pace {
-                    Some(p) => {
-                        inv.arg(p.name)
-                            .arg(p.interval_us.max(1))
-                            .arg(p.burst.max(1))
-                            .arg(p.max_wait_us.min(1 << 52));
-                    }
-                    None => {
-                        inv.arg("").arg(1).arg(1).arg(0);
-                    }
-                }
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
-        parse_admitted(&ask, &answer)
+        let connection = self.connection().ok_or(StoreError::NotConnected)?;
+        self.admit_on(connection, None, ask).await
     }
 
     async fn update_inner(&self, update: Update) -> Result<(), StoreError> {
+        let mut connection = self.connection().ok_or(StoreError::NotConnected)?;
         let prefix = &self.prefix;
-        self.with_connection(|mut c| {
-            let mut inv;
-            match update {
-                Update::Settle {
-                    pool,
-                    window_ms,
-                    window,
-                    reserved,
-                    real,
-                } => {
-                    inv = self.scripts.settle.prepare_invoke();
-                    inv.arg(prefix)
-                        .arg(pool)
-                        .arg(window_ms.max(1))
-                        .arg(window)
-                        .arg(reserved)
-                        .arg(real);
-                }
-                Update::AddSpend {
-                    pool,
-                    window_ms,
-                    amount,
-                } => {
-                    inv = self.scripts.settle.prepare_invoke();
-                    inv.arg(prefix)
-                        .arg(pool)
-                        .arg(window_ms.max(1))
-                        .arg(-1)
-                        .arg(0)
-                        .arg(amount);
-                }
-                Update::Release {
-                    pool,
-                    window,
-                    reserved,
-                } => {
-                    inv = self.scripts.release.prepare_invoke();
-                    inv.arg(prefix).arg(pool).arg(window).arg(reserved);
-                }
-                Update::BreakerOpened {
-                    breaker,
-                    cooldown,
-                    force,
-                } => {
-                    inv = self.scripts.breaker_open.prepare_invoke();
-                    inv.arg(prefix)
-                        .arg(breaker)
-                        .arg(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX))
-                        .arg(bool_arg(force));
-                }
-                Update::BreakerClosed { breaker } => {
-                    let key = format!("{prefix}:breaker:{breaker}");
-                    return Box::pin(async move {
-                        ::redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await
-                    }) as StoreOp;
-                }
+        let (script, cmd) = match update {
+            Update::Settle {
+                pool,
+                window_ms,
+                window,
+                reserved,
+                real,
+            } => {
+                let mut cmd = evalsha(&self.scripts.settle);
+                cmd.arg(prefix)
+                    .arg(pool)
+                    .arg(window_ms.max(1))
+                    .arg(window)
+                    .arg(reserved)
+                    .arg(real);
+                (&self.scripts.settle, cmd)
             }
-            Box::pin(async move { inv.invoke_async::<::redis::Value>(&mut c).await.map(|_| ()) })
-                as StoreOp
-        })
-        .await
+            Update::AddSpend {
+                pool,
+                window_ms,
+                amount,
+            } => {
+                let mut cmd = evalsha(&self.scripts.settle);
+                cmd.arg(prefix)
+                    .arg(pool)
+                    .arg(window_ms.max(1))
+                    .arg(-1)
+                    .arg(0)
+                    .arg(amount);
+                (&self.scripts.settle, cmd)
+            }
+            Update::Release {
+                pool,
+                window,
+                reserved,
+            } => {
+                let mut cmd = evalsha(&self.scripts.release);
+                cmd.arg(prefix).arg(pool).arg(window).arg(reserved);
+                (&self.scripts.release, cmd)
+            }
+            Update::BreakerOpened {
+                breaker,
+                cooldown,
+                force,
+            } => {
+                let mut cmd = evalsha(&self.scripts.breaker_open);
+                cmd.arg(prefix)
+                    .arg(breaker)
+                    .arg(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX))
+                    .arg(bool_arg(force));
+                (&self.scripts.breaker_open, cmd)
+            }
+            Update::BreakerClosed { breaker } => {
+                let mut cmd = ::redis::cmd("DEL");
+                cmd.arg(format!("{prefix}:breaker:{breaker}"));
+                let answer = cmd.query_async::<()>(&mut connection).await;
+                return answer.map_err(|e| self.failed(e, None));
+            }
+        };
+        eval::<::redis::Value>(&mut connection, script, &cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed(e, None))
     }
 
     async fn ping_inner(&self) -> Result<(), StoreError> {
-        let ping = |mut c: MultiplexedConnection| async move {
-            ::redis::cmd("PING").query_async::<()>(&mut c).await
-        };
-        if self.connection().is_some() {
-            if self.with_connection(ping).await.is_ok() {
+        // Pinged to reconnect (after an outage, or at the start): the runtimes' connections
+        // are opened afresh, after this one.
+        self.drop_callers(None);
+        if let Some(mut connection) = self.connection() {
+            let ping = ::redis::cmd("PING")
+                .query_async::<()>(&mut connection)
+                .await;
+            if ping.is_ok() {
                 return Ok(());
             }
             // Whatever went wrong, a fresh connection is the way back.
             self.set_connection(None);
         }
         self.connect().await?;
-        self.with_connection(ping).await
+        let mut connection = self.connection().ok_or(StoreError::NotConnected)?;
+        ::redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| self.failed(e, None))
     }
 }
-
-type StoreOp<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), ::redis::RedisError>> + Send + 'a>,
->;
 
 /// Read the admission script's answer.
 pub(crate) fn parse_admitted(ask: &Admit, answer: &[i64]) -> Result<Admitted, StoreError> {
@@ -341,6 +508,16 @@ impl Store for RedisStore {
 
     fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted> {
         Box::pin(self.admit_inner(ask))
+    }
+
+    /// On the caller's runtime's own connection, once it is open (the first ask of a runtime
+    /// starts opening it and goes to the store's thread).
+    #[allow(clippy::result_large_err)] // as the trait's
+    fn admit_here(&self, ask: Admit) -> Result<StoreFuture<'_, Admitted>, Admit> {
+        match self.caller_connection() {
+            Some((connection, id)) => Ok(Box::pin(self.admit_on(connection, Some(id), ask))),
+            None => Err(ask),
+        }
     }
 
     fn update(&self, update: Update) -> StoreFuture<'_, ()> {
@@ -652,5 +829,104 @@ mod tests {
         let answer = tokio::time::timeout(Duration::from_secs(5), s.admit(pool_ask(1))).await;
         assert!(matches!(answer, Ok(Err(_))), "{answer:?}");
         assert!(s.ping().await.is_err());
+    }
+
+    /// `admit_here` until the caller's runtime has its connection (opened in the background).
+    async fn admit_here_when_open(s: &RedisStore, ask: Admit) -> Admitted {
+        let until = Instant::now() + Duration::from_secs(5);
+        let mut ask = ask;
+        loop {
+            match s.admit_here(ask) {
+                Ok(here) => return here.await.unwrap(),
+                Err(back) => ask = back,
+            }
+            assert!(
+                Instant::now() < until,
+                "the runtime's connection never opened"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn runtimes(s: &RedisStore) -> usize {
+        lock(&s.callers).list.len()
+    }
+
+    #[test]
+    fn each_runtime_admits_on_its_own_connection_and_one_that_shut_down_is_forgotten() {
+        let Some(server) = server() else { return };
+        let home = tokio::runtime::Runtime::new().unwrap();
+        let s = home.block_on(store(&server, "t-here"));
+        // The home connection's runtime needs no second one: asked there, it says no.
+        home.block_on(async {
+            assert!(s.admit_here(pool_ask(1)).is_err());
+        });
+        assert_eq!(runtimes(&s), 0);
+
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let a = first.block_on(admit_here_when_open(&s, pool_ask(10)));
+        assert_eq!(a.verdict, Verdict::Admitted);
+        assert_eq!(a.pool.unwrap().1, 10);
+        // The same rules as on the home connection: the same window, the same total.
+        let b = home.block_on(s.admit(pool_ask(10))).unwrap();
+        assert_eq!(b.pool, Some((a.pool.unwrap().0, 20)));
+        assert_eq!(runtimes(&s), 1);
+        drop(first);
+
+        // A paused clock, and a runtime without timers: neither is needed by the connection.
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let c = second.block_on(admit_here_when_open(&s, pool_ask(10)));
+        assert_eq!(c.pool.unwrap().1, 30);
+        assert_eq!(runtimes(&s), 1, "the first runtime's entry went with it");
+        let untimed = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let d = untimed.block_on(async {
+            let mut ask = pool_ask(10);
+            loop {
+                match s.admit_here(ask) {
+                    Ok(here) => break here.await.unwrap(),
+                    Err(back) => ask = back,
+                }
+                // No timers here: yield to let the connection open.
+                std::thread::sleep(Duration::from_millis(1));
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(d.pool.unwrap().1, 40);
+        assert_eq!(runtimes(&s), 2);
+
+        // A ping (the reconnect loop's) lets every runtime's connection go.
+        home.block_on(s.ping()).unwrap();
+        assert_eq!(runtimes(&s), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_server_fails_a_runtimes_own_connection_at_once() {
+        let Some(server) = server() else { return };
+        // Home on another runtime, so that this one gets its own connection.
+        let home = tokio::runtime::Runtime::new().unwrap();
+        let s = std::thread::scope(|scope| {
+            scope
+                .spawn(|| home.block_on(store(&server, "t-here-down")))
+                .join()
+                .unwrap()
+        });
+        admit_here_when_open(&s, pool_ask(1)).await;
+        drop(server);
+        let here = s.admit_here(pool_ask(1)).expect("still open here");
+        let answer = tokio::time::timeout(Duration::from_secs(5), here).await;
+        assert!(matches!(answer, Ok(Err(_))), "{answer:?}");
+        assert_eq!(runtimes(&s), 0, "the broken connection was let go");
+        assert!(s.admit_here(pool_ask(1)).is_err());
+        home.shutdown_background();
     }
 }

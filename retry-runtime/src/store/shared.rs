@@ -1,24 +1,38 @@
 //! The process's handle on a [`Store`]: status, the one WARN / INFO per change, the
 //! background runtime that talks to the store, reconnecting and reconciling.
 //!
+//! An admission runs on the caller's task when the store can answer there
+//! ([`Store::admit_here`]: Redis on a connection of the caller's runtime), so that no thread
+//! hop sits between a call and its round trip; the [`Watchdog`] on the store's thread bounds it
+//! in real time. Otherwise (and for every write) the operation runs on the store's thread.
+//!
 //! What the store is owed is kept here too, in [`Owed`]: spend settled while the store was
 //! away (or whose settlement was lost in flight) and the breakers this process opened. The
 //! modules above only send their writes ([`Shared::send`]), whatever the status; the store
 //! side decides what to keep and replays it when the store is back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, Notify};
 
-use super::{Admit, Admitted, SharedBreaker, Store, StoreConfig, StoreError, StoreStatus, Update};
+use super::{
+    Admit, Admitted, SharedBreaker, Store, StoreConfig, StoreError, StoreFuture, StoreStatus,
+    Update,
+};
 use super::{LOCAL, SHARED, STARTING};
 
-/// A store in use: every operation runs on the store's own thread and runtime (real time,
-/// whatever runtime or paused clock the caller has), bounded there by the timeout.
+/// A store in use: every operation is bounded by the timeout in real time (whatever runtime
+/// or paused clock the caller has): on the store's own thread and runtime, or, for an
+/// admission the store answers on the caller's task, by the [`Watchdog`] there.
 pub(crate) struct Shared {
     store: Arc<dyn Store>,
     handle: Handle,
@@ -28,6 +42,7 @@ pub(crate) struct Shared {
     reconnect_every: Duration,
     reconnecting: AtomicBool,
     owed: Owed,
+    watchdog: Watchdog,
 }
 
 impl std::fmt::Debug for Shared {
@@ -77,6 +92,7 @@ impl Shared {
     pub(crate) fn start(store: Arc<dyn Store>, config: &StoreConfig) -> Option<&'static Shared> {
         let handle = store_runtime()?;
         let shared: &'static Shared = Box::leak(Box::new(Shared::new(store, handle, config)));
+        shared.handle.spawn(shared.watchdog.run());
         shared.reconnect();
         Some(shared)
     }
@@ -91,6 +107,7 @@ impl Shared {
             reconnect_every: config.reconnect_every(),
             reconnecting: AtomicBool::new(false),
             owed: Owed::default(),
+            watchdog: Watchdog::new(config.timeout()),
         }
     }
 
@@ -215,27 +232,77 @@ impl Shared {
     /// One admission, bounded by the timeout. `None`: the store failed (the process is now on
     /// local state) and the caller decides locally.
     pub(crate) async fn admit(&'static self, ask: Admit) -> Option<Admitted> {
-        let store = self.store.clone();
-        let timeout = self.timeout;
         let breaker = ask.breaker.as_ref().map(|b| b.name);
         let asked = Instant::now();
+        let answer = match self.store.admit_here(ask) {
+            Ok(here) => self.bounded(here).await,
+            Err(ask) => self.admit_on_store_thread(ask).await,
+        };
+        match answer {
+            Ok(admitted) => {
+                if let (Some(name), Some(seen)) = (breaker, admitted.breaker) {
+                    self.owed.seen(name, seen, asked);
+                }
+                Some(admitted)
+            }
+            Err(error) => {
+                self.to_local(&error);
+                None
+            }
+        }
+    }
+
+    /// The admission on the store's thread, bounded there (a hop there and back).
+    async fn admit_on_store_thread(&'static self, ask: Admit) -> Result<Admitted, StoreError> {
+        let store = self.store.clone();
+        let timeout = self.timeout;
         let answer = self
             .handle
             .spawn(async move { tokio::time::timeout(timeout, store.admit(ask)).await })
             .await;
-        let error = match answer {
-            Ok(Ok(Ok(admitted))) => {
-                if let (Some(name), Some(seen)) = (breaker, admitted.breaker) {
-                    self.owed.seen(name, seen, asked);
+        match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Timeout(timeout)),
+            Err(join) => Err(StoreError::Backend(format!("store task failed: {join}"))),
+        }
+    }
+
+    /// `op`, polled on the caller's task, given up once the watchdog says the timeout has
+    /// passed (in real time, counted by the store's thread). A panic in the store's code is
+    /// its failure, as a panicking task on the store's thread would be.
+    async fn bounded<T>(&'static self, mut op: StoreFuture<'_, T>) -> Result<T, StoreError> {
+        let timeout = self.timeout;
+        let mut watched: Option<Watched> = None;
+        let mut overdue = pin!(None::<Notified<'static>>);
+        std::future::poll_fn(move |cx| {
+            match catch_unwind(AssertUnwindSafe(|| op.as_mut().poll(cx))) {
+                Ok(Poll::Ready(answer)) => return Poll::Ready(answer),
+                Ok(Poll::Pending) => {}
+                Err(_) => {
+                    return Poll::Ready(Err(StoreError::Backend(
+                        "the store's operation panicked".into(),
+                    )))
                 }
-                return Some(admitted);
             }
-            Ok(Ok(Err(error))) => error,
-            Ok(Err(_)) => StoreError::Timeout(timeout),
-            Err(join) => StoreError::Backend(format!("store task failed: {join}")),
-        };
-        self.to_local(&error);
-        None
+            // Watched from its first wait on: an answer at once needs no watching.
+            let watched = watched.get_or_insert_with(|| self.watchdog.watch());
+            loop {
+                if watched.overdue() {
+                    return Poll::Ready(Err(StoreError::Timeout(timeout)));
+                }
+                match overdue.as_mut().as_pin_mut() {
+                    None => overdue.set(Some(watched.notified())),
+                    Some(notified) => {
+                        if notified.poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        // Woken: look again (and wait again if not overdue yet).
+                        overdue.set(None);
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// Send a write in the background, whatever the status: while the store is unreachable
@@ -307,6 +374,130 @@ impl Shared {
             }
         }
         Ok(())
+    }
+}
+
+/// Ticks of the watchdog per timeout: an operation is given up between one timeout and one
+/// and an eighth after its first wait.
+const TICKS: u64 = 8;
+/// Buckets of waiting operations, one per tick, reused round: more than `TICKS + 1`, so that
+/// an operation's bucket is not reused before it was told it is overdue.
+const RING: usize = 16;
+/// Ticks with nothing waiting before the watchdog sleeps until something waits again.
+const QUIET_TICKS: u32 = 32;
+
+/// The real-time bound of the admissions awaited on callers' tasks, kept by one task on the
+/// store's thread, so that the caller needs no timer of its own (its clock may be paused, its
+/// runtime may have no timers) and pays no hop. The watchdog ticks every `timeout / TICKS`;
+/// an operation counts itself in the bucket of the tick it started in (one atomic add, one
+/// subtract when it ends), and when that tick is more than `TICKS` ticks old, the watchdog
+/// wakes the bucket's waiters, which give up. With nothing waiting, it stops ticking until
+/// an operation wakes it.
+struct Watchdog {
+    tick: Duration,
+    epoch: AtomicU64,
+    buckets: [Bucket; RING],
+    awake: AtomicBool,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Bucket {
+    waiting: AtomicUsize,
+    overdue: Notify,
+}
+
+/// One operation the watchdog watches (counted in its bucket until dropped).
+struct Watched {
+    dog: &'static Watchdog,
+    epoch: u64,
+}
+
+impl Watchdog {
+    fn new(timeout: Duration) -> Self {
+        let ticks = u32::try_from(TICKS).unwrap_or(u32::MAX);
+        Self {
+            tick: (timeout / ticks).max(Duration::from_millis(1)),
+            epoch: AtomicU64::new(0),
+            buckets: Default::default(),
+            awake: AtomicBool::new(true),
+            wake: Notify::new(),
+        }
+    }
+
+    fn bucket(&self, epoch: u64) -> &Bucket {
+        &self.buckets[(epoch % RING as u64) as usize]
+    }
+
+    fn idle(&self) -> bool {
+        self.buckets
+            .iter()
+            .all(|b| b.waiting.load(Ordering::SeqCst) == 0)
+    }
+
+    fn watch(&'static self) -> Watched {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        self.bucket(epoch).waiting.fetch_add(1, Ordering::SeqCst);
+        // (SeqCst with the watchdog's own store and load: it either sees this operation
+        // before it sleeps, or this sees it asleep and wakes it.)
+        if !self.awake.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+        Watched { dog: self, epoch }
+    }
+
+    /// The watchdog's loop, on the store's thread (real time).
+    async fn run(&'static self) {
+        let mut quiet = 0;
+        loop {
+            tokio::time::sleep(self.tick).await;
+            let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+            // An operation of tick `due` started at least `TICKS` ticks ago: a timeout.
+            if let Some(due) = epoch.checked_sub(TICKS + 1) {
+                let bucket = self.bucket(due);
+                if bucket.waiting.load(Ordering::SeqCst) > 0 {
+                    bucket.overdue.notify_waiters();
+                }
+            }
+            if !self.idle() {
+                quiet = 0;
+                continue;
+            }
+            quiet += 1;
+            if quiet >= QUIET_TICKS {
+                self.awake.store(false, Ordering::SeqCst);
+                if self.idle() {
+                    self.wake.notified().await;
+                }
+                self.awake.store(true, Ordering::SeqCst);
+                quiet = 0;
+            }
+        }
+    }
+}
+
+impl Watched {
+    /// Ticks pass at least `tick` apart, and this operation started after its tick: more
+    /// than `TICKS` ticks later, at least `TICKS * tick >= timeout` has passed.
+    fn overdue(&self) -> bool {
+        self.dog
+            .epoch
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.epoch)
+            > TICKS
+    }
+
+    fn notified(&self) -> Notified<'static> {
+        self.dog.bucket(self.epoch).overdue.notified()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.dog
+            .bucket(self.epoch)
+            .waiting
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -646,5 +837,121 @@ mod tests {
             None,
             "the fleet had closed it"
         );
+    }
+
+    /// A store that answers on the caller's task as `here` says: at once, never, or with a
+    /// panic.
+    struct Here {
+        memory: MemoryStore,
+        here: &'static str,
+    }
+
+    impl Store for Here {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn admit(&self, ask: Admit) -> StoreFuture<'_, Admitted> {
+            self.memory.admit(ask)
+        }
+        #[allow(clippy::result_large_err)] // as the trait's
+        fn admit_here(&self, ask: Admit) -> Result<StoreFuture<'_, Admitted>, Admit> {
+            match self.here {
+                "answers" => Ok(self.memory.admit(ask)),
+                "hangs" => Ok(Box::pin(std::future::pending())),
+                "panics" => Ok(Box::pin(async { panic!("a store's bug") })),
+                _ => Err(ask),
+            }
+        }
+        fn update(&self, update: Update) -> StoreFuture<'_, ()> {
+            self.memory.update(update)
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            self.memory.ping()
+        }
+    }
+
+    fn here(here: &'static str, timeout: Duration) -> &'static Shared {
+        let store = Arc::new(Here {
+            memory: MemoryStore::new(),
+            here,
+        });
+        let config = config().with_timeout(timeout);
+        let shared = Shared::start(store, &config).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while !shared.is_shared() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(shared.is_shared());
+        shared
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(100);
+
+    /// Given up after the timeout in real time: the watchdog counts it on the store's thread.
+    /// (Whether the process went local is not looked at: the store answers its pings, so
+    /// the reconnect loop may have made it shared again already.)
+    fn gives_up_in_real_time(started: Instant) {
+        let took = started.elapsed();
+        assert!(
+            took >= TIMEOUT && took < TIMEOUT * 5,
+            "given up after {took:?}, the timeout is {TIMEOUT:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admission_on_the_callers_task_is_answered_there() {
+        let shared = here("answers", TIMEOUT);
+        let seen = shared.admit(look("here")).await.expect("answered");
+        assert_eq!(seen.verdict, Verdict::Admitted);
+        assert!(shared.watchdog.idle(), "nothing left watched");
+        assert!(shared.is_shared());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admission_that_hangs_is_given_up_after_the_timeout_in_real_time_on_a_paused_clock()
+    {
+        let shared = here("hangs", TIMEOUT);
+        let started = Instant::now();
+        assert_eq!(shared.admit(look("hangs")).await, None);
+        gives_up_in_real_time(started);
+        assert!(shared.watchdog.idle());
+    }
+
+    #[test]
+    fn an_admission_that_hangs_is_given_up_on_a_runtime_without_timers() {
+        let shared = here("hangs", TIMEOUT);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(runtime.block_on(shared.admit(look("hangs"))), None);
+        gives_up_in_real_time(started);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_hanging_admissions_are_all_given_up() {
+        let shared = here("hangs", TIMEOUT);
+        let started = Instant::now();
+        let waiting: Vec<_> = (0..64)
+            .map(|_| tokio::spawn(shared.admit(look("hangs"))))
+            .collect();
+        for admission in waiting {
+            assert_eq!(admission.await.unwrap(), None);
+        }
+        gives_up_in_real_time(started);
+        assert!(shared.watchdog.idle());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_panics_on_the_callers_task_fails_and_the_caller_goes_on() {
+        let shared = here("panics", Duration::from_secs(2));
+        assert_eq!(shared.admit(look("panics")).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_answer_here_is_asked_on_its_thread() {
+        let shared = here("elsewhere", TIMEOUT);
+        let seen = shared.admit(look("elsewhere")).await.expect("answered");
+        assert_eq!(seen.verdict, Verdict::Admitted);
     }
 }
