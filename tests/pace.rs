@@ -935,3 +935,51 @@ async fn a_turn_past_max_wait_is_refused_at_once_and_takes_nothing() {
     assert_eq!(next.waited(), Duration::from_secs(1));
     assert_eq!(start.elapsed(), Duration::from_secs(3));
 }
+
+/// A rate above a thousand a second: tokio's timers fire on the millisecond, so a head wakes
+/// up to 1 ms after its due time. The line still keeps its rate (the permits due within each
+/// millisecond go out together, none before its due time), in arrival order, rather than two
+/// permits a millisecond (which took 500 ms for these 1,000).
+#[tokio::test(start_paused = true)]
+async fn a_line_faster_than_the_timer_keeps_its_rate() {
+    const WAITERS: usize = 1000;
+    let pacer: &'static Pacer = Box::leak(Box::new(Pacer::standalone(
+        "line-fast",
+        PaceConfig {
+            rpm: Some(600_000), // 10 000/s: one per 100 us
+            adaptive: false,
+            burst: Duration::ZERO,
+            max_wait: None,
+            ..PaceConfig::default()
+        },
+    )));
+    let start = Instant::now();
+    let released: Arc<Mutex<Vec<(usize, Duration)>>> = Arc::default();
+    let mut handles = Vec::new();
+    for i in 0..WAITERS {
+        let released = released.clone();
+        handles.push(tokio::spawn(async move {
+            let permit = pacer.acquire(0, None).await.unwrap();
+            released
+                .lock()
+                .unwrap()
+                .push((i, permit.granted_at() - start));
+        }));
+        tokio::task::yield_now().await;
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let released = released.lock().unwrap();
+    let interval = Duration::from_micros(100);
+    for (j, &(i, granted)) in released.iter().enumerate() {
+        assert_eq!(i, j, "FIFO");
+        let due = interval * j as u32;
+        assert!(
+            granted >= due && granted < due + MS,
+            "permit {j} at {granted:?}, due {due:?}"
+        );
+    }
+    // The last is due at 99.9 ms: served on the timer's next millisecond.
+    assert_eq!(start.elapsed(), interval * WAITERS as u32);
+}

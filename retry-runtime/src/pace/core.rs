@@ -17,6 +17,13 @@ pub const HINT_MARGIN: f64 = 0.95;
 pub const HINT_TTL: Duration = Duration::from_secs(10);
 // The base of a cut: min(rate, MEASURED_SLACK × measured).
 const MEASURED_SLACK: f64 = 1.25;
+// How long before now a new head of the line may be charged from. Tokio's timers fire on the
+// millisecond and a parked worker wakes a little later still, so a head that slept is often
+// 1-2 ms past its due time; charged from when it took the head, the one behind it would lose
+// that lateness, and a line would come out at two permits a millisecond whatever its rate
+// (with 1 ms here, a line at 100,000 a second with no burst came out at 91,000). Bounded, so
+// that a line that fell behind (a busy CPU) sends no more than 2 ms of its rate at once.
+const TIMER_SLACK_NS: u64 = 2_000_000;
 
 fn interval_for(per_sec: f64) -> u64 {
     if per_sec.is_finite() && per_sec > 0.0 {
@@ -55,6 +62,9 @@ pub(super) struct Core {
     hold_until_ns: u64,
     pub(super) queued_requests: u64,
     pub(super) queued_tokens: u64,
+    // When the line was last handed on: the due time of the last permit granted, or when a
+    // head left it without one.
+    pub(super) handed_ns: u64,
     send: SendRate,
 }
 
@@ -88,6 +98,7 @@ impl Core {
             hold_until_ns: 0,
             queued_requests: 0,
             queued_tokens: 0,
+            handed_ns: 0,
             send: SendRate::default(),
         }
     }
@@ -105,6 +116,16 @@ impl Core {
             at = at.max(self.adaptive.bucket.earliest(ready_ns, 1));
         }
         at
+    }
+
+    /// The first moment the caller that just took the head of the line (arriving at
+    /// `arrived_ns`) could have been served: when the line was handed on to it, or its arrival
+    /// if later, and no more than `TIMER_SLACK_NS` before now.
+    pub(super) fn ready_at_head(&self, arrived_ns: u64, now_ns: u64) -> u64 {
+        arrived_ns
+            .max(self.handed_ns)
+            .max(now_ns.saturating_sub(TIMER_SLACK_NS))
+            .min(now_ns)
     }
 
     /// When a newcomer weighing `tokens` would be served behind everyone queued.
@@ -133,6 +154,7 @@ impl Core {
         if self.adaptive.rate.is_some() {
             self.adaptive.bucket.take(at_ns, 1);
         }
+        self.handed_ns = self.handed_ns.max(at_ns);
         self.send.record(at_ns);
     }
 
@@ -395,6 +417,21 @@ mod tests {
         let change = core.on_success(61 * S);
         assert!(change.is_none(), "{change:?}");
         assert!(core.adaptive.rate.unwrap() <= 1.25 * 0.7 + 1e-9);
+    }
+
+    #[test]
+    fn a_head_is_ready_when_the_line_was_handed_on_within_the_timer_slack() {
+        let mut core = Core::new(&PaceConfig::default());
+        core.take(10 * S, 0);
+        // Handed on 400 us ago (its timer fired late): ready then, not now.
+        assert_eq!(core.ready_at_head(9 * S, 10 * S + 400_000), 10 * S);
+        // Arrived after that: ready on arrival.
+        assert_eq!(
+            core.ready_at_head(10 * S + 100, 10 * S + 400_000),
+            10 * S + 100
+        );
+        // A line that fell behind catches up no more than the slack.
+        assert_eq!(core.ready_at_head(9 * S, 12 * S), 12 * S - TIMER_SLACK_NS);
     }
 
     #[test]

@@ -111,6 +111,18 @@
 //! place in tokio's queue and its weight in the pacer's count go with it, and it took nothing
 //! from the buckets, so nobody behind it waits longer.
 //!
+//! **Rates above the timer's.** Tokio's timers fire on the millisecond, so a head that slept
+//! is often 1–2 ms past its due time. The next head is charged from when the line was handed
+//! on to it (the due time of the permit before, or its own arrival if later; at most 2 ms
+//! before now), not from when it got there: the permits due within each millisecond go out
+//! together, and a line keeps rates above a thousand a second (charged from its arrival at
+//! the head, a line came out at two permits a millisecond whatever its rate). With no burst,
+//! a caller back in the line is due a full interval after the permit before it, so a line of
+//! N callers gets about N permits a millisecond; a burst of a millisecond's worth lifts that.
+//! Each permit in a line costs the same whatever the line's length (the line is tokio's
+//! intrusive FIFO, and only the head waits on the pacer's timer or its rate changes); the
+//! figures are in `docs/PERFORMANCE.md` ("Scale").
+//!
 //! **Deadlines.** On arrival the pacer computes when this caller would be served: the time at
 //! which the buckets will have admitted everyone ahead of it and then it. If that is past the
 //! deadline, [`PaceError::WouldMissDeadline`] comes back at once, without waiting and without

@@ -222,6 +222,7 @@ impl Pacer {
             pacer: self,
             tokens: weight_tokens,
             joined: true,
+            head: false,
         };
         let line = self.line.lock();
         let _turn = match deadline {
@@ -231,14 +232,19 @@ impl Pacer {
             },
             None => line.await,
         };
-        // At the head: the first moment this caller could have been served.
-        let ready_ns = to_ns(Instant::now());
+        place.head = true;
+        // At the head: the first moment this caller could have been served (read once).
+        let mut ready_ns = None;
         loop {
+            // Created before the look below, it sees every `notify_waiters` from now on; not
+            // enabled (registered) until polled, so a head served at once never takes the
+            // `Notify`'s lock.
             let mut changed = pin!(self.changed.notified());
-            changed.as_mut().enable();
             let now = Instant::now();
             let at = {
                 let mut core = self.lock();
+                let ready_ns =
+                    *ready_ns.get_or_insert_with(|| core.ready_at_head(arrived_ns, to_ns(now)));
                 let at = core.conform(ready_ns, weight_tokens);
                 if let Some(deadline) = deadline.filter(|&deadline| now > deadline) {
                     // Woken after the deadline (timers fire on the millisecond): too late.
@@ -403,15 +409,25 @@ struct Place<'a> {
     pacer: &'a Pacer,
     tokens: u64,
     joined: bool,
+    // At the head: leaving hands the line on now.
+    head: bool,
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         if self.joined {
+            let now_ns = if self.head {
+                Some(to_ns(Instant::now()))
+            } else {
+                None
+            };
             let waiting = {
                 let mut core = self.pacer.lock();
                 core.queued_requests = core.queued_requests.saturating_sub(1);
                 core.queued_tokens = core.queued_tokens.saturating_sub(self.tokens);
+                if let Some(now_ns) = now_ns {
+                    core.handed_ns = core.handed_ns.max(now_ns);
+                }
                 core.queued_requests
             };
             self.pacer.publish_waiting(waiting);
