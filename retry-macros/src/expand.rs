@@ -358,14 +358,46 @@ pub fn expand(
     // The body's statements, not its block: `async { { Ok(1) } }` would make rustc's
     // `unused_braces` fire on every one-line body, failing a `-D warnings` build.
     let stmts = &item.block.stmts;
+    // A policy whose first attempt nothing can cut and only a breaker can refuse, and not a
+    // stream: that attempt may run before (and, when it succeeds, without) the call's full
+    // state.
+    let fast = policy.timeout.is_none()
+        && policy.deadline.is_none()
+        && policy.pool.is_none()
+        && policy.pace.is_none()
+        && !streaming;
     let attempt_body = quote!(async { #(#copies)* #(#stmts)* });
+    let attempt_fut = syn::Ident::new("__resilient_attempt", Span::mixed_site());
+    let body_in = if fast {
+        quote!(#attempt_fut)
+    } else {
+        attempt_body.clone()
+    };
     let run_attempt = match policy.reject_span {
         Some(span) => {
             let head = respan(quote!(#call.attempt_guarded), span);
             let tail = respan(quote!(.await), span);
-            quote!(#head(#attempt_body)#tail)
+            quote!(#head(#body_in)#tail)
         }
-        None => quote!(#call.attempt(#attempt_body).await),
+        None => quote!(#call.attempt(#body_in).await),
+    };
+    // The fast first attempt awaits a future of its own: a small one, where the full path's
+    // (which holds the gate's waits) would be copied into place on every call.
+    let run_attempt = if fast {
+        let check = match policy.reject_span {
+            Some(_) => quote!(#call.fast_first_guarded()),
+            None => quote!(#call.fast_first()),
+        };
+        quote! {{
+            let #attempt_fut = #attempt_body;
+            if #check {
+                #call.run_fast(#attempt_fut).await
+            } else {
+                #run_attempt
+            }
+        }}
+    } else {
+        run_attempt
     };
     // A missing `Classify` impl, or a return type that is not a `Result`, is reported at the
     // return type.
@@ -482,6 +514,11 @@ pub fn expand(
         }
     };
 
+    let start = if fast {
+        quote!(#rt::FastCall::start_static)
+    } else {
+        quote!(#rt::Call::start_static)
+    };
     let new_body = quote! {{
         #use_retry_on
         use #krate::__private as #rt;
@@ -492,7 +529,7 @@ pub fn expand(
         let mut #call = {
             static #policy_ident: #rt::Policy = #builder;
             static #site: #rt::CallSite<'static> = #rt::CallSite::new(&#policy_ident);
-            #rt::Call::start_static(&#site)
+            #start(&#site)
         };
         #body
     }};

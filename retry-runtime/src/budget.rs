@@ -607,6 +607,11 @@ impl Workflow {
     }
 }
 
+/// Whether this task is inside a [`workflow`] (without taking its scope).
+pub(crate) fn in_workflow() -> bool {
+    WORKFLOW.try_with(|_| ()).is_ok()
+}
+
 pub(crate) fn current_workflow() -> Option<Arc<WorkflowScope>> {
     WORKFLOW.try_with(Arc::clone).ok()
 }

@@ -19,6 +19,13 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// A stand-in for an instant nobody will read: the clock's origin, with no clock read (but
+/// the process's first). A call whose start no deadline, breaker, pacer, report, event or
+/// metric can see keeps this instead of reading the clock.
+pub(crate) fn unread() -> Instant {
+    epoch()
+}
+
 /// `at` in nanoseconds since the clock's origin.
 pub(crate) fn to_ns(at: Instant) -> u64 {
     let epoch = epoch();

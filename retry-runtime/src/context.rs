@@ -30,12 +30,15 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 
-tokio::task_local! {
-    // The attempt whose future is being polled (set around each poll by `scope`).
-    static ATTEMPT: AttemptContext;
+thread_local! {
+    // The attempt whose future this thread is polling (set around each poll by `InAttempt`).
+    static ATTEMPT: Cell<Option<AttemptContext>> = const { Cell::new(None) };
 }
 
 /// The attempt a `#[resilient]` function's body is running: see [`current_attempt`].
@@ -82,7 +85,7 @@ impl fmt::Display for IdempotencyKey {
 /// any call, in a task the body spawned, in a fallback function that is not itself
 /// `#[resilient]`, and in a streaming call's stream after its first chunk.
 pub fn current_attempt() -> Option<AttemptContext> {
-    ATTEMPT.try_with(|a| *a).ok()
+    ATTEMPT.try_with(Cell::get).ok().flatten()
 }
 
 /// A new call's key. No allocation and no shared write but once per thread: a thread's
@@ -126,12 +129,50 @@ fn process_prefix() -> u64 {
 }
 
 /// `attempt` run as attempt `number` of the call keyed `key`.
-pub(crate) fn scope<F: std::future::Future>(
-    number: u32,
-    key: IdempotencyKey,
-    attempt: F,
-) -> impl std::future::Future<Output = F::Output> {
-    ATTEMPT.scope(AttemptContext { number, key }, attempt)
+pub(crate) fn scope<F: Future>(number: u32, key: IdempotencyKey, attempt: F) -> InAttempt<F> {
+    InAttempt {
+        attempt,
+        context: AttemptContext { number, key },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An attempt's future, polled with its context current on the polling thread: two
+    /// thread-local writes a poll (the context in, the one before it back), no allocation.
+    pub(crate) struct InAttempt<F> {
+        #[pin]
+        attempt: F,
+        context: AttemptContext,
+    }
+}
+
+impl<F: Future> Future for InAttempt<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        /// Puts the context before back, even if the attempt panics.
+        struct Restore<'a>(&'a Cell<Option<AttemptContext>>, Option<AttemptContext>);
+        impl Drop for Restore<'_> {
+            #[inline(always)]
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let this = self.project();
+        let context = *this.context;
+        let mut attempt = Some(this.attempt);
+        let polled = ATTEMPT.try_with(|slot| {
+            let _restore = Restore(slot, slot.replace(Some(context)));
+            attempt.take().map(|a| a.poll(cx))
+        });
+        match (polled, attempt) {
+            (Ok(Some(poll)), _) => poll,
+            // Only while the thread's locals are being destroyed: polled with no context.
+            (_, Some(attempt)) => attempt.poll(cx),
+            (_, None) => Poll::Pending,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ pub use retry_macros::retry_on;
 pub mod __private {
     pub use crate::backoff::Backoff;
     pub use crate::budget::Budget;
-    pub use crate::executor::{Call, CallSite, Outcome, Settled, Step};
+    pub use crate::executor::{Call, CallSite, FastCall, Outcome, Settled, Step};
     pub use crate::fallback::cache_key;
     pub use crate::policy::{CodeRange, Policy, RetryOn};
     pub use crate::spend::{Metered, Spend};

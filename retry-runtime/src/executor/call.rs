@@ -78,17 +78,25 @@ pub struct Call<'p> {
 impl<'p> Call<'p> {
     /// Start a call at a `static` call site (what the macro emits): the clock for `deadline`
     /// starts now, and metrics use the site's compile-time labels.
+    // Inlined into the function's future, so the call is built where it lives, not moved there.
+    #[inline(always)]
     pub fn start_static(site: &'static CallSite<'static>) -> Call<'static> {
         site.registered
             .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
-        let mut call = Call::start(site);
-        call.labels = Some(&site.labels);
-        call
+        Call::start_labelled(site, Some(&site.labels))
     }
 
     /// Start a call: the clock for `deadline` starts now.
+    #[inline(always)]
     pub fn start(site: &'p CallSite<'p>) -> Self {
-        let now = Instant::now();
+        Call::start_labelled(site, None)
+    }
+
+    #[inline(always)]
+    fn start_labelled(
+        site: &'p CallSite<'p>,
+        labels: Option<&'static report::metered::SiteLabels>,
+    ) -> Self {
         let policy = site.policy;
         let seat = report::claim_observer();
         let observed = seat.map(|_| Vec::new());
@@ -96,15 +104,33 @@ impl<'p> Call<'p> {
             pool: site.pool.get(),
             workflow: current_workflow(),
         };
+        let (breaker, pacer) = (site.breaker.get(), site.pace.get());
+        // The start is read only if something will read it: a deadline, a timeout or a
+        // stream's limits, a breaker (latency) or a pacer, a report, an event or a recorded
+        // duration. A plain success otherwise reads no clock; a retry reads it for its attempt.
+        let timed = policy.deadline().is_some()
+            || policy.timeout().is_some()
+            || policy.first_token().is_some()
+            || policy.idle().is_some()
+            || observed.is_some()
+            || breaker.is_some()
+            || pacer.is_some()
+            || report::events_on()
+            || report::metered::timed(labels);
+        let now = if timed {
+            Instant::now()
+        } else {
+            crate::clock::unread()
+        };
         Self {
             site,
-            labels: None,
+            labels,
             policy,
             gate: Gate::new(
                 policy.name(),
                 &site.estimate,
-                site.breaker.get(),
-                site.pace.get(),
+                breaker,
+                pacer,
                 ledgers,
                 observed.is_some(),
             ),
@@ -131,6 +157,24 @@ impl<'p> Call<'p> {
             parked_at: None,
             place: None,
             line_guard: None,
+        }
+    }
+
+    /// The call's first attempt ran without it (see `FastCall`) and failed: count it as made,
+    /// under the key it ran with.
+    pub(super) fn after_unseen_attempt(
+        &mut self,
+        key: IdempotencyKey,
+        gate: Option<(Gate<'static>, Instant)>,
+    ) {
+        self.attempts = 1;
+        self.key = key;
+        // At a breaker's site: the gate that admitted it holds its admission, and its start
+        // was read (the breaker's latency and the report's times count from it).
+        if let Some((gate, started)) = gate {
+            self.gate = gate;
+            self.started = started;
+            self.attempt_started = started;
         }
     }
 
@@ -227,6 +271,7 @@ impl<'p> Call<'p> {
             budget: self.policy.budget().map(|limit| (limit, self.spent)),
             latest_permit: self.latest_permit(),
             deadline: self.policy.deadline().unwrap_or_default(),
+            now: None,
         }
     }
 

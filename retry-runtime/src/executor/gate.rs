@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::budget::{Held, Ledgers, Pool, SpendEstimate};
 use crate::classify::ErrorClass;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, to_ns};
 use crate::pace::ProviderLimits;
 use crate::pace::{PaceError, Pacer, Permit};
 use crate::regime::Regime;
@@ -146,6 +146,8 @@ pub(super) struct Ask {
     pub latest_permit: Option<Instant>,
     /// The call's deadline, for the refusal that says it would be missed.
     pub deadline: Duration,
+    /// A reading of the clock just taken, if the caller has one (spares the gate its own).
+    pub now: Option<Instant>,
 }
 
 /// The gate of one call: see the module documentation.
@@ -362,6 +364,35 @@ impl<'p> Gate<'p> {
         result
     }
 
+    /// The first attempt's admission at a site whose gate is its breaker alone, with no
+    /// store, no pacer and nothing shed (see `FastCall`): the breaker's admission, the retry
+    /// budget's deposit and the regime's tick at `now`, as [`Gate::admit_first`] takes them.
+    pub(super) fn admit_first_unseen(&mut self, now: Instant) -> Result<(), Refusal> {
+        let ask = Ask {
+            first: true,
+            expected: Spend::ZERO,
+            reserve: Spend::ZERO,
+            unknown: false,
+            budget: None,
+            latest_permit: None,
+            deadline: Duration::ZERO,
+            now: Some(now),
+        };
+        let result = self.take_local(&ask);
+        self.after_admission(result.is_ok());
+        result
+    }
+
+    /// Whether the first attempt can be admitted by [`Gate::admit_first_unseen`]: a breaker
+    /// and nothing else to pass, no store to ask, no admission rate switched on.
+    pub(super) fn breaker_alone(&self) -> bool {
+        self.breaker.is_some()
+            && self.pacer.is_none()
+            && self.ledgers.is_empty()
+            && self.shedding().is_none()
+            && crate::store::shared_now().is_none()
+    }
+
     /// The admission of a retry, after its backoff: check again (the breaker may have opened,
     /// a pool filled, while it slept), the fleet's retry budget if it is still to be asked,
     /// then the pacer's permit, then take.
@@ -557,7 +588,7 @@ impl<'p> Gate<'p> {
             return Ok(());
         }
         self.pool_configured()?;
-        let now = now_ms();
+        let now = ask.now.map_or_else(now_ms, |at| to_ns(at) / 1_000_000);
         if !self.ledgers.is_empty() {
             match self.ledgers.reserve(self.reserve(ask), now) {
                 Ok(held) => self.held = Some(held),
@@ -815,11 +846,15 @@ impl<'p> Gate<'p> {
 
     /// What the breaker's regime said: a change of regime (an event), and a transition if it
     /// opened the breaker (published and noted).
+    #[inline]
     fn regime_news(
         &mut self,
         breaker: &'static Breaker,
         (change, opened): (Option<crate::regime::Change>, Option<Transition>),
     ) {
+        if change.is_none() && opened.is_none() {
+            return;
+        }
         if let Some(change) = change {
             report::regime_changed(self.function, breaker.name(), change);
         }
@@ -849,6 +884,7 @@ impl<'p> Gate<'p> {
         self.breaker.map(|b| b.regime())
     }
 
+    #[inline]
     fn note(&mut self, transition: Option<Transition>) {
         if let Some(t) = transition {
             report::transition(self.function, t);

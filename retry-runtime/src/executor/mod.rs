@@ -45,6 +45,7 @@ use crate::spend::Spend;
 mod call;
 mod decide;
 mod fallbacks;
+mod fast;
 mod gate;
 mod stream;
 
@@ -52,6 +53,7 @@ pub use stream::Streamed;
 
 pub use call::Call;
 pub use decide::{decide, Decision, Failure};
+pub use fast::FastCall;
 pub use site::CallSite;
 
 mod site;

@@ -59,6 +59,7 @@ mod on {
             }
         }
 
+        #[inline]
         fn counters(&'static self) -> &'static SiteCounters {
             self.counters.get_or_init(|| {
                 let counter = |name: &'static str, labels: &'static [Label]| {
@@ -150,6 +151,26 @@ mod on {
         }
     }
 
+    /// What a success on the fast path counts (see `FastCall`): one attempt, its spend, one
+    /// successful call; no duration (nothing times it there).
+    #[inline]
+    pub fn fast_success(labels: &'static SiteLabels, micros: u64, tokens: u64) {
+        let counters = labels.counters();
+        counters.attempts.increment(1);
+        bump(&counters.spend_micros, micros);
+        bump(&counters.spend_tokens, tokens);
+        counters.successes.increment(1);
+    }
+
+    /// Whether the recorder this call site reports to records durations (a clock read at the
+    /// call's start and end is then worth making).
+    pub fn timed(labels: Option<&'static SiteLabels>) -> bool {
+        match labels {
+            Some(labels) => labels.counters().timed,
+            None => metrics::with_recorder(records),
+        }
+    }
+
     /// A call's first attempt starts, `wait` after the call did.
     pub fn first_attempt(labels: Option<&'static SiteLabels>, wait: Duration) {
         match labels {
@@ -220,6 +241,10 @@ mod off {
         _: tokio::time::Instant,
     ) {
     }
+    pub fn timed(_: Option<&'static SiteLabels>) -> bool {
+        false
+    }
+    pub fn fast_success(_: &'static SiteLabels, _: u64, _: u64) {}
     pub fn first_attempt(_: Option<&'static SiteLabels>, _: std::time::Duration) {}
     pub fn first_chunk(_: Option<&'static SiteLabels>, _: std::time::Duration) {}
     pub fn retry(_: Option<&'static SiteLabels>) {}

@@ -549,6 +549,11 @@ pub async fn observe_all<F: Future>(fut: F) -> (F::Output, Vec<CallReport>) {
 
 /// Claim a seat in the current observer for a call that is starting: `Some(seat)` if this
 /// call will report (the first call under `observe`, every call under `observe_all`).
+/// Whether this task is inside [`observe`] or [`observe_all`] (without claiming a seat).
+pub(crate) fn observing() -> bool {
+    OBSERVER.try_with(|_| ()).is_ok()
+}
+
 pub(crate) fn claim_observer() -> Option<usize> {
     OBSERVER
         .try_with(|slot| {
@@ -668,6 +673,12 @@ pub(crate) fn degraded(function: &'static str, fallback: &FallbackReport) {
 
 /// Emitted once when a call ends, however it ends. Takes the start instant, not the elapsed
 /// time: reading the clock is left to the event, which skips it when it is filtered out.
+/// Whether a call's end may be an event a subscriber sees (`finished` is a WARN or a DEBUG
+/// event): a global level load, so a process without a subscriber reads no clock for it.
+pub(crate) fn events_on() -> bool {
+    tracing::level_enabled!(tracing::Level::WARN)
+}
+
 pub(crate) fn finished(
     function: &'static str,
     attempts: u32,

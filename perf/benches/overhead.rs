@@ -4,7 +4,8 @@
 //! current-thread runtime built up front (so `block_on`'s own cost, ~150-250 ns on the CI
 //! machine, is spread over 64 calls), and the difference to `bare` is the executor alone.
 //! Criterion reports the time of 64 calls; divide by 64 for one. Run with
-//! `cargo bench --bench overhead`; the numbers are in `docs/PERFORMANCE.md`.
+//! `cargo bench -p resilient-bench --bench overhead` (its own package, so that tokio is built
+//! without `test-util`, as a service builds it); the numbers are in `docs/PERFORMANCE.md`.
 //!
 //! The same group times the peer crates around the same body (backon, tokio-retry2,
 //! failsafe). After criterion's report the bench prints, for this run, per-call medians and
@@ -236,7 +237,7 @@ fn criterion_dir() -> PathBuf {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join("criterion")
 }
 

@@ -1,0 +1,255 @@
+//! The first attempt without a [`Call`]: for a policy whose first attempt nothing can cut
+//! and only a breaker can refuse (no timeout, deadline, pacer or pool: what the macro
+//! checks; a breaker with no store and no admission rate on, checked here), in a call
+//! nobody observes, outside any workflow, with no subscriber to see its events and no
+//! recorder timing it. A success there is the common case and all that needs doing is what
+//! it counts; the call's full state (the `Call`, some 800 bytes of it) is built only when the
+//! first attempt fails, or when anything of the above is there to see it.
+//!
+//! What a success counts is what the full path counts: the site's spend estimate, the
+//! attempts, spend and calls counters. The attempt runs in its attempt context
+//! ([`current_attempt`](crate::current_attempt)), and a failed one hands its key to the
+//! `Call` built for the rest of the call, so the key stays the call's.
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use super::gate::Gate;
+use super::{Call, CallSite, Outcome, Settled, Step};
+use crate::budget::Ledgers;
+use crate::classify::Classify;
+use crate::context::IdempotencyKey;
+use crate::rejected::CanReject;
+use crate::report::{self, StopReason};
+use crate::spend::Spend;
+
+#[doc(hidden)]
+/// A call at a site whose first attempt may run without a [`Call`] (what the macro emits for
+/// such a policy). Not part of the stable API.
+#[derive(Debug)]
+pub struct FastCall {
+    site: &'static CallSite<'static>,
+    call: Option<Call<'static>>,
+    // The first attempt ran (or runs) on the fast path, with this key.
+    fast: Option<IdempotencyKey>,
+    // A fast first attempt's gate (its breaker's admission) and start, at a breaker's site.
+    gate: Option<(Gate<'static>, Instant)>,
+}
+
+impl FastCall {
+    /// Start a call at `site`.
+    #[inline]
+    pub fn start_static(site: &'static CallSite<'static>) -> FastCall {
+        site.registered
+            .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
+        FastCall {
+            site,
+            call: None,
+            fast: None,
+            gate: None,
+        }
+    }
+
+    /// Whether nothing can see this call's start: no observer, no workflow, no events, no
+    /// recorded durations. (The policy itself was checked by the macro.)
+    #[inline]
+    fn unseen(&self) -> bool {
+        !report::observing()
+            && !crate::budget::in_workflow()
+            && !report::events_on()
+            && !report::metered::timed(Some(&self.site.labels))
+    }
+
+    fn call(&mut self) -> &mut Call<'static> {
+        let site = self.site;
+        self.call.get_or_insert_with(|| Call::start_static(site))
+    }
+
+    /// Whether the first attempt runs on the fast path ([`FastCall::run_fast`]): nothing can
+    /// see the call. Decided once, before the first attempt.
+    #[inline]
+    pub fn fast_first(&mut self) -> bool {
+        if self.call.is_none() && self.fast.is_none() && self.unseen() {
+            self.fast = Some(crate::context::new_call_key());
+            return true;
+        }
+        false
+    }
+
+    /// [`FastCall::fast_first`] at a breaker's site: also the breaker is the whole gate (no
+    /// store, no admission rate switched on) and admits the attempt, at one clock read.
+    #[inline]
+    pub fn fast_first_guarded(&mut self) -> bool {
+        if self.call.is_some() || self.fast.is_some() || !self.unseen() {
+            return false;
+        }
+        let site = self.site;
+        // Built where it stays (a gate is some 250 bytes: no move on the hot path).
+        self.gate = Some((
+            Gate::new(
+                site.policy.name(),
+                &site.estimate,
+                site.breaker.get(),
+                site.pace.get(),
+                Ledgers {
+                    pool: site.pool.get(),
+                    workflow: None,
+                },
+                false,
+            ),
+            crate::clock::unread(),
+        ));
+        let Some((gate, started)) = self.gate.as_mut() else {
+            return false;
+        };
+        if gate.breaker_alone() {
+            *started = Instant::now();
+            // Refused (open): the full path asks again, is refused alike and says so.
+            if gate.admit_first_unseen(*started).is_ok() {
+                self.fast = Some(crate::context::new_call_key());
+                return true;
+            }
+        }
+        self.gate = None;
+        false
+    }
+
+    /// The fast first attempt, in its attempt context.
+    #[inline]
+    pub fn run_fast<F: Future>(&self, attempt: F) -> impl Future<Output = F::Output> {
+        let key = self.fast.unwrap_or_else(crate::context::new_call_key);
+        crate::context::scope(1, key, attempt)
+    }
+
+    /// Run an attempt on the full path (see [`Call::attempt`]).
+    pub async fn attempt<R, Fut>(&mut self, attempt: Fut) -> R
+    where
+        Fut: Future<Output = R>,
+    {
+        self.call().attempt(attempt).await
+    }
+
+    /// Run an attempt the gate admits, on the full path (see [`Call::attempt_guarded`]).
+    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: CanReject,
+    {
+        self.call().attempt_guarded(attempt).await
+    }
+
+    /// Classify the attempt's outcome and decide (see [`Call::settle`]).
+    #[inline]
+    pub fn settle<R>(&mut self, outcome: R, spend_of: fn(&R) -> Spend) -> Settled<R>
+    where
+        R: Outcome,
+        R::Err: Classify,
+    {
+        let Some(key) = self.fast else {
+            return self.call().settle(outcome, spend_of);
+        };
+        if outcome.is_ok() {
+            self.fast = None;
+            let spend = spend_of(&outcome);
+            let site = self.site;
+            site.estimate.observe(spend);
+            // Recorded where the gate is (no move of it on the hot path).
+            if let Some((gate, started)) = self.gate.as_mut() {
+                gate.record(None, spend, None, true, *started);
+            }
+            self.gate = None;
+            report::metered::fast_success(&site.labels, spend.micros(), spend.tokens());
+            return Settled::Return(outcome);
+        }
+        // The first attempt failed: the rest of the call is the full path's, with the
+        // attempt counted as made (and its start unread: nothing could see it).
+        self.fast = None;
+        let gate = self.gate.take();
+        let mut call = Call::start_static(self.site);
+        call.after_unseen_attempt(key, gate);
+        let settled = call.settle(outcome, spend_of);
+        self.call = Some(call);
+        settled
+    }
+
+    /// Wait before the next attempt (see [`Call::wait`]).
+    pub async fn wait<R: Outcome>(&mut self, error: R::Err) -> Step<R> {
+        self.call().wait(error).await
+    }
+
+    /// The call is over (see [`Call::done`]).
+    #[inline]
+    pub fn done<R>(&mut self, result: R) -> R {
+        match self.call.as_mut() {
+            Some(call) => call.done(result),
+            None => result,
+        }
+    }
+
+    /// Whether the call falls back (see [`Call::falls_back`]): only after a failure, when
+    /// the full path has the call.
+    pub fn falls_back<R: Outcome>(&self, result: &R) -> bool {
+        self.call
+            .as_ref()
+            .is_some_and(|call| call.falls_back(result))
+    }
+
+    /// `fallback = cached` (see [`Call::serve_cached`]).
+    pub fn serve_cached<R>(&mut self, key: u64) -> Option<R>
+    where
+        R: Outcome,
+        R::Ok: crate::fallback::CachedAnswer,
+    {
+        self.call().serve_cached(key)
+    }
+
+    /// `fallback = path::to_fn` (see [`Call::serve_fn`]).
+    pub async fn serve_fn<R, F>(&mut self, path: &'static str, call: F) -> R
+    where
+        R: Outcome,
+        F: Future<Output = R>,
+    {
+        self.call().serve_fn(path, call).await
+    }
+
+    /// `fallback = queue` (see [`Call::park`]): only after a failure, when the full path
+    /// has the call.
+    pub async fn park<T, E>(&mut self, result: Result<T, E>) -> Step<Result<T, E>>
+    where
+        E: CanReject,
+    {
+        self.call().park(result).await
+    }
+
+    /// Remember a good answer for `fallback = cached` (see [`Call::cache_store`]).
+    pub fn cache_store<R>(&self, key: u64, result: &R)
+    where
+        R: Outcome,
+        R::Ok: crate::fallback::CachedAnswer,
+    {
+        if let Some(value) = result.ok_ref() {
+            self.site.cache.store(key, value);
+        }
+    }
+}
+
+impl Drop for FastCall {
+    fn drop(&mut self) {
+        // Dropped during a fast first attempt: the caller gave up. Say so, as the full path
+        // does (its `Call`, if there is one, says so itself).
+        // (No event: nothing could see one when the attempt started.)
+        if self.fast.is_some() && self.call.is_none() {
+            let site = self.site;
+            report::metered::call_ended(
+                Some(&site.labels),
+                site.policy.name(),
+                StopReason::Cancelled.as_str(),
+                1,
+                0,
+                0,
+                crate::clock::unread(),
+            );
+        }
+    }
+}
