@@ -477,13 +477,20 @@ impl SpendEstimate {
     /// free one).
     pub fn observe(&self, spend: Spend) {
         fn update(cell: &AtomicU64, x: u64) {
-            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                Some(if s == 0 {
+            let next = |s: u64| {
+                if s == 0 {
                     x.saturating_mul(8)
                 } else {
                     (s - s / 8).saturating_add(x)
-                })
-            });
+                }
+            };
+            // At a steady cost the average does not move: a load, and no write (which would
+            // take the cache line from the other cores on every call).
+            let s = cell.load(Ordering::Acquire);
+            if next(s) == s {
+                return;
+            }
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| Some(next(s)));
         }
         if !spend.is_zero() {
             update(&self.micros8, spend.micros());

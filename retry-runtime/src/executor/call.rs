@@ -165,14 +165,14 @@ impl<'p> Call<'p> {
     pub(super) fn after_unseen_attempt(
         &mut self,
         key: IdempotencyKey,
-        gate: Option<(Gate<'static>, Instant)>,
+        admitted: Option<(crate::breaker::Admission, Instant)>,
     ) {
         self.attempts = 1;
         self.key = key;
-        // At a breaker's site: the gate that admitted it holds its admission, and its start
+        // At a breaker's site: the breaker's admission is the gate's to record, and its start
         // was read (the breaker's latency and the report's times count from it).
-        if let Some((gate, started)) = gate {
-            self.gate = gate;
+        if let Some((admission, started)) = admitted {
+            self.gate.adopt_admission(admission);
             self.started = started;
             self.attempt_started = started;
         }
@@ -271,7 +271,6 @@ impl<'p> Call<'p> {
             budget: self.policy.budget().map(|limit| (limit, self.spent)),
             latest_permit: self.latest_permit(),
             deadline: self.policy.deadline().unwrap_or_default(),
-            now: None,
         }
     }
 

@@ -15,9 +15,9 @@ use std::future::Future;
 
 use tokio::time::Instant;
 
-use super::gate::Gate;
+use super::gate::alone;
 use super::{Call, CallSite, Outcome, Settled, Step};
-use crate::budget::Ledgers;
+use crate::breaker::{Admission, Breaker};
 use crate::classify::Classify;
 use crate::context::IdempotencyKey;
 use crate::rejected::CanReject;
@@ -33,8 +33,8 @@ pub struct FastCall {
     call: Option<Call<'static>>,
     // The first attempt ran (or runs) on the fast path, with this key.
     fast: Option<IdempotencyKey>,
-    // A fast first attempt's gate (its breaker's admission) and start, at a breaker's site.
-    gate: Option<(Gate<'static>, Instant)>,
+    // A fast first attempt's breaker, its admission and its start, at a breaker's site.
+    admitted: Option<(&'static Breaker, Admission, Instant)>,
 }
 
 impl FastCall {
@@ -47,7 +47,7 @@ impl FastCall {
             site,
             call: None,
             fast: None,
-            gate: None,
+            admitted: None,
         }
     }
 
@@ -78,41 +78,32 @@ impl FastCall {
     }
 
     /// [`FastCall::fast_first`] at a breaker's site: also the breaker is the whole gate (no
-    /// store, no admission rate switched on) and admits the attempt, at one clock read.
+    /// store to ask, no admission rate switched on) and admits the attempt, at one clock
+    /// read.
     #[inline]
     pub fn fast_first_guarded(&mut self) -> bool {
         if self.call.is_some() || self.fast.is_some() || !self.unseen() {
             return false;
         }
         let site = self.site;
-        // Built where it stays (a gate is some 250 bytes: no move on the hot path).
-        self.gate = Some((
-            Gate::new(
-                site.policy.name(),
-                &site.estimate,
-                site.breaker.get(),
-                site.pace.get(),
-                Ledgers {
-                    pool: site.pool.get(),
-                    workflow: None,
-                },
-                false,
-            ),
-            crate::clock::unread(),
-        ));
-        let Some((gate, started)) = self.gate.as_mut() else {
+        let Some(breaker) = site.breaker.get() else {
             return false;
         };
-        if gate.breaker_alone() {
-            *started = Instant::now();
-            // Refused (open): the full path asks again, is refused alike and says so.
-            if gate.admit_first_unseen(*started).is_ok() {
-                self.fast = Some(crate::context::new_call_key());
-                return true;
-            }
+        if site.pace.get().is_some()
+            || site.pool.get().is_some()
+            || breaker.rate_gate().rate().is_some()
+            || crate::store::shared_now().is_some()
+        {
+            return false;
         }
-        self.gate = None;
-        false
+        let now = Instant::now();
+        // Refused (open): the full path asks again, is refused alike and says so.
+        let Some(admission) = alone::admit(site.policy.name(), breaker, now) else {
+            return false;
+        };
+        self.admitted = Some((breaker, admission, now));
+        self.fast = Some(crate::context::new_call_key());
+        true
     }
 
     /// The fast first attempt, in its attempt context.
@@ -154,20 +145,21 @@ impl FastCall {
             let spend = spend_of(&outcome);
             let site = self.site;
             site.estimate.observe(spend);
-            // Recorded where the gate is (no move of it on the hot path).
-            if let Some((gate, started)) = self.gate.as_mut() {
-                gate.record(None, spend, None, true, *started);
+            if let Some((breaker, admission, started)) = self.admitted.take() {
+                alone::record(site.policy.name(), breaker, admission, None, started);
             }
-            self.gate = None;
             report::metered::fast_success(&site.labels, spend.micros(), spend.tokens());
             return Settled::Return(outcome);
         }
         // The first attempt failed: the rest of the call is the full path's, with the
         // attempt counted as made (and its start unread: nothing could see it).
         self.fast = None;
-        let gate = self.gate.take();
+        let admitted = self
+            .admitted
+            .take()
+            .map(|(_, admission, started)| (admission, started));
         let mut call = Call::start_static(self.site);
-        call.after_unseen_attempt(key, gate);
+        call.after_unseen_attempt(key, admitted);
         let settled = call.settle(outcome, spend_of);
         self.call = Some(call);
         settled
@@ -238,6 +230,10 @@ impl Drop for FastCall {
     fn drop(&mut self) {
         // Dropped during a fast first attempt: the caller gave up. Say so, as the full path
         // does (its `Call`, if there is one, says so itself).
+        // A probe that never finished gives its slot back, as the full path's gate does.
+        if let Some((breaker, admission, _)) = self.admitted.take() {
+            breaker.cancel(admission);
+        }
         // (No event: nothing could see one when the attempt started.)
         if self.fast.is_some() && self.call.is_none() {
             let site = self.site;

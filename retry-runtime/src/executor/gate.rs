@@ -146,8 +146,6 @@ pub(super) struct Ask {
     pub latest_permit: Option<Instant>,
     /// The call's deadline, for the refusal that says it would be missed.
     pub deadline: Duration,
-    /// A reading of the clock just taken, if the caller has one (spares the gate its own).
-    pub now: Option<Instant>,
 }
 
 /// The gate of one call: see the module documentation.
@@ -364,33 +362,9 @@ impl<'p> Gate<'p> {
         result
     }
 
-    /// The first attempt's admission at a site whose gate is its breaker alone, with no
-    /// store, no pacer and nothing shed (see `FastCall`): the breaker's admission, the retry
-    /// budget's deposit and the regime's tick at `now`, as [`Gate::admit_first`] takes them.
-    pub(super) fn admit_first_unseen(&mut self, now: Instant) -> Result<(), Refusal> {
-        let ask = Ask {
-            first: true,
-            expected: Spend::ZERO,
-            reserve: Spend::ZERO,
-            unknown: false,
-            budget: None,
-            latest_permit: None,
-            deadline: Duration::ZERO,
-            now: Some(now),
-        };
-        let result = self.take_local(&ask);
-        self.after_admission(result.is_ok());
-        result
-    }
-
-    /// Whether the first attempt can be admitted by [`Gate::admit_first_unseen`]: a breaker
-    /// and nothing else to pass, no store to ask, no admission rate switched on.
-    pub(super) fn breaker_alone(&self) -> bool {
-        self.breaker.is_some()
-            && self.pacer.is_none()
-            && self.ledgers.is_empty()
-            && self.shedding().is_none()
-            && crate::store::shared_now().is_none()
+    /// Take over the admission a first attempt got without a gate (see `alone`).
+    pub(super) fn adopt_admission(&mut self, admission: Admission) {
+        self.admission = Some(admission);
     }
 
     /// The admission of a retry, after its backoff: check again (the breaker may have opened,
@@ -588,7 +562,7 @@ impl<'p> Gate<'p> {
             return Ok(());
         }
         self.pool_configured()?;
-        let now = ask.now.map_or_else(now_ms, |at| to_ns(at) / 1_000_000);
+        let now = now_ms();
         if !self.ledgers.is_empty() {
             match self.ledgers.reserve(self.reserve(ask), now) {
                 Ok(held) => self.held = Some(held),
@@ -863,20 +837,7 @@ impl<'p> Gate<'p> {
 
     /// Publish this process's transition to the fleet, and note it.
     fn publish(&mut self, breaker: &'static Breaker, transition: Option<Transition>) {
-        if let (Some(t), Some(shared)) = (transition, crate::store::active()) {
-            // In the background.
-            match t.to {
-                BreakerState::Open => shared.send(crate::store::Update::BreakerOpened {
-                    breaker: breaker.name(),
-                    cooldown: breaker.config().cooldown,
-                    force: t.from == BreakerState::HalfOpen,
-                }),
-                BreakerState::Closed => shared.send(crate::store::Update::BreakerClosed {
-                    breaker: breaker.name(),
-                }),
-                BreakerState::HalfOpen => {}
-            }
-        }
+        to_fleet(breaker, transition);
         self.note(transition);
     }
 
@@ -908,6 +869,90 @@ impl<'p> Gate<'p> {
             // it reserved.
             self.ledgers.release(held);
         }
+    }
+}
+
+/// This process's transition, to the fleet (through the store, in the background).
+fn to_fleet(breaker: &'static Breaker, transition: Option<Transition>) {
+    if let (Some(t), Some(shared)) = (transition, crate::store::active()) {
+        match t.to {
+            BreakerState::Open => shared.send(crate::store::Update::BreakerOpened {
+                breaker: breaker.name(),
+                cooldown: breaker.config().cooldown,
+                force: t.from == BreakerState::HalfOpen,
+            }),
+            BreakerState::Closed => shared.send(crate::store::Update::BreakerClosed {
+                breaker: breaker.name(),
+            }),
+            BreakerState::HalfOpen => {}
+        }
+    }
+}
+
+/// The breaker alone, for a first attempt that runs without a gate (`FastCall`): what
+/// [`Gate::take_local`] and [`Gate::record_breaker`] do for a breaker with no ledgers, no
+/// pacer and no store to ask, for a call that keeps no report (transitions are events and go
+/// to the fleet; none is kept).
+pub(super) mod alone {
+    use tokio::time::Instant;
+
+    use super::{now_ms, report, to_fleet, to_ns, Admission, Breaker, ErrorClass, Transition};
+
+    fn announce(function: &'static str, breaker: &'static Breaker, t: Option<Transition>) {
+        if let Some(t) = t {
+            to_fleet(breaker, Some(t));
+            report::transition(function, t);
+        }
+    }
+
+    fn news(
+        function: &'static str,
+        breaker: &'static Breaker,
+        (change, opened): (Option<crate::regime::Change>, Option<Transition>),
+    ) {
+        if let Some(change) = change {
+            report::regime_changed(function, breaker.name(), change);
+        }
+        announce(function, breaker, opened);
+    }
+
+    /// Admit a first attempt at `now`: the admission, or `None` if the breaker refuses.
+    #[inline]
+    pub(in crate::executor) fn admit(
+        function: &'static str,
+        breaker: &'static Breaker,
+        now: Instant,
+    ) -> Option<Admission> {
+        let now_ms = to_ns(now) / 1_000_000;
+        let (admission, transition) = breaker.admit(now_ms);
+        announce(function, breaker, transition);
+        if let Admission::Rejected { .. } = admission {
+            return None;
+        }
+        breaker.retry_budget().deposit(now_ms);
+        news(function, breaker, breaker.tick(now_ms));
+        Some(admission)
+    }
+
+    /// The attempt's result (`failure`: its class; `None` for a success).
+    #[inline]
+    pub(in crate::executor) fn record(
+        function: &'static str,
+        breaker: &'static Breaker,
+        admission: Admission,
+        failure: Option<ErrorClass>,
+        started: Instant,
+    ) {
+        news(function, breaker, breaker.observe(true, failure, started));
+        if admission == Admission::Normal && breaker.is_quiet(failure) {
+            breaker.end_run();
+            return;
+        }
+        announce(
+            function,
+            breaker,
+            breaker.record(admission, failure, now_ms()),
+        );
     }
 }
 
