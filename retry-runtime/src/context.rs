@@ -38,7 +38,16 @@ use std::task::{Context, Poll};
 
 thread_local! {
     // The attempt whose future this thread is polling (set around each poll by `InAttempt`).
-    static ATTEMPT: Cell<Option<AttemptContext>> = const { Cell::new(None) };
+    static ATTEMPT: Cell<Option<Current>> = const { Cell::new(None) };
+}
+
+/// What the polling thread holds of the attempt in flight: its context, and what its body
+/// said it will be billed if cut (micro-dollars, tokens: `bill_on_cut`), carried back into
+/// the attempt's future after each poll.
+#[derive(Clone, Copy)]
+struct Current {
+    context: AttemptContext,
+    bill: (u64, u64),
 }
 
 /// The attempt a `#[resilient]` function's body is running: see [`current_attempt`].
@@ -85,7 +94,22 @@ impl fmt::Display for IdempotencyKey {
 /// any call, in a task the body spawned, in a fallback function that is not itself
 /// `#[resilient]`, and in a streaming call's stream after its first chunk.
 pub fn current_attempt() -> Option<AttemptContext> {
-    ATTEMPT.try_with(Cell::get).ok().flatten()
+    ATTEMPT
+        .try_with(Cell::get)
+        .ok()
+        .flatten()
+        .map(|c| c.context)
+}
+
+/// Raise the bill-if-cut of the attempt in flight to at least `micros` and `tokens` (for
+/// `spend::bill_on_cut`); nothing outside an attempt.
+pub(crate) fn raise_bill(micros: u64, tokens: u64) {
+    let _ = ATTEMPT.try_with(|slot| {
+        if let Some(mut current) = slot.get() {
+            current.bill = (current.bill.0.max(micros), current.bill.1.max(tokens));
+            slot.set(Some(current));
+        }
+    });
 }
 
 /// A new call's key. No allocation and no shared write but once per thread: a thread's
@@ -133,16 +157,26 @@ pub(crate) fn scope<F: Future>(number: u32, key: IdempotencyKey, attempt: F) -> 
     InAttempt {
         attempt,
         context: AttemptContext { number, key },
+        bill: (0, 0),
     }
 }
 
 pin_project_lite::pin_project! {
     /// An attempt's future, polled with its context current on the polling thread: two
     /// thread-local writes a poll (the context in, the one before it back), no allocation.
+    /// What the body said it will be billed if cut comes back with the second.
     pub(crate) struct InAttempt<F> {
         #[pin]
         attempt: F,
         context: AttemptContext,
+        bill: (u64, u64),
+    }
+}
+
+impl<F> InAttempt<F> {
+    /// What the body said the attempt will be billed if cut: micro-dollars, tokens.
+    pub(crate) fn bill(self: Pin<&mut Self>) -> (u64, u64) {
+        *self.project().bill
     }
 }
 
@@ -151,19 +185,33 @@ impl<F: Future> Future for InAttempt<F> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        /// Puts the context before back, even if the attempt panics.
-        struct Restore<'a>(&'a Cell<Option<AttemptContext>>, Option<AttemptContext>);
+        /// Puts the slot before back, even if the attempt panics, and keeps the bill.
+        struct Restore<'a> {
+            slot: &'a Cell<Option<Current>>,
+            before: Option<Current>,
+            bill: &'a mut (u64, u64),
+        }
         impl Drop for Restore<'_> {
             #[inline(always)]
             fn drop(&mut self) {
-                self.0.set(self.1);
+                if let Some(current) = self.slot.replace(self.before) {
+                    *self.bill = current.bill;
+                }
             }
         }
         let this = self.project();
-        let context = *this.context;
+        let current = Current {
+            context: *this.context,
+            bill: *this.bill,
+        };
+        let bill = this.bill;
         let mut attempt = Some(this.attempt);
         let polled = ATTEMPT.try_with(|slot| {
-            let _restore = Restore(slot, slot.replace(Some(context)));
+            let _restore = Restore {
+                slot,
+                before: slot.replace(Some(current)),
+                bill,
+            };
             attempt.take().map(|a| a.poll(cx))
         });
         match (polled, attempt) {

@@ -272,11 +272,6 @@ impl<T: Metered> Metered for std::sync::Arc<T> {
 
 // ---- what a cut attempt is billed ----
 
-tokio::task_local! {
-    // The bill of the attempt in flight if the runtime cuts it, set by its body.
-    pub(crate) static BILL_ON_CUT: std::cell::Cell<Spend>;
-}
-
 /// Say what the attempt in flight will be billed if the runtime cuts it (its `timeout` or the
 /// call's `deadline`): a provider bills a request it has started on, the prompt at least,
 /// though no answer ever arrives. Call it in a `#[resilient]` body before the request is
@@ -300,7 +295,8 @@ tokio::task_local! {
 /// # }
 /// ```
 pub fn bill_on_cut(spend: Spend) {
-    let _ = BILL_ON_CUT.try_with(|bill| bill.set(bill.get().max_each(spend)));
+    // Kept with the attempt's context (a thread-local around each poll of the attempt).
+    crate::context::raise_bill(spend.micros(), spend.tokens());
 }
 
 // ---- limits ----

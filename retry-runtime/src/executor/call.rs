@@ -228,17 +228,14 @@ impl<'p> Call<'p> {
         let Some((at, cut)) = limit else {
             return attempt.await;
         };
-        // The attempt runs with its bill-if-cut slot (`bill_on_cut`), read back if it is cut.
-        let attempt = crate::spend::BILL_ON_CUT.scope(std::cell::Cell::new(Spend::ZERO), attempt);
+        // The attempt keeps its bill-if-cut (`bill_on_cut`) with its context, read if cut.
         let mut attempt = std::pin::pin!(attempt);
         match tokio::time::timeout_at(at, attempt.as_mut()).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.cut = Some(cut);
-                self.cut_bill = attempt
-                    .as_mut()
-                    .take_value()
-                    .map_or(Spend::ZERO, std::cell::Cell::into_inner);
+                let (micros, tokens) = attempt.as_mut().bill();
+                self.cut_bill = Spend::new(micros, tokens);
                 let rejected = match cut {
                     Cut::Timeout => Rejected::AttemptTimedOut {
                         timeout: self.policy.timeout().unwrap_or_default(),
