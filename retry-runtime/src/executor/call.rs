@@ -206,46 +206,62 @@ impl<'p> Call<'p> {
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
     {
+        // What does not depend on the body is in non-generic functions, compiled once here
+        // rather than in every `#[resilient]` fn.
+        if let Err(rejected) = self.admit_guarded().await {
+            return Err(E::from(rejected));
+        }
+        let Some((at, cut)) = self.begin_guarded() else {
+            return crate::context::scope(self.attempts, self.key, attempt).await;
+        };
+        // The attempt keeps its bill-if-cut (`bill_on_cut`) with its context, read if cut.
+        let mut attempt = std::pin::pin!(crate::context::scope(self.attempts, self.key, attempt));
+        match tokio::time::timeout_at(at, attempt.as_mut()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(E::from(self.cut_by(cut, attempt.as_mut().bill()))),
+        }
+    }
+
+    /// The first attempt's admission through the gate (retries are admitted in `wait`).
+    async fn admit_guarded(&mut self) -> Result<(), Rejected> {
         if self.attempts == 0 && !self.gate.is_empty() {
             let ask = self.ask(true);
             if let Err(refusal) = self.gate.admit_first(&ask).await {
                 self.refused = Some(refusal);
-                return Err(E::from(refusal.rejected()));
+                return Err(refusal.rejected());
             }
         }
+        Ok(())
+    }
+
+    /// The attempt begins: when it is cut, and by what (the `timeout`, or what is left of
+    /// the `deadline`), if either is set.
+    fn begin_guarded(&mut self) -> Option<(Instant, Cut)> {
         self.begin_attempt();
-        let attempt = crate::context::scope(self.attempts, self.key, attempt);
         let now = self.attempt_started;
         let by_timeout = self.policy.timeout().map(|t| (now + t, Cut::Timeout));
         let by_deadline = self
             .policy
             .deadline()
             .map(|d| (self.started + d, Cut::Deadline));
-        let limit = match (by_timeout, by_deadline) {
+        match (by_timeout, by_deadline) {
             (Some(t), Some(d)) => Some(if d.0 <= t.0 { d } else { t }),
             (one, other) => one.or(other),
-        };
-        let Some((at, cut)) = limit else {
-            return attempt.await;
-        };
-        // The attempt keeps its bill-if-cut (`bill_on_cut`) with its context, read if cut.
-        let mut attempt = std::pin::pin!(attempt);
-        match tokio::time::timeout_at(at, attempt.as_mut()).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.cut = Some(cut);
-                let (micros, tokens) = attempt.as_mut().bill();
-                self.cut_bill = Spend::new(micros, tokens);
-                let rejected = match cut {
-                    Cut::Timeout => Rejected::AttemptTimedOut {
-                        timeout: self.policy.timeout().unwrap_or_default(),
-                    },
-                    Cut::Deadline => Rejected::DeadlineExceeded {
-                        deadline: self.policy.deadline().unwrap_or_default(),
-                    },
-                };
-                Err(E::from(rejected))
-            }
+        }
+    }
+
+    /// The attempt was cut by `cut`; its body said it would be billed `bill` (micro-dollars,
+    /// tokens) if so.
+    fn cut_by(&mut self, cut: Cut, (micros, tokens): (u64, u64)) -> Rejected {
+        self.cut = Some(cut);
+        self.cut_bill = Spend::new(micros, tokens);
+        match cut {
+            Cut::Timeout => Rejected::AttemptTimedOut {
+                timeout: self.policy.timeout().unwrap_or_default(),
+            },
+            Cut::Deadline => Rejected::DeadlineExceeded {
+                deadline: self.policy.deadline().unwrap_or_default(),
+            },
         }
     }
 
