@@ -185,40 +185,43 @@ impl<F: Future> Future for InAttempt<F> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        /// Puts the slot before back, even if the attempt panics, and keeps the bill.
-        struct Restore<'a> {
-            slot: &'a Cell<Option<Current>>,
-            before: Option<Current>,
-            bill: &'a mut (u64, u64),
-        }
-        impl Drop for Restore<'_> {
-            #[inline(always)]
-            fn drop(&mut self) {
-                if let Some(current) = self.slot.replace(self.before) {
-                    *self.bill = current.bill;
-                }
-            }
-        }
         let this = self.project();
+        // The slot's work is in `Entered` (not generic: compiled once, not per body).
+        let _entered = Entered::enter(*this.context, this.bill);
+        this.attempt.poll(cx)
+    }
+}
+
+/// The attempt's slot, current on this thread while it is polled; dropped (even if the
+/// attempt panics), it puts the slot before back and keeps the attempt's bill.
+struct Entered<'a> {
+    before: Option<Current>,
+    bill: &'a mut (u64, u64),
+}
+
+impl<'a> Entered<'a> {
+    // Inline: in a release build the swap is a few instructions around the body's poll; a
+    // debug build still compiles it once per crate, not once per function.
+    #[inline]
+    fn enter(context: AttemptContext, bill: &'a mut (u64, u64)) -> Entered<'a> {
         let current = Current {
-            context: *this.context,
-            bill: *this.bill,
+            context,
+            bill: *bill,
         };
-        let bill = this.bill;
-        let mut attempt = Some(this.attempt);
-        let polled = ATTEMPT.try_with(|slot| {
-            let _restore = Restore {
-                slot,
-                before: slot.replace(Some(current)),
-                bill,
-            };
-            attempt.take().map(|a| a.poll(cx))
-        });
-        match (polled, attempt) {
-            (Ok(Some(poll)), _) => poll,
-            // Only while the thread's locals are being destroyed: polled with no context.
-            (_, Some(attempt)) => attempt.poll(cx),
-            (_, None) => Poll::Pending,
+        // While the thread's locals are being destroyed there is no slot: no context then.
+        let before = ATTEMPT
+            .try_with(|slot| slot.replace(Some(current)))
+            .ok()
+            .flatten();
+        Entered { before, bill }
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Ok(Some(current)) = ATTEMPT.try_with(|slot| slot.replace(self.before)) {
+            *self.bill = current.bill;
         }
     }
 }
