@@ -354,9 +354,8 @@ async fn a_dropped_stream_is_cancelled_and_the_pool_keeps_only_what_it_used() {
         let mut stream = stream_pooled(&c, &req).await.unwrap();
         assert!(stream.next().await.unwrap().is_ok());
         assert!(stream.next().await.unwrap().is_ok());
-        let now = retry_runtime::testing::clock_ms();
         assert_eq!(
-            pool.ledger().committed(now),
+            pool.usage().committed.micros(),
             10_000,
             "max_cost held while it streams"
         );
@@ -368,9 +367,8 @@ async fn a_dropped_stream_is_cancelled_and_the_pool_keeps_only_what_it_used() {
     let (prompt, per_chunk) = stream_cut_bill(&req);
     let used = prompt + per_chunk + per_chunk;
     assert_eq!(report.spent(), used);
-    let now = retry_runtime::testing::clock_ms();
     assert_eq!(
-        pool.ledger().committed(now),
+        pool.usage().committed.micros(),
         used.micros(),
         "the reservation settled at what was used"
     );
@@ -398,12 +396,12 @@ async fn the_usage_chunk_settles_the_pool() {
     ])])
     .await;
     let pool = retry_runtime::pool("openai-stream-usage");
-    let before = pool.ledger().committed(retry_runtime::testing::clock_ms());
+    let before = pool.usage().committed.micros();
     let (_, error, report) = run(stream_usage_pooled(&client(&server), &request("hi"))).await;
     assert!(error.is_none(), "{error:?}");
     // 1000 prompt tokens at $1 and 2000 completion tokens at $2 per million: $0.005.
     assert_eq!(report.spent(), Spend::new(5_000, 3_000));
-    let after = pool.ledger().committed(retry_runtime::testing::clock_ms());
+    let after = pool.usage().committed.micros();
     assert_eq!(
         after - before,
         5_000,
@@ -452,7 +450,6 @@ async fn breaker_pacer_and_pool_together_around_a_stream() {
     .await;
     let c = client(&server);
     let pool = retry_runtime::pool("openai-stream-combo");
-    let now = retry_runtime::testing::clock_ms;
 
     let (text, error, report) = run(stream_combo(&c, &request("hi"))).await;
     assert!(error.is_none(), "{error:?}");
@@ -460,7 +457,7 @@ async fn breaker_pacer_and_pool_together_around_a_stream() {
     assert_eq!(report.attempts().len(), 2, "{report}");
     // One permit a second: the retry waited for its turn.
     assert!(report.paced() >= Duration::from_millis(900), "{report}");
-    assert_eq!(pool.ledger().committed(now()), 5_000, "the usage, settled");
+    assert_eq!(pool.usage().committed.micros(), 5_000, "the usage, settled");
 
     let (text, error, report) = run(stream_combo(&c, &request("hi"))).await;
     assert_eq!(text, "half");
@@ -470,7 +467,7 @@ async fn breaker_pacer_and_pool_together_around_a_stream() {
         "{report}"
     );
     assert_eq!(breaker("openai-stream-combo").state(), BreakerState::Open);
-    let settled = pool.ledger().committed(now());
+    let settled = pool.usage().committed.micros();
     assert!(
         settled > 5_000,
         "the cut stream is charged its prompt and chunk"
@@ -488,7 +485,7 @@ async fn breaker_pacer_and_pool_together_around_a_stream() {
     );
     assert_eq!(server.requests(), 3, "the open breaker sent nothing");
     assert_eq!(
-        pool.ledger().committed(now()),
+        pool.usage().committed.micros(),
         settled,
         "nothing reserved for it"
     );

@@ -348,14 +348,14 @@ async fn anthropic_usage_settles_the_pool_and_the_token_pacer() {
     ])
     .await;
     let pool = retry_runtime::pool("sse-anthropic");
-    let before = pool.ledger().committed(retry_runtime::testing::clock_ms());
+    let before = pool.usage().committed.micros();
     let (http, url, body) = (http(), server.url(), anthropic_body());
     let (text, error, report) = run(stream_anthropic(&http, &url, &body)).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text, "long answer");
     // 1000 in at $3 and 2000 out at $15 a million: $0.033, exactly.
     assert_eq!(report.spent(), Spend::new(33_000, 3_000));
-    let after = pool.ledger().committed(retry_runtime::testing::clock_ms());
+    let after = pool.usage().committed.micros();
     assert_eq!(
         after - before,
         33_000,

@@ -319,16 +319,14 @@ async fn a_dropped_stream_is_cancelled_and_settles_what_it_used() {
         assert_eq!(stream.next().await.unwrap().unwrap(), "12345");
         assert_eq!(stream.next().await.unwrap().unwrap(), "678");
         // While the stream runs, the attempt's reservation is held.
-        let now = retry_runtime::testing::clock_ms();
-        assert_eq!(pool.ledger().committed(now), 1_000, "max_cost reserved");
+        assert_eq!(pool.usage().committed.micros(), 1_000, "max_cost reserved");
         drop(stream);
     })
     .await;
     assert_eq!(report.stop(), Some(&StopReason::Cancelled));
     assert_eq!(report.stream().unwrap().chunks, 2);
-    let now = retry_runtime::testing::clock_ms();
     assert_eq!(
-        pool.ledger().committed(now),
+        pool.usage().committed.micros(),
         8,
         "the reservation settled at what the two chunks cost"
     );

@@ -492,9 +492,7 @@ impl<'p> Call<'p> {
         R: Outcome,
         R::Ok: crate::fallback::CachedAnswer,
     {
-        if let Some(value) = result.ok_ref() {
-            self.site.cache.store(key, value);
-        }
+        self.site.remember(key, result);
     }
 
     /// The call is over: deliver its report, leave any queue, and hand back what the function

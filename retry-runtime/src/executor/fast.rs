@@ -15,7 +15,7 @@ use std::future::Future;
 
 use tokio::time::Instant;
 
-use super::gate::alone;
+use super::gate::steps::{self, Notes};
 use super::{Call, CallSite, Outcome, Settled, Step};
 use crate::breaker::{Admission, Breaker};
 use crate::classify::Classify;
@@ -97,8 +97,13 @@ impl FastCall {
             return false;
         }
         let now = Instant::now();
+        let mut notes = Notes {
+            function: site.policy.name(),
+            kept: None,
+        };
+        let now_ms = crate::clock::to_ns(now) / 1_000_000;
         // Refused (open): the full path asks again, is refused alike and says so.
-        let Some(admission) = alone::admit(site.policy.name(), breaker, now) else {
+        let Ok(admission) = steps::admit(&mut notes, breaker, now_ms, true) else {
             return false;
         };
         self.admitted = Some((breaker, admission, now));
@@ -146,7 +151,11 @@ impl FastCall {
             let site = self.site;
             site.estimate.observe(spend);
             if let Some((breaker, admission, started)) = self.admitted.take() {
-                alone::record(site.policy.name(), breaker, admission, None, started);
+                let mut notes = Notes {
+                    function: site.policy.name(),
+                    kept: None,
+                };
+                steps::record(&mut notes, breaker, admission, None, true, started);
             }
             report::metered::fast_success(&site.labels, spend.micros(), spend.tokens());
             return Settled::Return(outcome);
@@ -220,9 +229,7 @@ impl FastCall {
         R: Outcome,
         R::Ok: crate::fallback::CachedAnswer,
     {
-        if let Some(value) = result.ok_ref() {
-            self.site.cache.store(key, value);
-        }
+        self.site.remember(key, result);
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::budget::{Held, Ledgers, Pool, SpendEstimate};
 use crate::classify::ErrorClass;
-use crate::clock::{now_ms, to_ns};
+use crate::clock::now_ms;
 use crate::pace::ProviderLimits;
 use crate::pace::{PaceError, Pacer, Permit};
 use crate::regime::Regime;
@@ -570,21 +570,16 @@ impl<'p> Gate<'p> {
             }
         }
         if let Some(breaker) = self.breaker {
-            let (admission, transition) = breaker.admit(now);
-            self.note(transition);
-            if let Admission::Rejected { retry_in } = admission {
-                self.give_back_held();
-                return Err(Refusal::Circuit {
-                    breaker: breaker.name(),
-                    retry_in,
-                });
+            match steps::admit(&mut self.notes(), breaker, now, ask.first) {
+                Ok(admission) => self.admission = Some(admission),
+                Err(retry_in) => {
+                    self.give_back_held();
+                    return Err(Refusal::Circuit {
+                        breaker: breaker.name(),
+                        retry_in,
+                    });
+                }
             }
-            self.admission = Some(admission);
-            if ask.first {
-                breaker.retry_budget().deposit(now);
-            }
-            let news = breaker.tick(now);
-            self.regime_news(breaker, news);
         }
         Ok(())
     }
@@ -807,52 +802,39 @@ impl<'p> Gate<'p> {
 
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
-            let news = breaker.observe(first, failure, started);
-            self.regime_news(breaker, news);
-            if admission == Admission::Normal && breaker.is_quiet(failure) {
-                breaker.end_run();
-                return;
-            }
-            let transition = breaker.record(admission, failure, now_ms());
-            self.publish(breaker, transition);
+            steps::record(
+                &mut self.notes(),
+                breaker,
+                admission,
+                failure,
+                first,
+                started,
+            );
         }
     }
 
-    /// What the breaker's regime said: a change of regime (an event), and a transition if it
-    /// opened the breaker (published and noted).
-    #[inline]
+    /// Where this call's transitions go (see [`steps::Notes`]).
+    fn notes(&mut self) -> steps::Notes<'_> {
+        steps::Notes {
+            function: self.function,
+            kept: self.keep_transitions.then_some(&mut self.transitions),
+        }
+    }
+
     fn regime_news(
         &mut self,
         breaker: &'static Breaker,
-        (change, opened): (Option<crate::regime::Change>, Option<Transition>),
+        news: (Option<crate::regime::Change>, Option<Transition>),
     ) {
-        if change.is_none() && opened.is_none() {
-            return;
-        }
-        if let Some(change) = change {
-            report::regime_changed(self.function, breaker.name(), change);
-        }
-        self.publish(breaker, opened);
-    }
-
-    /// Publish this process's transition to the fleet, and note it.
-    fn publish(&mut self, breaker: &'static Breaker, transition: Option<Transition>) {
-        to_fleet(breaker, transition);
-        self.note(transition);
+        self.notes().news(breaker, news);
     }
 
     pub(super) fn regime(&self) -> Option<Regime> {
         self.breaker.map(|b| b.regime())
     }
 
-    #[inline]
     fn note(&mut self, transition: Option<Transition>) {
-        if let Some(t) = transition {
-            report::transition(self.function, t);
-            if self.keep_transitions {
-                self.transitions.push(t);
-            }
-        }
+        self.notes().note(transition);
     }
 
     fn give_back_admission(&mut self) {
@@ -889,70 +871,93 @@ fn to_fleet(breaker: &'static Breaker, transition: Option<Transition>) {
     }
 }
 
-/// The breaker alone, for a first attempt that runs without a gate (`FastCall`): what
-/// [`Gate::take_local`] and [`Gate::record_breaker`] do for a breaker with no ledgers, no
-/// pacer and no store to ask, for a call that keeps no report (transitions are events and go
-/// to the fleet; none is kept).
-pub(super) mod alone {
+/// The breaker's steps of an attempt, one place for the gate and for a first attempt that
+/// runs without one (`FastCall`): admit (and deposit, and tick), record the result.
+pub(super) mod steps {
+    use std::time::Duration;
+
     use tokio::time::Instant;
 
-    use super::{now_ms, report, to_fleet, to_ns, Admission, Breaker, ErrorClass, Transition};
+    use super::{now_ms, report, to_fleet, Admission, Breaker, ErrorClass, Transition};
 
-    fn announce(function: &'static str, breaker: &'static Breaker, t: Option<Transition>) {
-        if let Some(t) = t {
-            to_fleet(breaker, Some(t));
-            report::transition(function, t);
+    /// Where a call's transitions go: an event each, and the call's report when it keeps one.
+    pub(in crate::executor) struct Notes<'a> {
+        pub function: &'static str,
+        pub kept: Option<&'a mut Vec<Transition>>,
+    }
+
+    impl Notes<'_> {
+        #[inline]
+        pub fn note(&mut self, transition: Option<Transition>) {
+            if let Some(t) = transition {
+                report::transition(self.function, t);
+                if let Some(kept) = self.kept.as_mut() {
+                    kept.push(t);
+                }
+            }
+        }
+
+        /// A transition of this process's breaker: to the fleet, and noted.
+        #[inline]
+        pub fn publish(&mut self, breaker: &'static Breaker, transition: Option<Transition>) {
+            if transition.is_some() {
+                to_fleet(breaker, transition);
+                self.note(transition);
+            }
+        }
+
+        /// What the breaker's regime said: a change of regime (an event), and a transition if
+        /// it opened the breaker (published and noted).
+        #[inline]
+        pub fn news(
+            &mut self,
+            breaker: &'static Breaker,
+            (change, opened): (Option<crate::regime::Change>, Option<Transition>),
+        ) {
+            if let Some(change) = change {
+                report::regime_changed(self.function, breaker.name(), change);
+            }
+            self.publish(breaker, opened);
         }
     }
 
-    fn news(
-        function: &'static str,
-        breaker: &'static Breaker,
-        (change, opened): (Option<crate::regime::Change>, Option<Transition>),
-    ) {
-        if let Some(change) = change {
-            report::regime_changed(function, breaker.name(), change);
-        }
-        announce(function, breaker, opened);
-    }
-
-    /// Admit a first attempt at `now`: the admission, or `None` if the breaker refuses.
+    /// Admit an attempt at `now_ms` (a first one deposits in the retry budget): the
+    /// admission, or how long until the breaker admits a probe.
     #[inline]
     pub(in crate::executor) fn admit(
-        function: &'static str,
+        notes: &mut Notes<'_>,
         breaker: &'static Breaker,
-        now: Instant,
-    ) -> Option<Admission> {
-        let now_ms = to_ns(now) / 1_000_000;
+        now_ms: u64,
+        first: bool,
+    ) -> Result<Admission, Duration> {
         let (admission, transition) = breaker.admit(now_ms);
-        announce(function, breaker, transition);
-        if let Admission::Rejected { .. } = admission {
-            return None;
+        notes.note(transition);
+        if let Admission::Rejected { retry_in } = admission {
+            return Err(retry_in);
         }
-        breaker.retry_budget().deposit(now_ms);
-        news(function, breaker, breaker.tick(now_ms));
-        Some(admission)
+        if first {
+            breaker.retry_budget().deposit(now_ms);
+        }
+        notes.news(breaker, breaker.tick(now_ms));
+        Ok(admission)
     }
 
-    /// The attempt's result (`failure`: its class; `None` for a success).
+    /// The attempt's result (`failure`: its class; `None` for a success), `started` at.
     #[inline]
     pub(in crate::executor) fn record(
-        function: &'static str,
+        notes: &mut Notes<'_>,
         breaker: &'static Breaker,
         admission: Admission,
         failure: Option<ErrorClass>,
+        first: bool,
         started: Instant,
     ) {
-        news(function, breaker, breaker.observe(true, failure, started));
+        notes.news(breaker, breaker.observe(first, failure, started));
         if admission == Admission::Normal && breaker.is_quiet(failure) {
             breaker.end_run();
             return;
         }
-        announce(
-            function,
-            breaker,
-            breaker.record(admission, failure, now_ms()),
-        );
+        notes.publish(breaker, breaker.record(admission, failure, now_ms()));
     }
 }
 

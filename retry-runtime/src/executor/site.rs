@@ -24,6 +24,18 @@ pub struct CallSite<'p> {
 }
 
 impl<'p> CallSite<'p> {
+    /// Remember a good answer for `fallback = cached` (what `Call::cache_store` and
+    /// `FastCall::cache_store`, whose bounds name `cached` in the diagnostics, both do).
+    pub(super) fn remember<R>(&self, key: u64, result: &R)
+    where
+        R: super::Outcome,
+        R::Ok: crate::fallback::CachedAnswer,
+    {
+        if let Some(value) = result.ok_ref() {
+            self.cache.store(key, value);
+        }
+    }
+
     /// A call site for `policy`.
     pub const fn new(policy: &'p Policy) -> Self {
         Self {
