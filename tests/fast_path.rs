@@ -2,7 +2,10 @@
 //! zero-sized recorder (one that times nothing: the fast path runs under it, where a recorder
 //! that times calls would take the full path) collects every counter into a map; calls that
 //! succeed at once, fail then succeed (handed from the fast path to the full one), and open a
-//! breaker are counted as the full path would count them.
+//! breaker are counted as the full path would count them; and a breaker with a cached
+//! fallback through reqwest against a local server, where the fast path meets the others.
+
+mod mock_provider;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,14 +66,16 @@ fn setup() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         metrics::set_global_recorder(Counting).unwrap();
-        configure(Config::default().with_breaker(
-            "fast-path",
-            BreakerConfig {
-                failures: 2,
-                adaptive: false,
-                ..BreakerConfig::default()
-            },
-        ))
+        let two_failures = BreakerConfig {
+            failures: 2,
+            adaptive: false,
+            ..BreakerConfig::default()
+        };
+        configure(
+            Config::default()
+                .with_breaker("fast-path", two_failures.clone())
+                .with_breaker("fast-combo", two_failures),
+        )
         .unwrap();
     });
 }
@@ -214,4 +219,60 @@ async fn the_fast_path_counts_what_the_full_path_counts() {
         "{:?}",
         counts().lock().unwrap()
     );
+}
+
+#[resilient(max = 2, base = "1ms", breaker = "fast-combo", fallback = cached)]
+#[retry_on(500..=599)]
+async fn ask(
+    http: &reqwest::Client,
+    url: &str,
+    #[key] prompt: &str,
+) -> Result<String, retry_runtime::integrations::reqwest::CallError> {
+    let _ = prompt;
+    let response =
+        retry_runtime::integrations::reqwest::error_for_status(http.get(url).send().await?).await?;
+    Ok(response.text().await?)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_and_a_cached_fallback_through_a_real_client() {
+    use mock_provider::{MockServer, Reply};
+    setup();
+    let server = MockServer::start([
+        Reply::status(200).body("fresh"),
+        Reply::status(503).json(r#"{"error":{"type":"server_error"}}"#),
+    ])
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = server.url("/v1/chat");
+    let f = "fast_path::ask";
+    // A success on the fast path: counted, and its answer kept for the fallback.
+    assert_eq!(ask(&http, &url, "hi").await.unwrap(), "fresh");
+    assert_eq!(server.hits(), 1);
+    // Two 503s (the first on the fast path, the retry on the full one) open the breaker; the
+    // call is served the kept answer.
+    assert_eq!(ask(&http, &url, "hi").await.unwrap(), "fresh");
+    assert_eq!(server.hits(), 3);
+    assert_eq!(breaker("fast-combo").state(), BreakerState::Open);
+    // Open: refused before the fast path sends anything, served from the cache again.
+    assert_eq!(ask(&http, &url, "hi").await.unwrap(), "fresh");
+    assert_eq!(server.hits(), 3, "nothing sent while the breaker is open");
+    assert_eq!(
+        count(&format!(
+            "retry_runtime_fallbacks_total{{function={f},kind=cached}}"
+        )),
+        2
+    );
+    assert_eq!(
+        count(&format!("retry_runtime_attempts_total{{function={f}}}")),
+        3
+    );
+    assert_eq!(
+        count(&format!(
+            "retry_runtime_rejections_total{{function={f},reason=circuit_open}}"
+        )),
+        1
+    );
+    // Another prompt has no kept answer: the refusal reaches the caller.
+    assert!(ask(&http, &url, "other").await.is_err());
 }
