@@ -121,16 +121,18 @@ proptest! {
     }
 }
 
-/// SplitMix64: the brownout streams' own randomness, seeded by the case.
-struct Rng(u64);
+/// The brownout streams' own randomness, seeded by the case: the runtime's jitter source
+/// (`rand`'s `SmallRng`).
+struct Rng(retry_runtime::Jitter);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(retry_runtime::Jitter::from_seed(seed))
+    }
+
+    /// Uniform in [0, 1).
     fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -150,7 +152,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let b = Breaker::standalone("brownout", BreakerConfig::default());
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let step = 1_000 / per_sec;
         let mut now = 1_000;
         // Healthy first (or not at all), then two minutes of independent failures; latency
@@ -196,7 +198,7 @@ async fn a_raised_allowance_never_lets_a_call_pass_its_max() {
         },
     ))
     .unwrap();
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut tasks = tokio::task::JoinSet::new();
     let mut counters = Vec::new();
     for _ in 0..500 {
