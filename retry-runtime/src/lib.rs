@@ -77,7 +77,7 @@ pub mod testing;
 
 // Declaring a policy (the attributes below build these as `static`s).
 pub use backoff::{Backoff, Jitter};
-pub use policy::{CodeRange, Policy, RetryOn};
+pub use policy::{CodeRange, Policy, PolicyBuilder, PolicyError, RetryOn};
 
 // Classifying errors, and what the runtime itself refuses with.
 pub use any_error::AnyError;
@@ -297,7 +297,9 @@ pub mod __private {
     impl<R> ProbeNotStreamed for &StreamProbe<R> {}
 }
 
-// The README's examples are compiled and run as doctests, so the docs users copy from work.
+// The crate's README (what crates.io shows) is compiled and run as a doctest, so the example
+// users copy from works. The workspace README's examples are the root package's doctests: a
+// path outside this directory is not in the published crate.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
