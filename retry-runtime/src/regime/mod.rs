@@ -345,7 +345,12 @@ pub fn assess(s: &Signals, belief: &Belief) -> Option<(Regime, Why)> {
         } else {
             LATENCY_TOLERANCE
         };
-        if belief.learnt_secs >= LEARN_SECS && latency >= tolerance * belief.baseline_ms {
+        // Latencies are counted in whole milliseconds: a rise under one (a provider that
+        // answers within the millisecond, whose baseline is 0) is below what they can show.
+        if belief.learnt_secs >= LEARN_SECS
+            && latency >= tolerance * belief.baseline_ms
+            && latency - belief.baseline_ms >= 1.0
+        {
             return Some((Regime::Overload, Why::Latency));
         }
     }
@@ -562,6 +567,39 @@ mod tests {
             allowance_ppm: 200_000,
             ..Belief::default()
         }
+    }
+
+    #[test]
+    fn a_provider_answering_within_the_millisecond_is_not_overloaded() {
+        // Its successes count 0 ms, so its baseline is 0: equal latency is no rise.
+        let fast = Belief {
+            baseline_ms: 0.0,
+            ..healthy_belief()
+        };
+        let same = Signals {
+            window_latency_ms: 0,
+            ..signals(50, 0, 0, 0)
+        };
+        assert_eq!(assess(&same, &fast).unwrap().0, Regime::Healthy);
+        // A few 1 ms answers among them (a descheduled thread) are under the clock's step.
+        let jitter = Signals {
+            window_latency_ms: 5,
+            ..same
+        };
+        let learnt = Belief {
+            baseline_ms: 0.02,
+            ..fast
+        };
+        assert_eq!(assess(&jitter, &learnt).unwrap().0, Regime::Healthy);
+        // A rise the milliseconds do show still is one.
+        let slower = Signals {
+            window_latency_ms: 50 * 2,
+            ..same
+        };
+        assert_eq!(
+            assess(&slower, &learnt).unwrap(),
+            (Regime::Overload, Why::Latency)
+        );
     }
 
     #[test]
