@@ -15,6 +15,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod policy;
+
 /// The longest duration any key accepts: a retry policy that waits more than a day is a job
 /// queue.
 pub const LONGEST_NANOS: u64 = 24 * 3600 * 1_000_000_000;

@@ -4,9 +4,8 @@
 //! Errors are collected, not returned at the first one, so a user fixes an attribute in one go.
 
 use proc_macro2::Span;
-use retry_grammar::{
-    valid_name, AmountError, AmountUnit, DURATION_HINT, MAX_ATTEMPTS, NAME_MAX_LEN,
-};
+use retry_grammar::policy as rules;
+use retry_grammar::DURATION_HINT;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -37,22 +36,13 @@ pub const KEYS: &[&str] = &[
     "crate",
 ];
 
-const BACKOFFS: &[(&str, &str)] = &[
-    ("exp_jitter", "ExpJitter"),
-    ("equal_jitter", "EqualJitter"),
-    ("decorrelated_jitter", "DecorrelatedJitter"),
-    ("exp", "Exp"),
-    ("constant", "Constant"),
-];
-
-/// Caller-fault 4xx codes: retrying them sends the same wrong request again, and pays again.
-const CALLER_FAULTS: &[(u16, &str)] = &[
-    (400, "Bad Request: the request itself is malformed"),
-    (401, "Unauthorized: the credentials are wrong"),
-    (403, "Forbidden: the account may not do this"),
-    (404, "Not Found: the model or endpoint does not exist"),
-    (413, "Payload Too Large: the request is too big"),
-    (422, "Unprocessable Entity: the request is invalid"),
+/// The `Backoff` variant of each of `retry_grammar::policy::BACKOFFS`, in its order.
+const BACKOFF_VARIANTS: &[&str] = &[
+    "ExpJitter",
+    "EqualJitter",
+    "DecorrelatedJitter",
+    "Exp",
+    "Constant",
 ];
 
 /// One `key = value` pair as written.
@@ -82,29 +72,7 @@ impl Parse for Pair {
 
 /// How each key is written, for messages.
 fn example(key: &str) -> &'static str {
-    match key {
-        "backoff" => "backoff = \"exp_jitter\"",
-        "max" => "max = 5",
-        "base" => "base = \"500ms\"",
-        "cap" => "cap = \"30s\"",
-        "timeout" => "timeout = \"20s\"",
-        "deadline" => "deadline = \"2m\"",
-        "max_retry_after" => "max_retry_after = \"60s\"",
-        "breaker" => "breaker = \"openai\"",
-        "budget" => "budget = \"0.10usd\"",
-        "max_cost" => "max_cost = \"0.002usd\"",
-        "pool" => "pool = \"openai-hourly\"",
-        "pace" => "pace = \"openai\"",
-        "fallback" => "fallback = cached",
-        "stale_for" => "stale_for = \"1h\"",
-        "queue_wait" => "queue_wait = \"60s\"",
-        "first_token" => "first_token = \"10s\"",
-        "idle" => "idle = \"30s\"",
-        "key" => "key = prompt.to_string()",
-        "name" => "name = \"openai.complete\"",
-        "crate" => "crate = \"::retry_runtime\"",
-        _ => "key = value",
-    }
+    rules::example(key)
 }
 
 /// The raw `#[resilient(...)]` arguments.
@@ -251,35 +219,17 @@ impl Policy {
             match key.as_str() {
                 "backoff" => {
                     if let Some(s) = string(&pair.value, &key, "\"exp_jitter\"", errors) {
-                        match BACKOFFS.iter().find(|(name, _)| *name == s.value()) {
-                            Some((_, variant)) => policy.backoff = variant,
-                            None => errors.at(
-                                &s,
-                                format!(
-                                    "unknown backoff `{}`; use one of: {}",
-                                    s.value(),
-                                    BACKOFFS
-                                        .iter()
-                                        .map(|(n, _)| format!("\"{n}\""))
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ),
-                            ),
+                        match rules::backoff(&s.value()) {
+                            Ok(i) => policy.backoff = BACKOFF_VARIANTS[i],
+                            Err(why) => errors.at(&s, why),
                         }
                     }
                 }
                 "max" => {
                     if let Some(n) = int(&pair.value, &key, errors) {
-                        match n.base10_parse::<u64>() {
-                            Ok(0) => errors.at(
-                                &n,
-                                "`max = 0` would never call the function: `max` counts attempts including the first, so use 1 for no retries",
-                            ),
-                            Ok(v) if v > u64::from(MAX_ATTEMPTS) => errors.at(
-                                &n,
-                                format!("`max = {v}` is too many attempts: at most {MAX_ATTEMPTS}; past that a call is polling, not retrying"),
-                            ),
-                            Ok(v) => policy.max = v as u32,
+                        match n.base10_parse::<u64>().map(rules::max_attempts) {
+                            Ok(Ok(v)) => policy.max = v,
+                            Ok(Err(why)) => errors.at(&n, why),
                             Err(e) => errors.push(e),
                         }
                     }
@@ -291,11 +241,8 @@ impl Policy {
                 "key" => policy.key = Some(pair.value.clone()),
                 "stale_for" | "queue_wait" | "first_token" | "idle" => {
                     if let Some(d) = duration(&pair.value, &key, errors) {
-                        if d.nanos == 0 {
-                            errors.push(syn::Error::new(
-                                d.span,
-                                format!("`{key}` must be longer than zero"),
-                            ));
+                        if let Err(why) = rules::duration(&key, d.nanos) {
+                            errors.push(syn::Error::new(d.span, why));
                         } else {
                             match key.as_str() {
                                 "stale_for" => policy.stale_for = Some(d),
@@ -329,18 +276,16 @@ impl Policy {
                         }
                         _ => policy.max_retry_after = d,
                     }
-                    let nonzero = matches!(key.as_str(), "base" | "timeout" | "deadline");
-                    if nonzero && d.nanos == 0 {
-                        errors.push(syn::Error::new(
-                            d.span,
-                            format!("`{key}` must be longer than zero"),
-                        ));
+                    if let Err(why) = rules::duration(&key, d.nanos) {
+                        errors.push(syn::Error::new(d.span, why));
                     }
                 }
                 "breaker" | "pool" | "pace" => {
                     if let Some(s) = string(&pair.value, &key, "\"openai\"", errors) {
                         let name = s.value();
-                        if valid_name(&name) {
+                        if let Err(why) = rules::shared_name(&key, &name) {
+                            errors.at(&s, why);
+                        } else {
                             policy.reject_span.get_or_insert(pair.key.span());
                             match key.as_str() {
                                 "pool" => {
@@ -350,59 +295,34 @@ impl Policy {
                                 "pace" => policy.pace = Some(name),
                                 _ => policy.breaker = Some(name),
                             }
-                        } else {
-                            errors.at(
-                                &s,
-                                format!("{key} name `{name}` may use only lowercase letters, digits, `_` and `-` (1 to {NAME_MAX_LEN} characters), e.g. `{}`", example(&key)),
-                            );
                         }
                     }
                 }
                 "budget" => {
                     if let Some(s) = string(&pair.value, &key, "\"0.10usd\"", errors) {
-                        match parse_budget(&s.value()) {
+                        match rules::budget(&key, &s.value()) {
                             Ok(b) => {
                                 policy.budget = Some(b);
                                 policy.metered_span.get_or_insert(pair.key.span());
                             }
-                            Err(why) => {
-                                errors.at(&s, format!("`budget = \"{}\"`: {why}", s.value()))
-                            }
+                            Err(why) => errors.at(&s, why),
                         }
                     }
                 }
                 "max_cost" => {
                     if let Some(s) = string(&pair.value, &key, "\"0.002usd\"", errors) {
-                        match parse_budget(&s.value()) {
+                        match rules::budget(&key, &s.value()) {
                             Ok(b) => policy.max_cost = Some(b),
-                            Err(why) if why.starts_with("a zero budget") => errors.at(
-                                &s,
-                                format!(
-                                    "`max_cost = \"{}\"`: an attempt that costs nothing reserves nothing; leave `max_cost` out",
-                                    s.value()
-                                ),
-                            ),
-                            Err(why) => errors.at(
-                                &s,
-                                format!("`max_cost = \"{}\"`: {why}", s.value()),
-                            ),
+                            Err(why) => errors.at(&s, why),
                         }
                     }
                 }
                 "name" => {
                     if let Some(s) = string(&pair.value, &key, "\"openai.complete\"", errors) {
                         let label = s.value();
-                        let bad = label.chars().find(|c| {
-                            c.is_whitespace()
-                                || c.is_control()
-                                || matches!(c, '"' | '\'' | '{' | '}' | '=' | ',')
-                        });
-                        if label.is_empty() || label.len() > 128 {
-                            errors.at(&s, format!("`name = \"{label}\"`: a call site's name is 1 to 128 characters, e.g. `name = \"openai.complete\"`"));
-                        } else if let Some(c) = bad {
-                            errors.at(&s, format!("`name = \"{label}\"`: {c:?} cannot be part of a metric label value here; use letters, digits, `.`, `_`, `-`, `:`, `/`"));
-                        } else {
-                            policy.label = Some(label);
+                        match rules::site_name(&label) {
+                            Ok(()) => policy.label = Some(label),
+                            Err(why) => errors.at(&s, why),
                         }
                     }
                 }
@@ -423,22 +343,16 @@ impl Policy {
                 _ => unreachable!("every key in KEYS is handled"),
             }
         }
-        if policy.base.nanos > policy.cap.nanos {
+        if let Err((blame, why)) =
+            rules::base_within_cap(policy.base.nanos, policy.cap.nanos, base_set, cap_set)
+        {
             // Point at whichever of the two the user wrote; the other is the default.
-            let (span, what) = if cap_set {
-                (policy.cap.span, "`cap` is shorter than `base`")
-            } else if base_set {
-                (
-                    policy.base.span,
-                    "`base` is longer than the default `cap` of 30s",
-                )
-            } else {
-                (Span::call_site(), "`base` is longer than `cap`")
+            let span = match blame {
+                rules::Blame::Cap => policy.cap.span,
+                rules::Blame::Base => policy.base.span,
+                rules::Blame::Neither => Span::call_site(),
             };
-            errors.push(syn::Error::new(
-                span,
-                format!("{what}: the backoff could never reach its base; make `base` <= `cap`"),
-            ));
+            errors.push(syn::Error::new(span, why));
         }
         policy.check_fallbacks(args, errors);
         policy.stream_key = args
@@ -447,11 +361,8 @@ impl Policy {
             .find(|p| p.key == "first_token" || p.key == "idle")
             .map(|p| (p.key.to_string(), p.key.span()));
         if let (Some(t), Some(d)) = (policy.timeout, policy.deadline) {
-            if t.nanos > d.nanos {
-                errors.push(syn::Error::new(
-                    t.span,
-                    "`timeout` is longer than `deadline`, so it could never apply; shorten it or drop it",
-                ));
+            if let Err(why) = rules::timeout_within_deadline(t.nanos, d.nanos) {
+                errors.push(syn::Error::new(t.span, why));
             }
         }
         policy
@@ -469,16 +380,21 @@ pub enum Fallback {
 }
 
 impl Fallback {
-    fn same_as(&self, other: &Fallback) -> bool {
-        match (self, other) {
-            (Fallback::Cached(_), Fallback::Cached(_))
-            | (Fallback::Queue(_), Fallback::Queue(_)) => true,
-            (Fallback::Function(a), Fallback::Function(b)) => {
-                // Compared as written (syn's `PartialEq` needs its `extra-traits` feature).
-                quote::ToTokens::to_token_stream(a).to_string()
-                    == quote::ToTokens::to_token_stream(b).to_string()
-            }
-            _ => false,
+    /// The step as written (a function's path compared as written: syn's `PartialEq` needs
+    /// its `extra-traits` feature).
+    fn written(&self) -> String {
+        match self {
+            Fallback::Cached(_) => "cached".into(),
+            Fallback::Queue(_) => "queue".into(),
+            Fallback::Function(path) => quote::ToTokens::to_token_stream(path).to_string(),
+        }
+    }
+
+    fn rule<'a>(&self, written: &'a str) -> rules::Step<'a> {
+        match self {
+            Fallback::Cached(_) => rules::Step::Cached,
+            Fallback::Queue(_) => rules::Step::Queue,
+            Fallback::Function(_) => rules::Step::Function(written),
         }
     }
 }
@@ -489,14 +405,9 @@ fn fallback_chain(value: &Expr, errors: &mut Errors) -> Vec<Fallback> {
         Expr::Array(array) => array.elems.iter().collect(),
         single => vec![single],
     };
-    if items.is_empty() {
-        errors.at(
-            value,
-            "an empty fallback chain: name `cached`, `queue` or a function, or drop `fallback`",
-        );
-    }
-    let mut chain: Vec<Fallback> = Vec::new();
-    for item in items {
+    // What the syntax says; the chain's rules are the grammar's.
+    let mut read: Vec<(Fallback, &Expr)> = Vec::new();
+    for item in &items {
         let step = match item {
             Expr::Path(p) if p.path.is_ident("cached") => Fallback::Cached(p.span()),
             Expr::Path(p) if p.path.is_ident("queue") => Fallback::Queue(p.span()),
@@ -509,84 +420,41 @@ fn fallback_chain(value: &Expr, errors: &mut Errors) -> Vec<Fallback> {
                 continue;
             }
         };
-        if chain.iter().any(|s| s.same_as(&step)) {
-            errors.at(item, "this fallback is already in the chain");
-            continue;
-        }
-        if let Some(Fallback::Queue(span)) = chain.last() {
-            errors.push(syn::Error::new(
-                *span,
-                "`queue` must be the last fallback: it waits for recovery, so nothing after it would run",
-            ));
-        }
-        chain.push(step);
+        read.push((step, item));
     }
-    chain
+    let names: Vec<String> = read.iter().map(|(step, _)| step.written()).collect();
+    let steps: Vec<rules::Step> = read
+        .iter()
+        .zip(&names)
+        .map(|((step, _), name)| step.rule(name))
+        .collect();
+    let (kept, refused) = rules::fallback_steps(&steps);
+    if items.is_empty() {
+        for (_, why) in &refused {
+            errors.at(value, why);
+        }
+        return Vec::new();
+    }
+    for (at, why) in refused {
+        // `At::Chain` only when every item was unreadable (and said so): the chain is not
+        // empty as written.
+        if let rules::At::Step(i) = at {
+            match &read[i].0 {
+                Fallback::Queue(span) => errors.push(syn::Error::new(*span, why)),
+                _ => errors.at(read[i].1, why),
+            }
+        }
+    }
+    let keep: Vec<usize> = kept.iter().map(|(i, _)| *i).collect();
+    read.into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, (step, _))| step)
+        .collect()
 }
 
 /// A per-call budget: micro-dollars or tokens.
-#[derive(Clone, Copy)]
-pub struct BudgetLit {
-    pub amount: u64,
-    pub tokens: bool,
-}
-
-/// Largest budget: $1,000 per call, or 100 million tokens. A per-call cap above that is no cap.
-const MAX_CALL_MICROS: u64 = 1_000 * 1_000_000;
-const MAX_CALL_TOKENS: u64 = 100_000_000;
-
-/// `"0.10usd"`, `"5usd"`, `"20000tok"`.
-pub fn parse_budget(text: &str) -> Result<BudgetLit, String> {
-    let forms = "write dollars as \"0.10usd\" or tokens as \"20000tok\"";
-    let (number, tokens) = if let Some(n) = text.strip_suffix("usd") {
-        (n, false)
-    } else if let Some(n) = text.strip_suffix("tok") {
-        (n, true)
-    } else {
-        let unit = text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
-        return Err(if unit.is_empty() {
-            format!("no unit; {forms}")
-        } else {
-            format!("unknown unit `{unit}`; {forms}")
-        });
-    };
-    if number.starts_with('-') {
-        return Err(format!("a budget cannot be negative; {forms}"));
-    }
-    let out_of_range =
-        || "out of range: a per-call budget is at most \"1000usd\" or \"100000000tok\"".to_string();
-    let (unit, max) = if tokens {
-        (AmountUnit::Tokens, MAX_CALL_TOKENS)
-    } else {
-        (AmountUnit::Usd, MAX_CALL_MICROS)
-    };
-    let amount = match retry_grammar::amount(number, unit, max) {
-        Ok(amount) => amount,
-        Err(AmountError::NotPlain) => {
-            // `1e9usd`: say what is wrong with the value, not only with its spelling.
-            let limit = if tokens {
-                MAX_CALL_TOKENS as f64
-            } else {
-                1_000.0
-            };
-            return Err(match number.parse::<f64>() {
-                Ok(v) if v > limit => format!("{}; {forms}", out_of_range()),
-                _ => format!("`{number}` is not a plain decimal amount; {forms}"),
-            });
-        }
-        Err(AmountError::FractionalTokens) => {
-            return Err("tokens are whole numbers, e.g. \"20000tok\"".into())
-        }
-        Err(AmountError::TooManyDecimals) => {
-            return Err("more than six decimals: dollars are counted in micro-dollars".into())
-        }
-        Err(AmountError::TooLarge) => return Err(out_of_range()),
-    };
-    if amount == 0 {
-        return Err("a zero budget would forbid every retry; use `max = 1` for no retries".into());
-    }
-    Ok(BudgetLit { amount, tokens })
-}
+pub type BudgetLit = rules::CallAmount;
 
 impl Policy {
     /// A streaming call (the function returns `Result<Streamed<_>, _>`): its keys need one,
@@ -618,32 +486,35 @@ impl Policy {
     /// `cached`; `queue_wait` needs `queue`.
     fn check_fallbacks(&self, args: &Args, errors: &mut Errors) {
         let key_of = |name: &str| args.pairs.iter().find(|p| p.key == name).map(|p| &p.key);
-        let has_cached = self
+        let names: Vec<String> = self.fallback.iter().map(Fallback::written).collect();
+        let kept: Vec<(usize, rules::Step)> = self
             .fallback
             .iter()
-            .any(|f| matches!(f, Fallback::Cached(_)));
-        let has_queue = self
-            .fallback
-            .iter()
-            .any(|f| matches!(f, Fallback::Queue(_)));
-        for step in &self.fallback {
-            if let Fallback::Queue(span) = step {
-                if self.breaker.is_none() {
-                    errors.push(syn::Error::new(
-                        *span,
-                        "`fallback = queue` waits for a circuit breaker to admit again: add `breaker = \"name\"`",
-                    ));
+            .zip(&names)
+            .map(|(step, name)| step.rule(name))
+            .enumerate()
+            .collect();
+        let written = rules::Written {
+            breaker: self.breaker.is_some(),
+            stale_for: key_of("stale_for").is_some(),
+            key: key_of("key").is_some(),
+            queue_wait: key_of("queue_wait").is_some(),
+        };
+        for (at, why) in rules::fallback_needs(&kept, written) {
+            match at {
+                rules::At::Step(i) => match &self.fallback[i] {
+                    Fallback::Queue(span) | Fallback::Cached(span) => {
+                        errors.push(syn::Error::new(*span, why))
+                    }
+                    Fallback::Function(path) => errors.at(path, why),
+                },
+                rules::At::Key(name) => {
+                    if let Some(k) = key_of(name) {
+                        errors.at(k, why)
+                    }
                 }
+                rules::At::Chain => errors.push(syn::Error::new(Span::call_site(), why)),
             }
-        }
-        if let (Some(k), false) = (key_of("stale_for"), has_cached) {
-            errors.at(k, "`stale_for` only applies to `fallback = cached`");
-        }
-        if let (Some(k), false) = (key_of("key"), has_cached) {
-            errors.at(k, "`key` only applies to `fallback = cached`");
-        }
-        if let (Some(k), false) = (key_of("queue_wait"), has_queue) {
-            errors.at(k, "`queue_wait` only applies to `fallback = queue`");
         }
     }
 
@@ -727,10 +598,7 @@ pub fn retry_on(list: &syn::MetaList, errors: &mut Errors) -> Option<RetryOn> {
         }
     };
     if items.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            list,
-            "#[retry_on()] lists nothing: name codes (`429`), ranges (`500..=599`), `timeout` or `transport`, or remove it to use the default set",
-        ));
+        errors.push(syn::Error::new_spanned(list, rules::EMPTY_RETRY_ON));
         return None;
     }
     let mut out = RetryOn {
@@ -760,15 +628,8 @@ pub fn retry_on(list: &syn::MetaList, errors: &mut Errors) -> Option<RetryOn> {
                 let (Some(a), Some(b)) = (error_code(&a, errors), error_code(&b, errors)) else {
                     continue;
                 };
-                if a > b {
-                    errors.at(item, format!("empty range `{a}..={b}`: write the lower code first"));
-                    continue;
-                }
-                if let Some((code, why)) = CALLER_FAULTS.iter().find(|(c, _)| a <= *c && *c <= b) {
-                    errors.at(
-                        item,
-                        format!("range `{a}..={b}` includes {code} ({why}); {CALLER_FAULT_WHY}"),
-                    );
+                if let Err(why) = rules::retry_range(a, b) {
+                    errors.at(item, why);
                     continue;
                 }
                 add_range(&mut out.ranges, a, b, item, errors);
@@ -784,7 +645,7 @@ pub fn retry_on(list: &syn::MetaList, errors: &mut Errors) -> Option<RetryOn> {
                     &mut out.transport
                 };
                 if *flag {
-                    errors.at(item, "listed twice in #[retry_on]");
+                    errors.at(item, rules::LISTED_TWICE);
                 }
                 *flag = true;
             }
@@ -796,8 +657,6 @@ pub fn retry_on(list: &syn::MetaList, errors: &mut Errors) -> Option<RetryOn> {
     }
     Some(out)
 }
-
-const CALLER_FAULT_WHY: &str = "a caller fault fails the same way every time, so retrying it only wastes money and quota. Remove it from #[retry_on]";
 
 fn lit_int(e: &Expr, errors: &mut Errors) -> Option<LitInt> {
     match e {
@@ -813,52 +672,35 @@ fn lit_int(e: &Expr, errors: &mut Errors) -> Option<LitInt> {
 
 /// A single listed code: an error code that is not a caller fault.
 fn status_code(n: &LitInt, errors: &mut Errors) -> Option<u16> {
-    let code = error_code(n, errors)?;
-    if let Some((_, why)) = CALLER_FAULTS.iter().find(|(c, _)| *c == code) {
-        errors.at(n, format!("`{code}` is {why}; {CALLER_FAULT_WHY}"));
-        return None;
-    }
-    Some(code)
+    code_with(n, errors, rules::retry_code)
 }
 
 /// A 4xx or 5xx code.
 fn error_code(n: &LitInt, errors: &mut Errors) -> Option<u16> {
-    let code = match n.base10_parse::<u16>() {
-        Ok(code) if (100..=599).contains(&code) => code,
-        _ => {
-            errors.at(
-                n,
-                format!("`{n}` is not an HTTP status code: codes run from 100 to 599"),
-            );
-            return None;
+    code_with(n, errors, rules::error_code)
+}
+
+fn code_with(
+    n: &LitInt,
+    errors: &mut Errors,
+    rule: fn(u64, &str) -> Result<u16, String>,
+) -> Option<u16> {
+    // A literal too large for a u64 is no status code either.
+    let value = n.base10_parse::<u64>().unwrap_or(u64::MAX);
+    match rule(value, &n.to_string()) {
+        Ok(code) => Some(code),
+        Err(why) => {
+            errors.at(n, why);
+            None
         }
-    };
-    if code < 400 {
-        let kind = match code {
-            100..=199 => "an informational (1xx) response",
-            200..=299 => "a success (2xx)",
-            _ => "a redirect (3xx), which the HTTP client follows",
-        };
-        errors.at(
-            n,
-            format!("`{code}` is {kind}, not a failure: only 4xx and 5xx codes can be retried"),
-        );
-        return None;
     }
-    Some(code)
 }
 
 fn add_range(ranges: &mut Vec<(u16, u16)>, a: u16, b: u16, item: &Expr, errors: &mut Errors) {
-    if let Some((x, y)) = ranges.iter().find(|(x, y)| a <= *y && *x <= b) {
-        let earlier = if x == y {
-            format!("{x}")
-        } else {
-            format!("{x}..={y}")
-        };
-        errors.at(item, format!("duplicate: already covered by `{earlier}`"));
-        return;
+    match rules::not_listed(ranges, a, b) {
+        Ok(()) => ranges.push((a, b)),
+        Err(why) => errors.at(item, why),
     }
-    ranges.push((a, b));
 }
 
 #[cfg(test)]

@@ -39,6 +39,16 @@ pub enum Backoff {
 }
 
 impl Backoff {
+    /// Every formula, in the order the attribute's docs list them (and
+    /// `retry_grammar::policy::BACKOFFS` spells them).
+    pub const ALL: [Backoff; 5] = [
+        Backoff::ExpJitter,
+        Backoff::EqualJitter,
+        Backoff::DecorrelatedJitter,
+        Backoff::Exp,
+        Backoff::Constant,
+    ];
+
     /// The attribute spelling of this formula.
     pub const fn as_str(&self) -> &'static str {
         match self {

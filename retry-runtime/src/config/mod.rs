@@ -38,6 +38,14 @@
 //! redis_url = "redis://127.0.0.1:6379"   # or RETRY_RUNTIME_REDIS_URL, which overrides it
 //! prefix = "resilient"     # key namespace: processes sharing state use the same prefix
 //! timeout = "50ms"         # per operation; past it the call goes on with local state
+//!
+//! [policy.complete]        # a policy built at run time: the attribute's keys and spellings,
+//! backoff = "exp_jitter"   # checked by its rules (see `Policy::builder`); use it with
+//! max = 5                  # `retry(config::policy("complete")?, op)` or an HTTP layer
+//! base = "200ms"
+//! timeout = "20s"
+//! retry_on = [429, "500..=599", "timeout"]
+//! breaker = "openai"
 //! ```
 //!
 //! Set it once at startup with [`configure`], or name a TOML file in the environment variable
@@ -50,6 +58,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+use crate::executor::CallSite;
+use crate::policy::{Policy, PolicyBuilder, Retryable};
 use crate::spend::{Budget, Price};
 
 pub mod store;
@@ -207,6 +218,7 @@ pub struct Config {
     store: Option<StoreConfig>,
     pools_fail_open: bool,
     prices: BTreeMap<String, Price>,
+    policies: BTreeMap<String, PolicyBuilder>,
 }
 
 /// A spend pool's settings: `[pool.NAME] limit = "5.00usd"`, `window = "1h"`.
@@ -242,6 +254,15 @@ pub enum ConfigError {
     /// `RETRY_RUNTIME_CONFIG`); it is set once, never silently replaced.
     #[error("retry-runtime is already configured; configure() may be called once, before the first call")]
     AlreadyConfigured,
+    /// [`policy`](crate::config::policy) was asked for a name the configuration has no
+    /// `[policy.NAME]` section for.
+    #[error("no policy `{name}` in the retry-runtime configuration{}", .closest.as_ref().map(|c| format!("; did you mean `{c}`?")).unwrap_or_else(|| " (it configures no policy)".to_string()))]
+    UnknownPolicy {
+        /// The name asked for.
+        name: String,
+        /// The configured name closest to it, if any policy is configured.
+        closest: Option<String>,
+    },
     /// Something read the configuration before `configure` ran (and took the settings in
     /// force then, the defaults unless a file was loaded).
     #[error("configure() ran after the configuration was read by: {}; call it at startup, before the first #[resilient] call", .names.join(", "))]
@@ -368,6 +389,50 @@ impl Config {
     pub fn breaker(&self, name: &str) -> BreakerConfig {
         self.breakers.get(name).cloned().unwrap_or_default()
     }
+
+    /// Add (or replace) a policy built at run time, named by its builder's name; checked
+    /// here, with the attribute's rules, so that a bad one is this call's error.
+    pub fn with_policy(mut self, policy: PolicyBuilder) -> Result<Self, crate::PolicyError> {
+        policy.check()?;
+        self.policies.insert(policy.name().to_owned(), policy);
+        Ok(self)
+    }
+
+    /// The policy `name` (a `[policy.NAME]` section, or [`with_policy`](Self::with_policy)),
+    /// checked and ready to [`build`](PolicyBuilder::build); for the installed configuration's
+    /// policies, [`policy`](crate::config::policy) builds each one once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use retry_runtime::config::Config;
+    ///
+    /// let config = Config::from_toml_str(r#"
+    ///     [policy.complete]
+    ///     backoff = "exp_jitter"
+    ///     max = 5
+    ///     base = "200ms"
+    ///     timeout = "20s"
+    ///     retry_on = [429, "500..=599", "timeout"]
+    ///     breaker = "openai"
+    /// "#).unwrap();
+    /// let site = config.policy("complete").unwrap().clone().build().unwrap();
+    /// assert_eq!(site.policy().max_attempts(), 5);
+    /// assert_eq!(site.policy().timeout(), Some(Duration::from_secs(20)));
+    ///
+    /// // The attribute's rules, in its words, with the key's line:
+    /// let error = Config::from_toml_str("[policy.complete]\nmax = 0\nretry_on = [400]\n").unwrap_err();
+    /// let error = error.to_string();
+    /// assert!(error.contains("max (line 2): `max = 0` would never call the function"), "{error}");
+    /// assert!(error.contains("retry_on (line 3): `400` is Bad Request"), "{error}");
+    /// ```
+    pub fn policy(&self, name: &str) -> Option<&PolicyBuilder> {
+        self.policies.get(name)
+    }
+
+    /// The names of the configured policies.
+    pub fn policy_names(&self) -> impl Iterator<Item = &str> {
+        self.policies.keys().map(String::as_str)
+    }
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -433,6 +498,41 @@ fn read(reader: &'static str) -> &'static Config {
             Config::default()
         }),
     })
+}
+
+/// The call site of the policy `name` from the process-wide configuration (its
+/// `[policy.NAME]` section, or [`Config::with_policy`]), built on first use and the same site
+/// for every later lookup: one breaker slot, one cost estimate, one label in reports.
+///
+/// A name the configuration does not have is an error naming the closest one it has: a
+/// policy that silently fell back to defaults would be a limit failing open.
+pub fn policy(name: &str) -> Result<&'static CallSite<'static>, ConfigError> {
+    static BUILT: Mutex<BTreeMap<String, &'static CallSite<'static>>> = Mutex::new(BTreeMap::new());
+    let mut built = lock(&BUILT);
+    if let Some(site) = built.get(name) {
+        return Ok(site);
+    }
+    let config = read("[policy]");
+    let Some(policy) = config.policy(name) else {
+        return Err(ConfigError::UnknownPolicy {
+            name: name.to_owned(),
+            closest: config
+                .policies
+                .keys()
+                .map(|known| (strsim::damerau_levenshtein(name, known), known))
+                .min()
+                .map(|(_, known)| known.clone()),
+        });
+    };
+    let site = policy
+        .clone()
+        .build()
+        .map_err(|error| ConfigError::Invalid {
+            path: None,
+            message: error.to_string(),
+        })?;
+    built.insert(name.to_owned(), site);
+    Ok(site)
 }
 
 /// The settings of the breaker `name`, read by that breaker.

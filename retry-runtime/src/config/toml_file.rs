@@ -22,6 +22,177 @@ struct RawConfig {
     store: Option<RawStore>,
     #[serde(default)]
     price: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    policy: BTreeMap<String, RawPolicy>,
+}
+
+/// `[policy.NAME]`: a policy built at run time, with the attribute's keys and spellings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    backoff: Option<String>,
+    max: Option<i64>,
+    base: Option<String>,
+    cap: Option<String>,
+    timeout: Option<String>,
+    deadline: Option<String>,
+    max_retry_after: Option<String>,
+    retry_on: Option<Vec<RawRetryable>>,
+    breaker: Option<String>,
+    budget: Option<String>,
+    max_cost: Option<String>,
+    pool: Option<String>,
+    pace: Option<String>,
+    // What only code can say: read, to be refused with a reason rather than as unknown.
+    fallback: Option<toml::Value>,
+    stale_for: Option<toml::Value>,
+    queue_wait: Option<toml::Value>,
+    key: Option<toml::Value>,
+    first_token: Option<toml::Value>,
+    idle: Option<toml::Value>,
+}
+
+/// One item of `retry_on = [429, "500..=599", "timeout"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRetryable {
+    Code(i64),
+    Text(String),
+}
+
+/// A `[policy.NAME]` section as a builder: each value read with the attribute's grammar, then
+/// checked by its rules. Every problem is reported, each with its key's line.
+fn policy_section(text: &str, name: &str, raw: RawPolicy) -> Result<PolicyBuilder, String> {
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    let mut builder = Policy::builder(name);
+    for (key, written) in [
+        ("fallback", raw.fallback.is_some()),
+        ("stale_for", raw.stale_for.is_some()),
+        ("queue_wait", raw.queue_wait.is_some()),
+        ("key", raw.key.is_some()),
+        ("first_token", raw.first_token.is_some()),
+        ("idle", raw.idle.is_some()),
+    ] {
+        if written {
+            problems.push((key, format!("`{key}` is written at the call site, with `#[resilient]`: a run-time policy has no fallback chain and no stream of its own")));
+        }
+    }
+    if let Some(backoff) = raw.backoff {
+        match retry_grammar::policy::backoff(&backoff) {
+            Ok(i) => builder = builder.backoff(Backoff::ALL[i]),
+            Err(why) => problems.push(("backoff", why)),
+        }
+    }
+    if let Some(max) = raw.max {
+        // Negative counts read as zero attempts: refused in the attribute's words.
+        builder = builder.max_attempts(u32::try_from(max.max(0)).unwrap_or(u32::MAX));
+    }
+    let mut duration = |key: &'static str, value: Option<String>| {
+        let value = value?;
+        match retry_grammar::duration_nanos(&value) {
+            Ok(nanos) => Some(Duration::from_nanos(nanos)),
+            Err(why) => {
+                problems.push((
+                    key,
+                    format!(
+                        "`{key} = \"{value}\"`: {why}; {}",
+                        retry_grammar::DURATION_HINT
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    let base = duration("base", raw.base);
+    let cap = duration("cap", raw.cap);
+    let timeout = duration("timeout", raw.timeout);
+    let deadline = duration("deadline", raw.deadline);
+    let max_retry_after = duration("max_retry_after", raw.max_retry_after);
+    for (d, set) in [
+        (
+            base,
+            PolicyBuilder::base as fn(PolicyBuilder, Duration) -> PolicyBuilder,
+        ),
+        (cap, PolicyBuilder::cap),
+        (timeout, PolicyBuilder::timeout),
+        (deadline, PolicyBuilder::deadline),
+        (max_retry_after, PolicyBuilder::max_retry_after),
+    ] {
+        if let Some(d) = d {
+            builder = set(builder, d);
+        }
+    }
+    for (key, value) in [("budget", raw.budget), ("max_cost", raw.max_cost)] {
+        let Some(value) = value else { continue };
+        match retry_grammar::policy::budget(key, &value) {
+            Ok(amount) => {
+                let budget = if amount.tokens {
+                    Budget::tokens(amount.amount)
+                } else {
+                    Budget::micros(amount.amount)
+                };
+                builder = if key == "budget" {
+                    builder.budget(budget)
+                } else {
+                    builder.max_cost(budget)
+                };
+            }
+            Err(why) => problems.push((key, why)),
+        }
+    }
+    if let Some(items) = raw.retry_on {
+        let items = items
+            .into_iter()
+            .map(|item| match item {
+                RawRetryable::Code(code) => {
+                    Retryable::Code(u64::try_from(code).unwrap_or(u64::MAX), code.to_string())
+                }
+                RawRetryable::Text(text) => Retryable::read(&text),
+            })
+            .collect();
+        builder = builder.retry_items(items);
+    }
+    if let Some(b) = raw.breaker {
+        builder = builder.breaker(&b);
+    }
+    if let Some(p) = raw.pool {
+        builder = builder.pool(&p);
+    }
+    if let Some(p) = raw.pace {
+        builder = builder.pace(&p);
+    }
+    if let Err(error) = builder.check() {
+        problems.extend(error.problems.into_iter().map(|p| (p.key, p.message)));
+    }
+    if problems.is_empty() {
+        return Ok(builder);
+    }
+    let header = format!("[policy.{name}]");
+    let quoted = format!("[policy.\"{name}\"]");
+    let start = text
+        .lines()
+        .position(|l| {
+            let l = l.trim();
+            l.starts_with(&header) || l.starts_with(&quoted)
+        })
+        .unwrap_or(0);
+    let line = |key: &str| {
+        text.lines()
+            .enumerate()
+            .skip(start)
+            .find(|(_, l)| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map(|(i, _)| format!(" (line {})", i + 1))
+            .unwrap_or_default()
+    };
+    Err(problems
+        .iter()
+        .map(|(key, why)| format!("[policy.{name}] {key}{}: {why}", line(key)))
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// `[price."gpt-4o-mini"] input = "0.15usd"`, `output = "0.60usd"`: dollars per million
@@ -161,6 +332,10 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         config
             .prices
             .insert(model, Price::micros_per_million(raw.input.0, raw.output.0));
+    }
+    for (name, raw) in raw.policy {
+        let policy = policy_section(text, &name, raw)?;
+        config.policies.insert(name, policy);
     }
     for (name, raw) in raw.pool {
         check_name("pool", &name)?;

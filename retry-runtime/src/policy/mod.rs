@@ -3,12 +3,20 @@
 //! Every constructor here is a `const fn`, so the macro emits the policy as a `static` and
 //! nothing is parsed at run time. The macro has already checked the values; the builders
 //! saturate instead of panicking so that a hand-built policy cannot crash a caller either.
+//!
+//! A policy can also be built at run time, checked by the attribute's own rules:
+//! [`Policy::builder`] ([`PolicyBuilder`]), or a `[policy.NAME]` section of the configuration
+//! ([`Config::policy`](crate::Config::policy)).
 
 use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::classify::ErrorClass;
 use crate::spend::Budget;
+
+mod builder;
+pub(crate) use builder::Retryable;
+pub use builder::{PolicyBuilder, PolicyError, PolicyProblem};
 
 /// An inclusive range of HTTP status codes that a policy retries, such as `500..=599`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
