@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{fail, ok, slow, ApiError, ScriptedProvider, Step};
 use retry_runtime::testing::{isolated, seed_jitter};
 use retry_runtime::{
-    config, configure, observe, resilient, retry, retry_on, Backoff, CallReport, CallSite,
-    Config, ErrorClass, Policy, StopReason,
+    config, configure, observe, resilient, retry, retry_on, Backoff, CallReport, CallSite, Config,
+    ErrorClass, Policy, StopReason,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -173,7 +173,11 @@ async fn builder_toml_and_attribute_make_the_same_attempts_waits_and_stop() {
 #[tokio::test(start_paused = true)]
 async fn the_same_when_attempts_run_out() {
     setup();
-    let all_503 = || (0..6).map(|_| fail(ApiError::status(503))).collect::<Vec<_>>();
+    let all_503 = || {
+        (0..6)
+            .map(|_| fail(ApiError::status(503)))
+            .collect::<Vec<_>>()
+    };
     let (_, a) = run(Way::Attribute, all_503(), 3).await;
     let (_, b) = run(Way::Builder, all_503(), 3).await;
     let (_, t) = run(Way::Toml, all_503(), 3).await;
@@ -190,7 +194,10 @@ async fn a_policy_the_configuration_lacks_is_an_error_naming_the_closest() {
     assert!(error.contains("did you mean `rtp.toml`"), "{error}");
     // The same site on every lookup: one label, one estimate, one breaker slot.
     let first = config::policy("rtp.toml").unwrap() as *const CallSite;
-    assert_eq!(first, config::policy("rtp.toml").unwrap() as *const CallSite);
+    assert_eq!(
+        first,
+        config::policy("rtp.toml").unwrap() as *const CallSite
+    );
 }
 
 /// The first message of a trybuild case's expected output (`error: …`).

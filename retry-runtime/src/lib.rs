@@ -4,6 +4,8 @@
 //! classification before any retry, the server's `Retry-After` honoured within bounds,
 //! per-attempt timeouts, a whole-call deadline and a report of everything that happened. The
 //! policy is checked at compile time and built as a `static`: nothing is parsed at run time.
+//! (Where a policy must live in configuration, [`Policy::builder`] and `[policy.NAME]`
+//! sections build one at run time, checked by the same rules.)
 //!
 //! ```
 //! use std::time::Duration;

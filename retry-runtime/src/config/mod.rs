@@ -424,6 +424,12 @@ impl Config {
     /// let error = error.to_string();
     /// assert!(error.contains("max (line 2): `max = 0` would never call the function"), "{error}");
     /// assert!(error.contains("retry_on (line 3): `400` is Bad Request"), "{error}");
+    ///
+    /// // From code, checked as it is added:
+    /// use retry_runtime::Policy;
+    /// let config = Config::default().with_policy(Policy::builder("summarize").max_attempts(4)).unwrap();
+    /// assert_eq!(config.policy_names().collect::<Vec<_>>(), ["summarize"]);
+    /// assert!(Config::default().with_policy(Policy::builder("bad").max_attempts(0)).is_err());
     /// ```
     pub fn policy(&self, name: &str) -> Option<&PolicyBuilder> {
         self.policies.get(name)
