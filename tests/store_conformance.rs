@@ -558,6 +558,7 @@ fn everything(max_wait: Duration) -> Admit {
         breaker: first().breaker,
         pool: Some(pool_in(HOUR_MS, 10)),
         pace: Some(pace_of(Duration::from_secs(1), 1, max_wait)),
+        probe: None,
     }
 }
 

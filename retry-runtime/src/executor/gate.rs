@@ -9,10 +9,12 @@
 //!    come too late for the call's deadline.
 //! 3. **What an attempt takes**: the breaker's admission (a probe slot while half-open) and
 //!    the ledger reservations, from this process's atomics or in one round trip to the
-//!    shared store (which also answers the fleet's breaker, retry budget and pacing slot).
+//!    shared store (which also answers the fleet's breaker, retry budget and pacing slot,
+//!    and while the fleet's breaker is half-open leases one of its probe slots).
 //!
-//! The gate keeps what the attempt in flight holds (permit, admission, reservations) until
-//! the attempt's result is recorded, and gives it back if the call is dropped.
+//! The gate keeps what the attempt in flight holds (permit, admission, probe lease,
+//! reservations) until the attempt's result is recorded, and gives it back if the call is
+//! dropped.
 
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ use crate::regime::Regime;
 use crate::rejected::Rejected;
 use crate::report::{self, StopReason};
 use crate::spend::{Budget, BudgetScope, Exhausted, Spend};
-use crate::store::{Admit, BreakerAsk, RetryRule, Shared, Verdict};
+use crate::store::{Admit, BreakerAsk, ProbeLease, RetryRule, Shared, Verdict};
 
 /// Why the gate refused to start an attempt.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +164,8 @@ pub(super) struct Gate<'p> {
     permit: Option<Permit<'static>>,
     paced: Duration,
     admission: Option<Admission>,
+    // A fleet-wide probe slot in the store (boxed: rare, and the gate stays small).
+    lease: Option<Box<ProbeLease>>,
     held: Option<Held>,
     // The retry being admitted withdraws from the fleet's retry budget (after its backoff,
     // before the pacer's line) rather than this process's, which `check_retry` asked.
@@ -192,6 +196,7 @@ impl<'p> Gate<'p> {
             permit: None,
             paced: Duration::ZERO,
             admission: None,
+            lease: None,
             held: None,
             withdraw_from_fleet: false,
             paced_refused: Duration::ZERO,
@@ -330,7 +335,9 @@ impl<'p> Gate<'p> {
                 retry_in: answer.breaker.and_then(|b| b.open_for).unwrap_or_default(),
             })),
             // Not asked about: the store answered another question; decide here.
-            Verdict::PoolFull | Verdict::PaceTooLate => self.withdraw_here(breaker),
+            Verdict::PoolFull | Verdict::PaceTooLate | Verdict::ProbesOut => {
+                self.withdraw_here(breaker)
+            }
         }
     }
 
@@ -468,6 +475,7 @@ impl<'p> Gate<'p> {
             }),
             pool: pool.and_then(|p| p.shared_ask(Spend::ZERO)),
             pace: None,
+            probe: None,
         };
         let Some(seen) = shared.admit(look).await else {
             return;
@@ -613,6 +621,16 @@ impl<'p> Gate<'p> {
         let max_wait = latest.map_or(Duration::MAX, |at| {
             at.saturating_duration_since(Instant::now())
         });
+        // Every attempt through a breaker asks for a probe lease, taken only if the fleet's
+        // breaker is half-open (this process's copy may not know yet). Until the answer, the
+        // lease is this future's: dropped meanwhile, it is given back.
+        let (probe, lease) = match self.breaker {
+            Some(b) => {
+                let (probe, lease) = ProbeLease::ask(shared, b.name(), b.config().probes);
+                (Some(probe), Some(lease))
+            }
+            None => (None, None),
+        };
         let request = Admit {
             breaker: self.breaker.map(|b| BreakerAsk {
                 name: b.name(),
@@ -624,6 +642,7 @@ impl<'p> Gate<'p> {
                 .pool
                 .and_then(|p| p.shared_ask(self.reserve(ask))),
             pace: self.pacer.and_then(|p| p.shared_ask(max_wait)),
+            probe,
         };
         if request.breaker.is_none() && request.pool.is_none() && request.pace.is_none() {
             // Nothing the fleet shares here (e.g. an adaptive pacer alone).
@@ -633,7 +652,9 @@ impl<'p> Gate<'p> {
         let pool_asked = request.pool.clone();
         let Some(answer) = shared.admit(request).await else {
             // The store failed (the process is now on local state): take locally, after
-            // giving back what this process's breaker admitted.
+            // giving back what this process's breaker admitted (and a lease the store may
+            // have granted before it failed: sent if it can be, or it lapses there).
+            drop(lease);
             self.give_back_admission();
             return None;
         };
@@ -641,6 +662,17 @@ impl<'p> Gate<'p> {
         if let (Some(breaker), Some(state)) = (self.breaker, answer.breaker) {
             let transition = breaker.adopt(state, now);
             self.note(transition);
+        }
+        match lease {
+            Some(lease) if answer.leased => {
+                if let Err(refusal) = self.hold_lease(lease, now) {
+                    return Some(Err(refusal));
+                }
+            }
+            // Not granted (the fleet is not half-open, or the admission was refused): there
+            // is nothing to give back.
+            Some(lease) => lease.forget(),
+            None => {}
         }
         if let (Some(pool), Some((_, committed))) = (self.ledgers.pool, answer.pool) {
             pool.mirror(committed, now);
@@ -650,6 +682,12 @@ impl<'p> Gate<'p> {
             Verdict::BreakerOpen => Some(Refusal::Circuit {
                 breaker: self.breaker.map_or("", |b| b.name()),
                 retry_in: answer.breaker.and_then(|b| b.open_for).unwrap_or_default(),
+            }),
+            // Half-open in the fleet, every probe out: as a local breaker with its probes
+            // out, nothing to wait for but their results.
+            Verdict::ProbesOut => Some(Refusal::Circuit {
+                breaker: self.breaker.map_or("", |b| b.name()),
+                retry_in: Duration::ZERO,
             }),
             Verdict::RetryBudget => {
                 // Not asked (the retry budget was asked before the pacer): the store answered
@@ -706,6 +744,31 @@ impl<'p> Gate<'p> {
             self.paced += answer.pace_wait;
         }
         Some(Ok(()))
+    }
+
+    /// The store granted this attempt one of the fleet's probe leases: keep it (renewed) until
+    /// the result. An attempt this process admitted as a normal one (its copy of the breaker
+    /// was closed; the fleet's state, just adopted, is half-open) is this process's probe
+    /// too, so that its result closes or re-opens the breaker here and in the store; refused
+    /// here (this process's probes are all out), it gives the lease back.
+    fn hold_lease(&mut self, lease: ProbeLease, now: u64) -> Result<(), Refusal> {
+        if let (Some(breaker), Some(Admission::Normal)) = (self.breaker, self.admission) {
+            if breaker.state() != BreakerState::Closed {
+                let (again, transition) = breaker.admit(now);
+                self.note(transition);
+                if let Admission::Rejected { retry_in } = again {
+                    drop(lease);
+                    self.give_back_admission();
+                    return Err(Refusal::Circuit {
+                        breaker: breaker.name(),
+                        retry_in,
+                    });
+                }
+                self.admission = Some(again);
+            }
+        }
+        self.lease = Some(Box::new(lease.held()));
+        Ok(())
     }
 
     /// A call whose policy cannot refuse (no error to refuse with) still reserves in its
@@ -802,7 +865,7 @@ impl<'p> Gate<'p> {
 
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
         if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
-            steps::record(
+            let published = steps::record(
                 &mut self.notes(),
                 breaker,
                 admission,
@@ -810,7 +873,14 @@ impl<'p> Gate<'p> {
                 first,
                 started,
             );
+            if let (true, Some(lease)) = (published, self.lease.take()) {
+                // The transition's write ends the fleet's half-open period and its leases.
+                lease.forget();
+            }
         }
+        // A probe whose result changed nothing (a stale one, or one the fleet's state had
+        // overtaken) gives its lease back.
+        self.lease = None;
     }
 
     /// Where this call's transitions go (see [`steps::Notes`]).
@@ -843,6 +913,8 @@ impl<'p> Gate<'p> {
             // half-open with no probe to decide it.
             breaker.cancel(admission);
         }
+        // And its lease in the fleet, at once (the lease's end is the backstop).
+        self.lease = None;
     }
 
     fn give_back_held(&mut self) {
@@ -878,7 +950,9 @@ pub(super) mod steps {
 
     use tokio::time::Instant;
 
-    use super::{now_ms, report, to_fleet, Admission, Breaker, ErrorClass, Transition};
+    use super::{
+        now_ms, report, to_fleet, Admission, Breaker, BreakerState, ErrorClass, Transition,
+    };
 
     /// Where a call's transitions go: an event each, and the call's report when it keeps one.
     pub(in crate::executor) struct Notes<'a> {
@@ -897,27 +971,36 @@ pub(super) mod steps {
             }
         }
 
-        /// A transition of this process's breaker: to the fleet, and noted.
+        /// A transition of this process's breaker: to the fleet, and noted. Whether one was
+        /// published (an open or a close: either ends the fleet's half-open period).
         #[inline]
-        pub fn publish(&mut self, breaker: &'static Breaker, transition: Option<Transition>) {
-            if transition.is_some() {
-                to_fleet(breaker, transition);
-                self.note(transition);
+        pub fn publish(
+            &mut self,
+            breaker: &'static Breaker,
+            transition: Option<Transition>,
+        ) -> bool {
+            match transition {
+                Some(t) => {
+                    to_fleet(breaker, transition);
+                    self.note(transition);
+                    t.to != BreakerState::HalfOpen
+                }
+                None => false,
             }
         }
 
         /// What the breaker's regime said: a change of regime (an event), and a transition if
-        /// it opened the breaker (published and noted).
+        /// it opened the breaker (published and noted; whether it was).
         #[inline]
         pub fn news(
             &mut self,
             breaker: &'static Breaker,
             (change, opened): (Option<crate::regime::Change>, Option<Transition>),
-        ) {
+        ) -> bool {
             if let Some(change) = change {
                 report::regime_changed(self.function, breaker.name(), change);
             }
-            self.publish(breaker, opened);
+            self.publish(breaker, opened)
         }
     }
 
@@ -932,8 +1015,12 @@ pub(super) mod steps {
     ) -> Result<Admission, Duration> {
         let (admission, transition) = breaker.admit(now_ms);
         notes.note(transition);
-        if let Admission::Rejected { retry_in } = admission {
-            return Err(retry_in);
+        // One test of the admission on the closed path, as before: the rest is half-open.
+        if admission != Admission::Normal {
+            if let Admission::Rejected { retry_in } = admission {
+                return Err(retry_in);
+            }
+            probe_on_local_state(notes.function, breaker);
         }
         if first {
             breaker.retry_budget().deposit(now_ms);
@@ -942,7 +1029,26 @@ pub(super) mod steps {
         Ok(admission)
     }
 
+    /// A probe admitted by this process's breaker alone: with a store configured, that means
+    /// it is not answering (or not yet), so the fleet's probes are not counted together. Said
+    /// once per probe (a few per cooldown): a limit that fails open says so.
+    #[cold]
+    #[inline(never)]
+    fn probe_on_local_state(function: &'static str, breaker: &'static Breaker) {
+        if let Some(shared) = crate::store::active() {
+            tracing::warn!(
+                target: "retry_runtime",
+                function,
+                breaker = breaker.name(),
+                store = shared.kind(),
+                "breaker half-open while the {} store is unreachable: this probe is counted by this process alone (the fleet may send up to `probes` per process)",
+                shared.kind()
+            );
+        }
+    }
+
     /// The attempt's result (`failure`: its class; `None` for a success), `started` at.
+    /// Whether a transition (an open or a close) was published to the fleet.
     #[inline]
     pub(in crate::executor) fn record(
         notes: &mut Notes<'_>,
@@ -951,13 +1057,13 @@ pub(super) mod steps {
         failure: Option<ErrorClass>,
         first: bool,
         started: Instant,
-    ) {
-        notes.news(breaker, breaker.observe(first, failure, started));
+    ) -> bool {
+        let opened = notes.news(breaker, breaker.observe(first, failure, started));
         if admission == Admission::Normal && breaker.is_quiet(failure) {
             breaker.end_run();
-            return;
+            return opened;
         }
-        notes.publish(breaker, breaker.record(admission, failure, now_ms()));
+        notes.publish(breaker, breaker.record(admission, failure, now_ms())) || opened
     }
 }
 

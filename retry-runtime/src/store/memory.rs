@@ -57,6 +57,8 @@ struct State {
     pacers: HashMap<String, u64>,
     // (breaker, second) -> (first attempts, retries)
     retries: HashMap<(String, u64), (u64, u64)>,
+    // breaker -> the probe leases of its half-open period: token -> expiry (ms)
+    probes: HashMap<String, HashMap<u64, u64>>,
 }
 
 impl Default for MemoryStore {
@@ -117,8 +119,19 @@ impl MemoryStore {
         Ok((self.clock)())
     }
 
+    /// The probe leases of `breaker` held now (not lapsed).
+    pub fn probe_leases(&self, breaker: &str) -> usize {
+        let now_ms = (self.clock)() / 1000;
+        let state = self.lock();
+        state
+            .probes
+            .get(breaker)
+            .map_or(0, |leases| leases.values().filter(|&&e| e > now_ms).count())
+    }
+
     /// The admission rule (the Redis `admit` script does the same): checks first, in order
-    /// breaker, retry budget, pacer, pool; then, if all pass, every write.
+    /// breaker (and its probe leases while half-open), retry budget, pacer, pool; then, if
+    /// all pass, every write.
     fn admit_now(&self, ask: &Admit, now_us: u64) -> Admitted {
         let now_ms = now_us / 1000;
         let mut state = self.lock();
@@ -128,7 +141,9 @@ impl MemoryStore {
             breaker: None,
             pool: None,
             pace_wait: Duration::ZERO,
+            leased: false,
         };
+        let mut lease = None;
         if let Some(b) = &ask.breaker {
             let entry = state
                 .breakers
@@ -143,6 +158,17 @@ impl MemoryStore {
                 Some((until, generation, _)) => {
                     if until > now_ms {
                         verdict = Verdict::BreakerOpen;
+                    } else if let Some(probe) = ask.probe {
+                        // Cooled down: the fleet's half-open period.
+                        let held = state
+                            .probes
+                            .get(b.name)
+                            .map_or(0, |leases| leases.values().filter(|&&e| e > now_ms).count());
+                        if held >= probe.probes.max(1) as usize {
+                            verdict = Verdict::ProbesOut;
+                        } else {
+                            lease = Some(probe);
+                        }
                     }
                     SharedBreaker {
                         generation,
@@ -231,6 +257,12 @@ impl MemoryStore {
             if b.withdraw.is_some() {
                 counts.1 += 1;
             }
+            if let Some(probe) = lease {
+                let leases = state.probes.entry(b.name.to_owned()).or_default();
+                leases.retain(|_, &mut e| e > now_ms);
+                leases.insert(probe.token, now_ms.saturating_add(probe.lease_ms.max(1)));
+                out.leased = true;
+            }
         }
         out
     }
@@ -296,9 +328,31 @@ impl MemoryStore {
                         now_us.saturating_add(keep_ms.saturating_mul(1000)),
                     ),
                 );
+                state.probes.remove(breaker);
             }
             Update::BreakerClosed { breaker } => {
                 state.breakers.remove(breaker);
+                state.probes.remove(breaker);
+            }
+            Update::ProbeRenewed {
+                breaker,
+                token,
+                lease,
+            } => {
+                let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+                if let Some(expires) = state
+                    .probes
+                    .get_mut(breaker)
+                    .and_then(|leases| leases.get_mut(&token))
+                    .filter(|e| **e > now_ms)
+                {
+                    *expires = now_ms.saturating_add(lease_ms);
+                }
+            }
+            Update::ProbeReleased { breaker, token } => {
+                if let Some(leases) = state.probes.get_mut(breaker) {
+                    leases.remove(&token);
+                }
             }
         }
     }
@@ -468,6 +522,17 @@ mod tests {
         update(&s, open);
         let again = admit(&s, look).breaker.unwrap();
         assert!(again.generation > first.breaker.unwrap().generation);
+    }
+
+    #[tokio::test]
+    async fn half_open_probe_leases_are_counted_renewed_released_and_lapse() {
+        let (now, s) = manual();
+        let pass = |d: Duration| {
+            now.fetch_add(d.as_micros() as u64, Ordering::AcqRel);
+            std::future::ready(())
+        };
+        crate::store::probe::rules::probe_leases(&s, "b", Duration::from_secs(2), pass).await;
+        assert_eq!(s.probe_leases("b"), 2);
     }
 
     #[tokio::test]

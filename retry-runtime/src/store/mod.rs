@@ -21,6 +21,12 @@
 //!   the breaker's shared open state, reserves the attempt's expected cost in the pool's
 //!   current window, takes the pacer's next slot in the fleet-wide request bucket, and counts
 //!   the retry budget's deposit (first attempts) or withdrawal (retries). All or nothing.
+//! * **Half-open probes, fleet-wide.** While the breaker's shared open state has cooled down,
+//!   the same round trip takes one of its `probes` leases (or refuses the attempt): the fleet
+//!   sends exactly `probes` probes at a time. A lease lasts [`probe_lease`] unless its holder
+//!   renews it (every third of it, while the attempt runs); the probe's result ends the
+//!   half-open period and every lease in it, and a dropped probe gives its lease back at once.
+//!   A process that dies holding one frees it when it lapses, at most one lease later.
 //! * **After the attempt**, settling the pool (real cost minus reservation), giving a dropped
 //!   attempt's reservation back and publishing a breaker's transition are sent in the
 //!   background: the caller does not wait for them.
@@ -46,6 +52,9 @@
 //! * the retry budget's and the pacer's local counts are not replayed: they describe seconds
 //!   that are over.
 //!
+//! While the store is away, a half-open breaker admits its `probes` in each process, as
+//! without a store; each such probe is a WARN event (target `retry_runtime`) that says so.
+//!
 //! Nothing here panics or propagates a store error to a call: a call never waits for the store
 //! longer than the timeout, and connecting happens in the background.
 //!
@@ -64,8 +73,10 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+mod probe;
 mod shared;
 
+pub(crate) use probe::ProbeLease;
 pub(crate) use shared::Shared;
 
 /// Where the shared state lives now.
@@ -161,6 +172,23 @@ pub struct Admit {
     pub pool: Option<PoolAsk>,
     /// The call site's pacer, when it has a known request rate (`rpm`).
     pub pace: Option<PaceAsk>,
+    /// With [`Admit::breaker`]: an attempt that, while the breaker's stored open state has
+    /// cooled down (half-open in the fleet), must hold one of its probe leases or be refused
+    /// ([`Verdict::ProbesOut`]). `None`: a look, or a retry's withdrawal; no lease is asked.
+    pub probe: Option<ProbeAsk>,
+}
+
+#[doc(hidden)]
+/// The probe-lease part of an [`Admit`]: see [`probe_lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeAsk {
+    /// The lease's token, unique in the fleet (a process's random number plus a count): what
+    /// renews and releases it.
+    pub token: u64,
+    /// How many probes the breaker admits while half-open (its `probes`, at least 1).
+    pub probes: u32,
+    /// How long the lease holds unless renewed, in milliseconds of the store's clock.
+    pub lease_ms: u64,
 }
 
 #[doc(hidden)]
@@ -229,6 +257,8 @@ pub enum Verdict {
     PoolFull,
     /// The pacer's next slot comes after the caller's deadline.
     PaceTooLate,
+    /// The breaker is half-open in the store and every one of its probe leases is held.
+    ProbesOut,
 }
 
 #[doc(hidden)]
@@ -256,6 +286,9 @@ pub struct Admitted {
     pub pool: Option<(u64, u64)>,
     /// How long to wait before sending (the pacer's slot).
     pub pace_wait: Duration,
+    /// The attempt took the probe lease it asked for ([`Admit::probe`]): the breaker is
+    /// half-open in the store, and this attempt is one of its probes.
+    pub leased: bool,
 }
 
 #[doc(hidden)]
@@ -304,11 +337,55 @@ pub enum Update {
         /// Replace a running open state.
         force: bool,
     },
-    /// A breaker closed in this process (its probe succeeded): clear the shared open state.
+    /// A breaker closed in this process (its probe succeeded): clear the shared open state
+    /// (and the probe leases of its half-open period).
     BreakerClosed {
         /// The breaker.
         breaker: &'static str,
     },
+    /// A probe still running: its lease holds `lease` from now (if it is still held: a lease
+    /// that lapsed, or whose half-open period ended, is not taken again).
+    ProbeRenewed {
+        /// The breaker.
+        breaker: &'static str,
+        /// The lease's token ([`ProbeAsk::token`]).
+        token: u64,
+        /// How long it holds from now.
+        lease: Duration,
+    },
+    /// A probe ended without ending its half-open period (it was dropped, or its result came
+    /// too late to count): give its lease back.
+    ProbeReleased {
+        /// The breaker.
+        breaker: &'static str,
+        /// The lease's token ([`ProbeAsk::token`]).
+        token: u64,
+    },
+}
+
+/// The shortest lease a half-open probe holds in the store (see [`probe_lease`]).
+pub const PROBE_LEASE_MIN: Duration = Duration::from_secs(2);
+
+/// How long a half-open breaker's probe holds its fleet-wide slot unless renewed: ten of the
+/// store's timeouts, and at least [`PROBE_LEASE_MIN`] (2 s with the default 50 ms timeout).
+///
+/// The process that holds it renews it every third of it while the attempt runs, so a live
+/// probe keeps its slot however long it takes; one whose process dies (or loses the store)
+/// frees it at most one lease after its last renewal, and a dropped probe gives it back at
+/// once. Ten timeouts: a renewal may take a whole timeout, and a live probe should not lose
+/// its lease to one slow answer.
+///
+/// ```
+/// use std::time::Duration;
+/// use retry_runtime::store::{probe_lease, StoreConfig};
+///
+/// let config = StoreConfig::redis("redis://127.0.0.1:6379").unwrap();
+/// assert_eq!(probe_lease(&config), Duration::from_secs(2));
+/// let slow = config.with_timeout(Duration::from_millis(500));
+/// assert_eq!(probe_lease(&slow), Duration::from_secs(5));
+/// ```
+pub fn probe_lease(config: &StoreConfig) -> Duration {
+    config.timeout().saturating_mul(10).max(PROBE_LEASE_MIN)
 }
 
 pub(crate) use crate::config::store::{env_url, redact};

@@ -9,10 +9,13 @@
 //! | `{P}:retry:NAME:SECOND` | hash `d`, `r` | first attempts, retries in that second | 11 s |
 //! | `{P}:pool:NAME:WINDOW` | integer | committed in window `WINDOW` = ms / window | two windows |
 //! | `{P}:pace:NAME` | integer | GCRA theoretical arrival time (µs, Redis time) | 1 s after it passes |
+//! | `{P}:probes:NAME` | sorted set | half-open probe leases: token, scored by expiry (ms) | when its last lease lapses |
 //!
-//! Four Lua scripts, each one round trip (`EVALSHA`, loaded on connect): `admit` (breaker
-//! check, retry budget, pacer slot, pool reservation: all checks, then all writes), `settle`
-//! (also used to add reconciled spend), `release`, `breaker_open`; a closed breaker is a `DEL`.
+//! Five Lua scripts, each one round trip (`EVALSHA`, loaded on connect): `admit` (breaker
+//! check and probe lease, retry budget, pacer slot, pool reservation: all checks, then all
+//! writes), `settle` (also used to add reconciled spend), `release`, `breaker_open` (which
+//! also ends the probe leases), `probe_renew`; a closed breaker is one `DEL` of its state and
+//! its leases, a released lease a `ZREM`.
 //! Every time comes from `redis.call('TIME')`, never from a process's clock.
 //!
 //! Connections: one opened by [`Store::ping`] (on the store's thread, when the runtime uses
@@ -39,8 +42,9 @@ use crate::retry_budget::WINDOW_SECS;
 
 #[doc(hidden)]
 /// The admission script. ARGV: prefix, breaker, deposit, withdraw, ratio_ppm,
-/// floor_per_window, pool, window_ms, limit, expected, pacer, interval_us, burst, max_wait_us.
-/// Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us}.
+/// floor_per_window, pool, window_ms, limit, expected, pacer, interval_us, burst, max_wait_us,
+/// probe_token, probes, lease_ms.
+/// Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us, leased}.
 /// `WINDOW_SECS` in the text is a placeholder: replace it by the retry budget's window
 /// ([`WINDOW_SECS`]) before loading the script.
 pub const ADMIT_LUA: &str = include_str!("scripts/admit.lua");
@@ -61,11 +65,17 @@ pub const RELEASE_LUA: &str = include_str!("scripts/release.lua");
 /// so it never repeats, even after the key expired.
 pub const BREAKER_OPEN_LUA: &str = include_str!("scripts/breaker_open.lua");
 
+#[doc(hidden)]
+/// The probe-renewal script. ARGV: prefix, breaker, token, lease_ms. A lease still held holds
+/// `lease_ms` from now; one that lapsed (or whose period ended) is not taken again.
+pub const PROBE_RENEW_LUA: &str = include_str!("scripts/probe_renew.lua");
+
 struct Scripts {
     admit: Script,
     settle: Script,
     release: Script,
     breaker_open: Script,
+    probe_renew: Script,
 }
 
 /// The connection `ping` opened, and the runtime its I/O runs on.
@@ -186,6 +196,7 @@ impl RedisStore {
                 settle: Script::new(SETTLE_LUA),
                 release: Script::new(RELEASE_LUA),
                 breaker_open: Script::new(BREAKER_OPEN_LUA),
+                probe_renew: Script::new(PROBE_RENEW_LUA),
             },
         })
     }
@@ -304,6 +315,7 @@ impl RedisStore {
             &self.scripts.settle,
             &self.scripts.release,
             &self.scripts.breaker_open,
+            &self.scripts.probe_renew,
         ] {
             script
                 .prepare_invoke()
@@ -358,6 +370,14 @@ impl RedisStore {
             }
             None => {
                 cmd.arg("").arg(1).arg(1).arg(0);
+            }
+        }
+        match (&ask.breaker, &ask.probe) {
+            (Some(_), Some(p)) => {
+                cmd.arg(p.token).arg(p.probes.max(1)).arg(p.lease_ms.max(1));
+            }
+            _ => {
+                cmd.arg("").arg(1).arg(1);
             }
         }
         cmd
@@ -439,7 +459,26 @@ impl RedisStore {
             }
             Update::BreakerClosed { breaker } => {
                 let mut cmd = ::redis::cmd("DEL");
-                cmd.arg(format!("{prefix}:breaker:{breaker}"));
+                cmd.arg(format!("{prefix}:breaker:{breaker}"))
+                    .arg(format!("{prefix}:probes:{breaker}"));
+                let answer = cmd.query_async::<()>(&mut connection).await;
+                return answer.map_err(|e| self.failed(e, None));
+            }
+            Update::ProbeRenewed {
+                breaker,
+                token,
+                lease,
+            } => {
+                let mut cmd = evalsha(&self.scripts.probe_renew);
+                cmd.arg(prefix)
+                    .arg(breaker)
+                    .arg(token)
+                    .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
+                (&self.scripts.probe_renew, cmd)
+            }
+            Update::ProbeReleased { breaker, token } => {
+                let mut cmd = ::redis::cmd("ZREM");
+                cmd.arg(format!("{prefix}:probes:{breaker}")).arg(token);
                 let answer = cmd.query_async::<()>(&mut connection).await;
                 return answer.map_err(|e| self.failed(e, None));
             }
@@ -475,9 +514,9 @@ impl RedisStore {
 
 /// Read the admission script's answer.
 pub(crate) fn parse_admitted(ask: &Admit, answer: &[i64]) -> Result<Admitted, StoreError> {
-    let [verdict, found, generation, open_ms, committed, window, wait_us] = *answer else {
+    let [verdict, found, generation, open_ms, committed, window, wait_us, leased] = *answer else {
         return Err(StoreError::Protocol(format!(
-            "admit returned {} values, expected 7",
+            "admit returned {} values, expected 8",
             answer.len()
         )));
     };
@@ -488,6 +527,7 @@ pub(crate) fn parse_admitted(ask: &Admit, answer: &[i64]) -> Result<Admitted, St
         2 => Verdict::RetryBudget,
         3 => Verdict::PoolFull,
         4 => Verdict::PaceTooLate,
+        5 => Verdict::ProbesOut,
         other => return Err(StoreError::Protocol(format!("unknown verdict {other}"))),
     };
     Ok(Admitted {
@@ -498,6 +538,7 @@ pub(crate) fn parse_admitted(ask: &Admit, answer: &[i64]) -> Result<Admitted, St
         }),
         pool: ask.pool.as_ref().map(|_| (u(window), u(committed))),
         pace_wait: Duration::from_micros(u(wait_us)),
+        leased: leased == 1,
     })
 }
 
@@ -758,6 +799,24 @@ mod tests {
             .unwrap()
             .verdict;
         assert_eq!(v, Verdict::Admitted);
+    }
+
+    /// The rules of `store::probe::rules` on the script, in real time (Redis's clock).
+    #[tokio::test]
+    async fn half_open_probe_leases_are_counted_renewed_released_and_lapse() {
+        let Some(server) = server() else { return };
+        let s = store(&server, "t-probes").await;
+        let pass = |d: Duration| tokio::time::sleep(d);
+        let lease = Duration::from_millis(600);
+        crate::store::probe::rules::probe_leases(&s, "b", lease, pass).await;
+        // The leases' set expires with its last lease.
+        let mut c = s.connection().unwrap();
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg("{t-probes}:probes:b")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 600, "{ttl}");
     }
 
     fn pace_ask(max_wait_us: u64) -> Admit {

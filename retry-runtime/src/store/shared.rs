@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
 
 use super::{
     Admit, Admitted, SharedBreaker, Store, StoreConfig, StoreError, StoreFuture, StoreStatus,
@@ -43,6 +44,7 @@ pub(crate) struct Shared {
     reconnecting: AtomicBool,
     owed: Owed,
     watchdog: Watchdog,
+    probe_lease: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -108,7 +110,44 @@ impl Shared {
             reconnecting: AtomicBool::new(false),
             owed: Owed::default(),
             watchdog: Watchdog::new(config.timeout()),
+            probe_lease: super::probe_lease(config),
         }
+    }
+
+    /// What this store is (`"redis"`, `"memory"`), for events.
+    pub(crate) fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    /// How long a half-open probe's lease holds unless renewed ([`super::probe_lease`]).
+    pub(crate) fn probe_lease(&self) -> Duration {
+        self.probe_lease
+    }
+
+    /// Keep a probe's lease while its attempt runs: renew it every third of the lease, on
+    /// the store's thread, until the handle is aborted. A renewal that fails switches the
+    /// process to local state, as any failed write does, and ends the renewals: the lease
+    /// then lapses in the store.
+    pub(crate) fn renew_probe(&'static self, breaker: &'static str, token: u64) -> AbortHandle {
+        let lease = self.probe_lease;
+        let renewal = self.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if !self.is_shared() {
+                    return;
+                }
+                let renewed = Update::ProbeRenewed {
+                    breaker,
+                    token,
+                    lease,
+                };
+                if let Err(error) = self.apply(renewed).await {
+                    self.to_local(&error);
+                    return;
+                }
+            }
+        });
+        renewal.abort_handle()
     }
 
     #[inline]
@@ -141,7 +180,7 @@ impl Shared {
             tracing::info!(
                 target: "retry_runtime",
                 store = self.store.kind(),
-                "{} store reachable: breakers, retry budgets, pacing and pools are shared with the fleet",
+                "{} store reachable: breakers (and their half-open probes), retry budgets, pacing and pools are shared with the fleet",
                 self.store.kind()
             );
             self.changed.send_replace(StoreStatus::Shared);
@@ -167,7 +206,7 @@ impl Shared {
             target: "retry_runtime",
             store = self.store.kind(),
             %error,
-            "{} store unreachable: using local state for breakers, retry budgets, pacing and pools; reconnecting in the background",
+            "{} store unreachable: using local state for breakers (half-open probes counted per process), retry budgets, pacing and pools; reconnecting in the background",
             self.store.kind()
         );
         self.changed.send_replace(StoreStatus::Local);
@@ -557,13 +596,17 @@ impl Owed {
                 self.breakers_mut(|b| b.remove(breaker));
                 None
             }
-            Update::Settle { .. } | Update::Release { .. } | Update::AddSpend { .. } => None,
+            Update::Settle { .. }
+            | Update::Release { .. }
+            | Update::AddSpend { .. }
+            | Update::ProbeRenewed { .. }
+            | Update::ProbeReleased { .. } => None,
         }
     }
 
     /// A write did not reach the store: keep the spend it carried. (A lost release is not
-    /// kept: the reservation over-counts until its window ends. A breaker's open state is
-    /// kept already.)
+    /// kept: the reservation over-counts until its window ends; nor a probe's lease renewed
+    /// or released: it lapses in the store. A breaker's open state is kept already.)
     fn undelivered(&self, update: &Update) {
         match *update {
             Update::Settle {
@@ -579,7 +622,9 @@ impl Owed {
             } => self.owe(pool, window_ms, amount),
             Update::Release { .. }
             | Update::BreakerOpened { .. }
-            | Update::BreakerClosed { .. } => {}
+            | Update::BreakerClosed { .. }
+            | Update::ProbeRenewed { .. }
+            | Update::ProbeReleased { .. } => {}
         }
     }
 

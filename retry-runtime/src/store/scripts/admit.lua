@@ -1,7 +1,11 @@
 -- admit: one attempt's admission, all or nothing (see RedisStore in redis.rs).
 -- ARGV: prefix, breaker, deposit, withdraw, ratio_ppm, floor_per_window, pool, window_ms,
--- limit, expected, pacer, interval_us, burst, max_wait_us ('' names: not asked).
--- Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us}.
+-- limit, expected, pacer, interval_us, burst, max_wait_us, probe_token, probes, lease_ms
+-- ('' names and token: not asked).
+-- Returns {verdict, breaker_found, generation, open_ms, committed, window, wait_us, leased}.
+-- A stored open state whose cooldown is over is the fleet's half-open period: an attempt
+-- that asks with a probe token takes one of its `probes` leases (a sorted set of tokens
+-- scored by expiry, ms) or is refused (verdict 5).
 -- The retry budget's window (seconds) is a placeholder, substituted by RedisStore::new.
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -11,9 +15,11 @@ local bname, deposit, withdraw = ARGV[2], ARGV[3], ARGV[4]
 local ratio, floor = tonumber(ARGV[5]), tonumber(ARGV[6])
 local pool, wms, limit, expected = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local pace, interval, burst, max_wait = ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local ptoken, pmax, plms = ARGV[15], tonumber(ARGV[16]), tonumber(ARGV[17])
 local function n(x) return string.format('%.0f', x) end
 local verdict = 0
 local b_found, b_gen, b_open = 0, 0, 0
+local probe_key, leased = nil, 0
 if bname ~= '' then
   local v = redis.call('HMGET', p .. ':breaker:' .. bname, 'until', 'gen')
   if v[1] then
@@ -23,6 +29,9 @@ if bname ~= '' then
     if until_ms > now_ms then
       b_open = until_ms - now_ms
       verdict = 1
+    elseif ptoken ~= '' then
+      probe_key = p .. ':probes:' .. bname
+      if redis.call('ZCOUNT', probe_key, '(' .. n(now_ms), '+inf') >= pmax then verdict = 5 end
     end
   end
 end
@@ -69,5 +78,11 @@ if verdict == 0 then
     if withdraw == '1' then redis.call('HINCRBY', rk, 'r', 1) end
     redis.call('EXPIRE', rk, WINDOW_SECS + 1)
   end
+  if probe_key then
+    redis.call('ZREMRANGEBYSCORE', probe_key, '-inf', n(now_ms))
+    redis.call('ZADD', probe_key, n(now_ms + plms), ptoken)
+    if redis.call('PTTL', probe_key) < plms then redis.call('PEXPIRE', probe_key, n(plms)) end
+    leased = 1
+  end
 end
-return {verdict, b_found, b_gen, b_open, committed, widx, wait_us}
+return {verdict, b_found, b_gen, b_open, committed, widx, wait_us, leased}
