@@ -204,3 +204,8 @@ mod tests {
         }
     }
 }
+
+// The crate's README (what crates.io shows) is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
