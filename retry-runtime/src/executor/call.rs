@@ -66,6 +66,8 @@ pub struct Call<'p> {
     // Its seat in the observer (when `observed`).
     seat: usize,
     pub(super) finished: bool,
+    // No attempt after the one in flight, whatever the policy allows (`last_attempt`).
+    last: bool,
     pub(super) stop: Option<StopReason>,
     pub(super) fallback: Option<FallbackReport>,
     // `fallback = queue`: when the call joined the line, its place, and (at the head) the
@@ -152,6 +154,7 @@ impl<'p> Call<'p> {
             observed,
             seat: seat.unwrap_or(0),
             finished: false,
+            last: false,
             stop: None,
             fallback: None,
             parked_at: None,
@@ -384,8 +387,9 @@ impl<'p> Call<'p> {
         let backoff = self.next_backoff();
         let elapsed = self.started.elapsed();
         let decision = match decide(self.policy, self.attempts, failure, backoff, elapsed) {
-            // Retries switched off for the process (tests): this attempt was the last.
-            Decision::Retry { .. } if crate::policy::retries_disabled() => {
+            // Retries switched off for the process (tests), or this call cannot make another
+            // attempt (`last_attempt`): this attempt was the last.
+            Decision::Retry { .. } if self.last || crate::policy::retries_disabled() => {
                 Decision::Stop(StopReason::AttemptsExhausted)
             }
             // What the shared state says about a retry the policy allows: an open breaker,
@@ -429,6 +433,13 @@ impl<'p> Call<'p> {
             return Step::Return(R::from_result(Err(error)));
         }
         Step::Retry
+    }
+
+    /// The attempt about to start is the call's last, whatever the policy allows: its request
+    /// cannot be sent again (a streaming body, at the HTTP layer). If it fails, the call stops
+    /// with [`StopReason::AttemptsExhausted`].
+    pub fn last_attempt(&mut self) {
+        self.last = true;
     }
 
     fn next_backoff(&mut self) -> Duration {
