@@ -337,7 +337,7 @@ pub const LISTED_TWICE: &str = "listed twice in #[retry_on]";
 /// What an empty retry list is told.
 pub const EMPTY_RETRY_ON: &str = "#[retry_on()] lists nothing: name codes (`429`), ranges (`500..=599`), `timeout` or `transport`, or remove it to use the default set";
 
-/// One step of a fallback chain, for [`fallback_chain`].
+/// One step of a fallback chain, for [`fallback_steps`] and [`fallback_needs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step<'a> {
     /// The last good answer for the same key.

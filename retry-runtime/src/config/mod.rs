@@ -254,7 +254,7 @@ pub enum ConfigError {
     /// `RETRY_RUNTIME_CONFIG`); it is set once, never silently replaced.
     #[error("retry-runtime is already configured; configure() may be called once, before the first call")]
     AlreadyConfigured,
-    /// [`policy`](crate::config::policy) was asked for a name the configuration has no
+    /// [`config::policy`](policy()) was asked for a name the configuration has no
     /// `[policy.NAME]` section for.
     #[error("no policy `{name}` in the retry-runtime configuration{}", .closest.as_ref().map(|c| format!("; did you mean `{c}`?")).unwrap_or_else(|| " (it configures no policy)".to_string()))]
     UnknownPolicy {
@@ -400,7 +400,7 @@ impl Config {
 
     /// The policy `name` (a `[policy.NAME]` section, or [`with_policy`](Self::with_policy)),
     /// checked and ready to [`build`](PolicyBuilder::build); for the installed configuration's
-    /// policies, [`policy`](crate::config::policy) builds each one once.
+    /// policies, [`config::policy`](policy()) builds each one once.
     ///
     /// ```
     /// use std::time::Duration;
