@@ -140,27 +140,36 @@ fn remove_test_modules(code: &str) -> String {
 /// file at the top of `src`) `super::a`.
 fn imports(code: &str, top_level_file: bool) -> Vec<String> {
     let mut found = Vec::new();
+    // Each item of a `{…}` list (or the one path): its first segment, and its second too
+    // (`a::b`) for a sub-module that has a row of its own.
     let mut push_idents = |list: &str| {
         let mut depth = 0;
-        let mut start = true;
-        let mut ident = String::new();
+        let mut items = vec![String::new()];
         for ch in list.chars() {
             match ch {
+                ',' if depth == 0 => items.push(String::new()),
                 '{' => depth += 1,
                 '}' => depth -= 1,
-                ',' if depth == 0 => start = true,
-                c if start && (c.is_alphanumeric() || c == '_') => ident.push(c),
-                c if start && c.is_whitespace() && ident.is_empty() => {}
-                _ => {
-                    if start && !ident.is_empty() {
-                        found.push(std::mem::take(&mut ident));
-                    }
-                    start = false;
-                }
+                _ => {}
+            }
+            if let Some(item) = items.last_mut().filter(|_| ch != ',' || depth > 0) {
+                item.push(ch);
             }
         }
-        if !ident.is_empty() {
-            found.push(ident);
+        let ident = |text: &str| -> String {
+            text.chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        };
+        for item in items {
+            let mut segments = item.trim_start().split("::");
+            let first = ident(segments.next().unwrap_or_default());
+            let second = segments.next().map(ident).unwrap_or_default();
+            match (first.is_empty(), second.is_empty()) {
+                (false, false) => found.push(format!("{first}::{second}")),
+                (false, true) => found.push(first),
+                _ => {}
+            }
         }
     };
     let scan = |prefix: &str, found_list: &mut dyn FnMut(&str)| {
@@ -189,11 +198,11 @@ fn imports(code: &str, top_level_file: bool) -> Vec<String> {
                     .map_or(group.len(), |(k, _)| k);
                 found_list(&group[..end]);
             } else {
-                let ident: String = rest
+                let path: String = rest
                     .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                     .collect();
-                found_list(&ident);
+                found_list(&path);
             }
         }
     };
@@ -209,9 +218,16 @@ fn violations(
     layers: &BTreeMap<String, u32>,
     files: &[(String, String)],
 ) -> Vec<(String, String, String)> {
+    // A module is its top-level module, unless a sub-module (`a::b`) has a row of its own.
+    let listed = |top: &str, sub: Option<&str>| match sub {
+        Some(sub) if layers.contains_key(&format!("{top}::{sub}")) => format!("{top}::{sub}"),
+        _ => top.to_string(),
+    };
     let mut bad = Vec::new();
     for (path, src) in files {
-        let module = path.split('/').next().unwrap().trim_end_matches(".rs");
+        let mut parts = path.split('/').map(|p| p.trim_end_matches(".rs"));
+        let top = parts.next().unwrap();
+        let module = &listed(top, parts.next());
         if module == "lib" {
             continue; // the crate root re-exports what users need
         }
@@ -223,9 +239,12 @@ fn violations(
             ));
             continue;
         };
-        let top_level_file = !path.contains('/') || path.ends_with("/mod.rs");
+        let top_level_file =
+            !path.contains('/') || path.ends_with("/mod.rs") && path.matches('/').count() == 1;
         for imported in imports(&code_only(src), top_level_file) {
-            if imported == module || imported == "self" {
+            let mut parts = imported.split("::");
+            let imported = listed(parts.next().unwrap(), parts.next());
+            if &imported == module || imported == "self" {
                 continue;
             }
             match layers.get(&imported) {
@@ -267,6 +286,7 @@ fn runtime_modules_import_only_lower_layers() {
     assert!(files.len() > 20, "read the runtime's sources");
     // Every module in the code is in the table, and every module in the table is in the code.
     for module in layers.keys() {
+        let module = module.replace("::", "/");
         assert!(
             files.iter().any(|(path, _)| path == &format!("{module}.rs")
                 || path.starts_with(&format!("{module}/"))),
@@ -321,4 +341,24 @@ fn the_checker_sees_upward_and_sideways_imports() {
     assert_eq!(violations(&layers, &through_root).len(), 1);
     let unlisted = [file("newcomer.rs", "")];
     assert_eq!(violations(&layers, &unlisted).len(), 1);
+    // `a::top` has a row of its own, above `b`: it may import `b` and `a`; `a` may not
+    // import it, nor may `b`.
+    let mut layers = layers;
+    layers.insert("a::top".to_string(), 5);
+    let sub = [
+        file(
+            "a/top/mod.rs",
+            "use crate::b::X; use crate::a::other::Y; use crate::a::top::Z;",
+        ),
+        file(
+            "a/top/inner.rs",
+            "use crate::{b::X, spend}; use crate::clock;",
+        ),
+    ];
+    assert_eq!(violations(&layers, &sub), vec![]);
+    let up_into_sub = [
+        file("a/mod.rs", "use crate::a::top::Z;"),
+        file("b.rs", "use crate::a::top::Z;"),
+    ];
+    assert_eq!(violations(&layers, &up_into_sub).len(), 2);
 }

@@ -27,3 +27,9 @@ pub mod reqwest;
 
 #[cfg(feature = "async-openai")]
 pub mod openai;
+
+#[cfg(feature = "tower")]
+pub mod tower;
+
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest_middleware;
