@@ -252,7 +252,7 @@ impl Tracker {
     /// assessment); returns whether to sample its latency ([`Tracker::latency`]).
     pub fn success(&self, first: bool) -> bool {
         let n = self.pending[usize::from(!first)].fetch_add(1, Ordering::AcqRel) + 1;
-        n <= LATENCY_SAMPLE_FIRST || n % LATENCY_SAMPLE_EVERY == 0
+        n <= LATENCY_SAMPLE_FIRST || n.is_multiple_of(LATENCY_SAMPLE_EVERY)
     }
 
     /// A sampled success's latency, counted in the second it ended.
