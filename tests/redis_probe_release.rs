@@ -143,7 +143,7 @@ async fn a_dropped_probe_frees_its_fleet_slot_at_once_and_without_redis_probes_a
         .with_prefix(&prefix)
         .unwrap()
         .with_timeout(STORE_TIMEOUT);
-    let lease = probe_lease(&config);
+    let lease = probe_lease(STORE_TIMEOUT);
     let other = RedisStore::new(&url, &config).unwrap();
     other.ping().await.unwrap();
     let leases_key = format!("{{{prefix}}}:probes:dropped");

@@ -33,7 +33,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use redis_server::RedisServer;
-use retry_runtime::store::{probe_lease, StoreConfig};
+use retry_runtime::store::probe_lease;
 use retry_runtime::{configure, resilient, Classify, Config, ErrorClass, Rejected};
 use tokio::sync::Notify;
 
@@ -313,11 +313,7 @@ fn main() {
     };
     let redis = server.url();
     let prefix = format!("probes-{}-{}", std::process::id(), unix_ms());
-    let lease = probe_lease(
-        &StoreConfig::redis(&redis)
-            .unwrap()
-            .with_timeout(STORE_TIMEOUT),
-    );
+    let lease = probe_lease(STORE_TIMEOUT);
     let started = Instant::now();
 
     let provider = Arc::new(Provider {

@@ -366,8 +366,9 @@ pub enum Update {
 /// The shortest lease a half-open probe holds in the store (see [`probe_lease`]).
 pub const PROBE_LEASE_MIN: Duration = Duration::from_secs(2);
 
-/// How long a half-open breaker's probe holds its fleet-wide slot unless renewed: ten of the
-/// store's timeouts, and at least [`PROBE_LEASE_MIN`] (2 s with the default 50 ms timeout).
+/// How long a half-open breaker's probe holds its fleet-wide slot unless renewed, for a store
+/// whose per-operation `timeout` is this ([`StoreConfig::with_timeout`]): ten timeouts, and
+/// at least [`PROBE_LEASE_MIN`] (2 s with the default 50 ms).
 ///
 /// The process that holds it renews it every third of it while the attempt runs, so a live
 /// probe keeps its slot however long it takes; one whose process dies (or loses the store)
@@ -377,15 +378,13 @@ pub const PROBE_LEASE_MIN: Duration = Duration::from_secs(2);
 ///
 /// ```
 /// use std::time::Duration;
-/// use retry_runtime::store::{probe_lease, StoreConfig};
+/// use retry_runtime::store::{probe_lease, DEFAULT_TIMEOUT};
 ///
-/// let config = StoreConfig::redis("redis://127.0.0.1:6379").unwrap();
-/// assert_eq!(probe_lease(&config), Duration::from_secs(2));
-/// let slow = config.with_timeout(Duration::from_millis(500));
-/// assert_eq!(probe_lease(&slow), Duration::from_secs(5));
+/// assert_eq!(probe_lease(DEFAULT_TIMEOUT), Duration::from_secs(2));
+/// assert_eq!(probe_lease(Duration::from_millis(500)), Duration::from_secs(5));
 /// ```
-pub fn probe_lease(config: &StoreConfig) -> Duration {
-    config.timeout().saturating_mul(10).max(PROBE_LEASE_MIN)
+pub fn probe_lease(timeout: Duration) -> Duration {
+    timeout.saturating_mul(10).max(PROBE_LEASE_MIN)
 }
 
 pub(crate) use crate::config::store::{env_url, redact};

@@ -110,7 +110,7 @@ impl Shared {
             reconnecting: AtomicBool::new(false),
             owed: Owed::default(),
             watchdog: Watchdog::new(config.timeout()),
-            probe_lease: super::probe_lease(config),
+            probe_lease: super::probe_lease(config.timeout()),
         }
     }
 
