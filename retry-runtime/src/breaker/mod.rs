@@ -7,7 +7,8 @@
 //! [`crate::regime`]). With a `failure_rate`, `failures` inside `window` that are that share
 //! of the calls instead. Open rejects at once for `cooldown`. Then HalfOpen admits exactly
 //! `probes` calls: a probe's success closes the breaker, its outage failure re-opens it. A
-//! probe whose future is dropped gives its slot back.
+//! probe whose future is dropped gives its slot back. With a shared store, `probes` counts
+//! the whole fleet's probes: the gate leases them in the store as well ([`crate::store`]).
 //!
 //! The state is one `AtomicU64` updated by a CAS loop around pure transition functions
 //! ([`State::admit`], [`State::on_result`], [`State::on_cancel`]); the failure times are a

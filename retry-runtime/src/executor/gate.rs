@@ -864,8 +864,15 @@ impl<'p> Gate<'p> {
     }
 
     fn record_breaker(&mut self, failure: Option<ErrorClass>, first: bool, started: Instant) {
-        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
-            let published = steps::record(
+        let Some(breaker) = self.breaker else {
+            return;
+        };
+        let lease = self.lease.take();
+        let Some(admission) = self.admission.take() else {
+            return; // (a lease is only held with an admission; dropped, it is given back)
+        };
+        let Some(lease) = lease else {
+            steps::record(
                 &mut self.notes(),
                 breaker,
                 admission,
@@ -873,14 +880,25 @@ impl<'p> Gate<'p> {
                 first,
                 started,
             );
-            if let (true, Some(lease)) = (published, self.lease.take()) {
-                // The transition's write ends the fleet's half-open period and its leases.
-                lease.forget();
-            }
-        }
-        // A probe whose result changed nothing (a stale one, or one the fleet's state had
-        // overtaken) gives its lease back.
-        self.lease = None;
+            return;
+        };
+        // One of the fleet's probes: this process's copy records it (its transitions are
+        // noted, not published), and the result goes to the store with the lease, which
+        // ends the fleet's half-open period if it still goes on. It re-opens it on a counted
+        // failure (or whatever re-opened the copy here, e.g. the regime), else closes it.
+        let to = steps::record_leased(
+            &mut self.notes(),
+            breaker,
+            admission,
+            failure,
+            first,
+            started,
+        );
+        let failed = match to {
+            Some(state) => state == BreakerState::Open,
+            None => failure.is_some_and(|class| breaker.counts(class)),
+        };
+        lease.end(failed.then(|| breaker.config().cooldown));
     }
 
     /// Where this call's transitions go (see [`steps::Notes`]).
@@ -971,36 +989,45 @@ pub(super) mod steps {
             }
         }
 
-        /// A transition of this process's breaker: to the fleet, and noted. Whether one was
-        /// published (an open or a close: either ends the fleet's half-open period).
-        #[inline]
-        pub fn publish(
+        /// A transition of this process's breaker: noted, and to the fleet with `fleet` (a
+        /// leased probe's result goes to the store with its lease instead).
+        #[inline(always)]
+        fn publish_if(
             &mut self,
             breaker: &'static Breaker,
             transition: Option<Transition>,
-        ) -> bool {
-            match transition {
-                Some(t) => {
+            fleet: bool,
+        ) {
+            if transition.is_some() {
+                if fleet {
                     to_fleet(breaker, transition);
-                    self.note(transition);
-                    t.to != BreakerState::HalfOpen
                 }
-                None => false,
+                self.note(transition);
             }
         }
 
         /// What the breaker's regime said: a change of regime (an event), and a transition if
-        /// it opened the breaker (published and noted; whether it was).
+        /// it opened the breaker (published and noted).
         #[inline]
         pub fn news(
             &mut self,
             breaker: &'static Breaker,
+            news: (Option<crate::regime::Change>, Option<Transition>),
+        ) {
+            self.news_if(breaker, news, true);
+        }
+
+        #[inline(always)]
+        fn news_if(
+            &mut self,
+            breaker: &'static Breaker,
             (change, opened): (Option<crate::regime::Change>, Option<Transition>),
-        ) -> bool {
+            fleet: bool,
+        ) {
             if let Some(change) = change {
                 report::regime_changed(self.function, breaker.name(), change);
             }
-            self.publish(breaker, opened)
+            self.publish_if(breaker, opened, fleet);
         }
     }
 
@@ -1048,7 +1075,6 @@ pub(super) mod steps {
     }
 
     /// The attempt's result (`failure`: its class; `None` for a success), `started` at.
-    /// Whether a transition (an open or a close) was published to the fleet.
     #[inline]
     pub(in crate::executor) fn record(
         notes: &mut Notes<'_>,
@@ -1057,13 +1083,45 @@ pub(super) mod steps {
         failure: Option<ErrorClass>,
         first: bool,
         started: Instant,
-    ) -> bool {
-        let opened = notes.news(breaker, breaker.observe(first, failure, started));
+    ) {
+        record_if(notes, breaker, admission, failure, first, started, true);
+    }
+
+    /// [`record`] for one of the fleet's probes, whose result goes to the store with its
+    /// lease: this process's transitions are noted, not published. The state the last of
+    /// them went to, if any.
+    pub(in crate::executor) fn record_leased(
+        notes: &mut Notes<'_>,
+        breaker: &'static Breaker,
+        admission: Admission,
+        failure: Option<ErrorClass>,
+        first: bool,
+        started: Instant,
+    ) -> Option<BreakerState> {
+        record_if(notes, breaker, admission, failure, first, started, false)
+    }
+
+    #[inline(always)]
+    fn record_if(
+        notes: &mut Notes<'_>,
+        breaker: &'static Breaker,
+        admission: Admission,
+        failure: Option<ErrorClass>,
+        first: bool,
+        started: Instant,
+        fleet: bool,
+    ) -> Option<BreakerState> {
+        let (change, opened) = breaker.observe(first, failure, started);
+        let mut to = opened.map(|t| t.to);
+        notes.news_if(breaker, (change, opened), fleet);
         if admission == Admission::Normal && breaker.is_quiet(failure) {
             breaker.end_run();
-            return opened;
+            return to;
         }
-        notes.publish(breaker, breaker.record(admission, failure, now_ms())) || opened
+        let recorded = breaker.record(admission, failure, now_ms());
+        to = recorded.map(|t| t.to).or(to);
+        notes.publish_if(breaker, recorded, fleet);
+        to
     }
 }
 

@@ -267,6 +267,30 @@ impl MemoryStore {
         out
     }
 
+    /// Store an open state of `cooldown` (a new generation), which ends the half-open period
+    /// and its probe leases.
+    fn open(state: &mut State, breaker: &str, cooldown: Duration, now_us: u64) {
+        let now_ms = now_us / 1000;
+        let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        // As in Redis: max(now, old + 1), where an expired entry is no entry.
+        let generation = state
+            .breakers
+            .get(breaker)
+            .filter(|&&(_, _, expires)| expires > now_us)
+            .map_or(0, |&(_, g, _)| g);
+        let until = now_ms.saturating_add(cooldown_ms);
+        let keep_ms = cooldown_ms.saturating_add(cooldown_ms.max(60_000));
+        state.breakers.insert(
+            breaker.to_owned(),
+            (
+                until,
+                now_us.max(generation + 1),
+                now_us.saturating_add(keep_ms.saturating_mul(1000)),
+            ),
+        );
+        state.probes.remove(breaker);
+    }
+
     fn update_now(&self, update: &Update, now_us: u64) {
         let now_ms = now_us / 1000;
         let mut state = self.lock();
@@ -308,8 +332,7 @@ impl MemoryStore {
                 cooldown,
                 force,
             } => {
-                let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
-                let (until, generation, expires) = state
+                let (until, _, expires) = state
                     .breakers
                     .get(breaker)
                     .copied()
@@ -318,17 +341,27 @@ impl MemoryStore {
                 if !force && until > now_ms && expires > now_us {
                     return;
                 }
-                let until = now_ms.saturating_add(cooldown_ms);
-                let keep_ms = cooldown_ms.saturating_add(cooldown_ms.max(60_000));
-                state.breakers.insert(
-                    breaker.to_owned(),
-                    (
-                        until,
-                        now_us.max(generation + 1),
-                        now_us.saturating_add(keep_ms.saturating_mul(1000)),
-                    ),
-                );
-                state.probes.remove(breaker);
+                Self::open(&mut state, breaker, cooldown, now_us);
+            }
+            Update::ProbeEnded {
+                breaker,
+                token,
+                reopen,
+            } => {
+                let leased = state
+                    .probes
+                    .get(breaker)
+                    .is_some_and(|leases| leases.contains_key(&token));
+                if !leased {
+                    return;
+                }
+                match reopen {
+                    Some(cooldown) => Self::open(&mut state, breaker, cooldown, now_us),
+                    None => {
+                        state.breakers.remove(breaker);
+                        state.probes.remove(breaker);
+                    }
+                }
             }
             Update::BreakerClosed { breaker } => {
                 state.breakers.remove(breaker);
@@ -532,7 +565,7 @@ mod tests {
             std::future::ready(())
         };
         crate::store::probe::rules::probe_leases(&s, "b", Duration::from_secs(2), pass).await;
-        assert_eq!(s.probe_leases("b"), 2);
+        assert_eq!(s.probe_leases("b"), 0, "the close ended them");
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@
 //! * **Half-open probes, fleet-wide.** While the breaker's shared open state has cooled down,
 //!   the same round trip takes one of its `probes` leases (or refuses the attempt): the fleet
 //!   sends exactly `probes` probes at a time. A lease lasts [`probe_lease`] unless its holder
-//!   renews it (every third of it, while the attempt runs); the probe's result ends the
+//!   renews it (every third of it, while the attempt runs); the first probe's result ends the
 //!   half-open period and every lease in it, and a dropped probe gives its lease back at once.
 //!   A process that dies holding one frees it when it lapses, at most one lease later.
 //! * **After the attempt**, settling the pool (real cost minus reservation), giving a dropped
@@ -353,8 +353,21 @@ pub enum Update {
         /// How long it holds from now.
         lease: Duration,
     },
-    /// A probe ended without ending its half-open period (it was dropped, or its result came
-    /// too late to count): give its lease back.
+    /// A leased probe's result: it ends its half-open period, re-opening the breaker for
+    /// `cooldown` (`Some`: it failed) or closing it (`None`: the provider answered), if the
+    /// period is still the one it was leased in (its lease is still in the store); otherwise
+    /// (another probe's result ended it first, or the lease lapsed and another was taken)
+    /// nothing changes.
+    ProbeEnded {
+        /// The breaker.
+        breaker: &'static str,
+        /// The lease's token ([`ProbeAsk::token`]).
+        token: u64,
+        /// Re-open for this long; `None`: close.
+        reopen: Option<Duration>,
+    },
+    /// A probe ended without a result (it was dropped, or refused by a later check of its
+    /// admission): give its lease back.
     ProbeReleased {
         /// The breaker.
         breaker: &'static str,

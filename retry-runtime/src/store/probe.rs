@@ -2,12 +2,15 @@
 //! runs (see [`super::probe_lease`]).
 //!
 //! The lease is asked for in the attempt's admission (one round trip with the rest of it).
-//! Held, it is renewed every third of its length on the store's thread; the attempt's result
-//! ends the half-open period in the store (the breaker's transition, published as usual,
-//! deletes every lease of the period with it), and a probe that ends without one (dropped,
-//! refused after all, or a result that no longer counts) gives its lease back at once. What
-//! cannot be sent (the process died, the store is away) lapses in the store, at most one
-//! lease after the last renewal.
+//! Held, it is renewed every third of its length on the store's thread. The attempt's result
+//! ends the half-open period in the store ([`ProbeLease::end`]: re-open or close, and every
+//! lease of the period goes with it), if the period is still the one it was leased in: the
+//! first result of a period decides it, as in one process. A probe that ends without a
+//! result (dropped, or refused after all) gives its lease back at once. What cannot be sent
+//! (the process died, the store is away) lapses in the store, at most one lease after the
+//! last renewal.
+
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -60,10 +63,20 @@ impl ProbeLease {
         self
     }
 
-    /// Nothing to give back: the store did not grant it, or the probe's result was published
-    /// as the breaker's transition, which ends the period and its leases in the store.
+    /// Nothing to give back: the store did not grant it.
     pub(crate) fn forget(mut self) {
         self.release = false;
+    }
+
+    /// The probe's result: re-open the fleet's breaker for `reopen` (it failed) or close it
+    /// (`None`: the provider answered), if its half-open period goes on (in the background).
+    pub(crate) fn end(mut self, reopen: Option<Duration>) {
+        self.release = false;
+        self.shared.send(Update::ProbeEnded {
+            breaker: self.breaker,
+            token: self.token,
+            reopen,
+        });
     }
 }
 
@@ -254,6 +267,37 @@ pub(crate) mod rules {
         assert!(
             leased(admit(store, probe(14)).await),
             "the close ended the old leases"
+        );
+
+        // A probe's result ends its period; the first one decides it, as in one process.
+        let ended = |token, reopen| Update::ProbeEnded {
+            breaker: name,
+            token,
+            reopen,
+        };
+        let look = || ask(name, None, lease);
+        update(store, ended(13, Some(cooldown))).await;
+        assert_eq!(verdict(admit(store, look()).await), Verdict::BreakerOpen);
+        update(store, ended(14, None)).await;
+        assert_eq!(
+            verdict(admit(store, look()).await),
+            Verdict::BreakerOpen,
+            "a later result of the same period changes nothing"
+        );
+        pass(cooldown).await;
+        assert!(leased(admit(store, probe(15)).await), "a fresh period");
+        update(store, ended(16, Some(cooldown))).await;
+        assert_eq!(
+            verdict(admit(store, probe(17)).await),
+            Verdict::Admitted,
+            "a token that holds no lease ends nothing"
+        );
+        update(store, ended(15, None)).await;
+        let closed = admit(store, look()).await;
+        assert_eq!(
+            (closed.verdict, closed.breaker.unwrap().open_for),
+            (Verdict::Admitted, None),
+            "its success closed the breaker"
         );
     }
 

@@ -11,11 +11,12 @@
 //! | `{P}:pace:NAME` | integer | GCRA theoretical arrival time (µs, Redis time) | 1 s after it passes |
 //! | `{P}:probes:NAME` | sorted set | half-open probe leases: token, scored by expiry (ms) | when its last lease lapses |
 //!
-//! Five Lua scripts, each one round trip (`EVALSHA`, loaded on connect): `admit` (breaker
+//! Six Lua scripts, each one round trip (`EVALSHA`, loaded on connect): `admit` (breaker
 //! check and probe lease, retry budget, pacer slot, pool reservation: all checks, then all
 //! writes), `settle` (also used to add reconciled spend), `release`, `breaker_open` (which
-//! also ends the probe leases), `probe_renew`; a closed breaker is one `DEL` of its state and
-//! its leases, a released lease a `ZREM`.
+//! also ends the probe leases), `probe_renew`, `probe_end` (a leased probe's result, applied
+//! only if its lease is still there); a closed breaker is one `DEL` of its state and its
+//! leases, a released lease a `ZREM`.
 //! Every time comes from `redis.call('TIME')`, never from a process's clock.
 //!
 //! Connections: one opened by [`Store::ping`] (on the store's thread, when the runtime uses
@@ -70,12 +71,18 @@ pub const BREAKER_OPEN_LUA: &str = include_str!("scripts/breaker_open.lua");
 /// `lease_ms` from now; one that lapsed (or whose period ended) is not taken again.
 pub const PROBE_RENEW_LUA: &str = include_str!("scripts/probe_renew.lua");
 
+#[doc(hidden)]
+/// The probe-result script. ARGV: prefix, breaker, token, cooldown_ms ('': close). Applied
+/// only while the token's lease is in the store (the period it was leased in goes on).
+pub const PROBE_END_LUA: &str = include_str!("scripts/probe_end.lua");
+
 struct Scripts {
     admit: Script,
     settle: Script,
     release: Script,
     breaker_open: Script,
     probe_renew: Script,
+    probe_end: Script,
 }
 
 /// The connection `ping` opened, and the runtime its I/O runs on.
@@ -197,6 +204,7 @@ impl RedisStore {
                 release: Script::new(RELEASE_LUA),
                 breaker_open: Script::new(BREAKER_OPEN_LUA),
                 probe_renew: Script::new(PROBE_RENEW_LUA),
+                probe_end: Script::new(PROBE_END_LUA),
             },
         })
     }
@@ -316,6 +324,7 @@ impl RedisStore {
             &self.scripts.release,
             &self.scripts.breaker_open,
             &self.scripts.probe_renew,
+            &self.scripts.probe_end,
         ] {
             script
                 .prepare_invoke()
@@ -475,6 +484,23 @@ impl RedisStore {
                     .arg(token)
                     .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
                 (&self.scripts.probe_renew, cmd)
+            }
+            Update::ProbeEnded {
+                breaker,
+                token,
+                reopen,
+            } => {
+                let mut cmd = evalsha(&self.scripts.probe_end);
+                cmd.arg(prefix).arg(breaker).arg(token);
+                match reopen {
+                    Some(cooldown) => {
+                        cmd.arg(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
+                    }
+                    None => {
+                        cmd.arg("");
+                    }
+                }
+                (&self.scripts.probe_end, cmd)
             }
             Update::ProbeReleased { breaker, token } => {
                 let mut cmd = ::redis::cmd("ZREM");
@@ -810,6 +836,20 @@ mod tests {
         let lease = Duration::from_millis(600);
         crate::store::probe::rules::probe_leases(&s, "b", lease, pass).await;
         // The leases' set expires with its last lease.
+        s.update(Update::BreakerOpened {
+            breaker: "b",
+            cooldown: Duration::ZERO,
+            force: true,
+        })
+        .await
+        .unwrap();
+        let mut ask = breaker_ask(false, None);
+        ask.probe = Some(crate::store::ProbeAsk {
+            token: 99,
+            probes: 1,
+            lease_ms: 600,
+        });
+        assert!(s.admit(ask).await.unwrap().leased);
         let mut c = s.connection().unwrap();
         let ttl: i64 = ::redis::cmd("PTTL")
             .arg("{t-probes}:probes:b")

@@ -578,8 +578,14 @@ impl Owed {
     /// closed one. The open state, to confirm once the store has it.
     fn sending(&self, update: &Update) -> Option<Opened> {
         match *update {
+            // A leased probe that failed re-opens the breaker as a failed local probe does.
             Update::BreakerOpened {
                 breaker, cooldown, ..
+            }
+            | Update::ProbeEnded {
+                breaker,
+                reopen: Some(cooldown),
+                ..
             } => {
                 let now = Instant::now();
                 let opened = Opened {
@@ -592,7 +598,12 @@ impl Owed {
                 self.breakers_mut(|b| b.insert(breaker, (opened, None)));
                 Some(opened)
             }
-            Update::BreakerClosed { breaker } => {
+            Update::BreakerClosed { breaker }
+            | Update::ProbeEnded {
+                breaker,
+                reopen: None,
+                ..
+            } => {
                 self.breakers_mut(|b| b.remove(breaker));
                 None
             }
@@ -623,6 +634,7 @@ impl Owed {
             Update::Release { .. }
             | Update::BreakerOpened { .. }
             | Update::BreakerClosed { .. }
+            | Update::ProbeEnded { .. }
             | Update::ProbeRenewed { .. }
             | Update::ProbeReleased { .. } => {}
         }
