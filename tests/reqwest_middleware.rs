@@ -85,6 +85,34 @@ async fn a_three_attempt_policy_makes_exactly_three_requests_and_returns_the_las
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_error_body_is_read_in_part_and_handed_on_whole() {
+    setup();
+    // 100 KiB: the middleware reads its first 2 KiB (and the chunk they came in), the rest is
+    // handed on unread behind them.
+    let page: String = (0..100 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let server = MockServer::start([Reply::status(500).body(page.clone())]).await;
+    let (out, report) = observe(ours(&SITE).get(server.url("/v1/models")).send()).await;
+    let response = out.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.headers()["content-length"],
+        page.len().to_string().as_str()
+    );
+    assert!(
+        response.url().as_str().ends_with("/v1/models"),
+        "the URL kept"
+    );
+    assert!(
+        response.text().await.unwrap() == page,
+        "every byte, in order"
+    );
+    assert_eq!(server.hits(), 3);
+    assert_eq!(report.attempts()[0].class, Some(ErrorClass::Status(500)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_400_is_sent_once() {
     setup();
     let body = openai_error("invalid_request_error", "invalid_value", "Bad value");

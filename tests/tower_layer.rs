@@ -146,6 +146,28 @@ async fn a_429s_retry_after_is_the_wait_through_either_inner_service() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_wait_longer_than_max_retry_after_ends_the_call_with_that_answer() {
+    setup();
+    let server = MockServer::start([rate_limited("60")]).await;
+    let start = Instant::now();
+    let (out, report) = observe(ask(&over_reqwest_service(&server, &SITE))).await;
+    assert!(matches!(out, Err(OpenAIError::ApiError(ref e)) if e.status_code == 429));
+    assert_eq!(
+        server.hits(),
+        1,
+        "not retried early against the server's wish"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "and not waited for either");
+    assert_eq!(
+        report.stop(),
+        Some(&StopReason::RetryAfterTooLong {
+            requested: 60 * S,
+            max: 10 * S
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_400_is_sent_once_and_async_openai_reads_the_answer_the_layer_gave_back() {
     setup();
     let body = openai_error(
