@@ -47,9 +47,10 @@
 //!   kept; with async-openai's `ReqwestService`, as a failed answer.
 //! - **The runtime's own verdicts** (the breaker open, a pool or the pacer refusing, an attempt
 //!   cut at its `timeout` or the call's `deadline`) are errors: `S::Error: From<Rejected>`, as
-//!   for a `#[resilient]` function's error type. async-openai's `OpenAIError`, tower's
-//!   `BoxError` and `integrations::reqwest::CallError` have it; a refusal is returned before
-//!   the inner service sees the request.
+//!   for a `#[resilient]` function's error type. async-openai's `OpenAIError`,
+//!   `integrations::reqwest::CallError` and [`AnyError`](crate::AnyError) (for a stack whose
+//!   errors are boxed) have it, with `Classify`; a refusal is returned before the inner
+//!   service sees the request.
 //!
 //! # Spend
 //!
