@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{fail, ok, slow, ApiError, ScriptedProvider, Step};
 use retry_runtime::testing::{isolated, seed_jitter};
 use retry_runtime::{
-    config, configure, observe, resilient, retry, retry_on, Backoff, CallReport, CallSite, Config,
+    configure, observe, resilient, retry, retry_on, Backoff, CallReport, CallSite, Config,
     ErrorClass, Policy, StopReason,
 };
 
@@ -109,7 +109,7 @@ async fn run(way: Way, script: Vec<Step>, seed: u64) -> (Result<String, ApiError
             Way::Attribute => observe(by_attribute(&provider)).await,
             Way::Builder => observe(retry(by_builder(), || provider.call())).await,
             Way::Toml => {
-                let site = config::policy("rtp.toml").unwrap();
+                let site = CallSite::configured("rtp.toml").unwrap();
                 observe(retry(site, || provider.call())).await
             }
         }
@@ -190,13 +190,13 @@ async fn the_same_when_attempts_run_out() {
 #[tokio::test]
 async fn a_policy_the_configuration_lacks_is_an_error_naming_the_closest() {
     setup();
-    let error = config::policy("rtp.tmol").unwrap_err().to_string();
+    let error = CallSite::configured("rtp.tmol").unwrap_err().to_string();
     assert!(error.contains("did you mean `rtp.toml`"), "{error}");
     // The same site on every lookup: one label, one estimate, one breaker slot.
-    let first = config::policy("rtp.toml").unwrap() as *const CallSite;
+    let first = CallSite::configured("rtp.toml").unwrap() as *const CallSite;
     assert_eq!(
         first,
-        config::policy("rtp.toml").unwrap() as *const CallSite
+        CallSite::configured("rtp.toml").unwrap() as *const CallSite
     );
 }
 

@@ -41,7 +41,7 @@
 //!
 //! [policy.complete]        # a policy built at run time: the attribute's keys and spellings,
 //! backoff = "exp_jitter"   # checked by its rules (see `Policy::builder`); use it with
-//! max = 5                  # `retry(config::policy("complete")?, op)` or an HTTP layer
+//! max = 5                  # `retry(CallSite::configured("complete")?, op)`, or an HTTP layer
 //! base = "200ms"
 //! timeout = "20s"
 //! retry_on = [429, "500..=599", "timeout"]
@@ -59,7 +59,6 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::executor::CallSite;
 use crate::policy::{Policy, PolicyBuilder, Retryable};
 use crate::spend::{Budget, Price};
 
@@ -254,7 +253,7 @@ pub enum ConfigError {
     /// `RETRY_RUNTIME_CONFIG`); it is set once, never silently replaced.
     #[error("retry-runtime is already configured; configure() may be called once, before the first call")]
     AlreadyConfigured,
-    /// [`config::policy`](policy()) was asked for a name the configuration has no
+    /// [`CallSite::configured`](crate::CallSite::configured) was asked for a name the configuration has no
     /// `[policy.NAME]` section for.
     #[error("no policy `{name}` in the retry-runtime configuration{}", .closest.as_ref().map(|c| format!("; did you mean `{c}`?")).unwrap_or_else(|| " (it configures no policy)".to_string()))]
     UnknownPolicy {
@@ -392,7 +391,10 @@ impl Config {
 
     /// Add (or replace) a policy built at run time, named by its builder's name; checked
     /// here, with the attribute's rules, so that a bad one is this call's error.
-    pub fn with_policy(mut self, policy: PolicyBuilder) -> Result<Self, crate::PolicyError> {
+    pub fn with_policy(
+        mut self,
+        policy: PolicyBuilder,
+    ) -> Result<Self, crate::policy::PolicyError> {
         policy.check()?;
         self.policies.insert(policy.name().to_owned(), policy);
         Ok(self)
@@ -400,7 +402,7 @@ impl Config {
 
     /// The policy `name` (a `[policy.NAME]` section, or [`with_policy`](Self::with_policy)),
     /// checked and ready to [`build`](PolicyBuilder::build); for the installed configuration's
-    /// policies, [`config::policy`](policy()) builds each one once.
+    /// policies, [`CallSite::configured`](crate::CallSite::configured) builds each one once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -506,21 +508,14 @@ fn read(reader: &'static str) -> &'static Config {
     })
 }
 
-/// The call site of the policy `name` from the process-wide configuration (its
-/// `[policy.NAME]` section, or [`Config::with_policy`]), built on first use and the same site
-/// for every later lookup: one breaker slot, one cost estimate, one label in reports.
-///
-/// A name the configuration does not have is an error naming the closest one it has: a
-/// policy that silently fell back to defaults would be a limit failing open.
-pub fn policy(name: &str) -> Result<&'static CallSite<'static>, ConfigError> {
-    static BUILT: Mutex<BTreeMap<String, &'static CallSite<'static>>> = Mutex::new(BTreeMap::new());
-    let mut built = lock(&BUILT);
-    if let Some(site) = built.get(name) {
-        return Ok(site);
-    }
+/// The policy `name` of the process-wide configuration, read by
+/// [`CallSite::configured`](crate::CallSite::configured): a name it lacks is an error naming
+/// the closest one it has.
+pub(crate) fn policy_config(name: &str) -> Result<PolicyBuilder, ConfigError> {
     let config = read("[policy]");
-    let Some(policy) = config.policy(name) else {
-        return Err(ConfigError::UnknownPolicy {
+    match config.policy(name) {
+        Some(policy) => Ok(policy.clone()),
+        None => Err(ConfigError::UnknownPolicy {
             name: name.to_owned(),
             closest: config
                 .policies
@@ -528,17 +523,8 @@ pub fn policy(name: &str) -> Result<&'static CallSite<'static>, ConfigError> {
                 .map(|known| (strsim::damerau_levenshtein(name, known), known))
                 .min()
                 .map(|(_, known)| known.clone()),
-        });
-    };
-    let site = policy
-        .clone()
-        .build()
-        .map_err(|error| ConfigError::Invalid {
-            path: None,
-            message: error.to_string(),
-        })?;
-    built.insert(name.to_owned(), site);
-    Ok(site)
+        }),
+    }
 }
 
 /// The settings of the breaker `name`, read by that breaker.

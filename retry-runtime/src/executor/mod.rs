@@ -42,6 +42,7 @@ use crate::classify::Classify;
 use crate::rejected::CanReject;
 use crate::spend::Spend;
 
+mod built;
 mod call;
 mod decide;
 mod fallbacks;

@@ -7,19 +7,20 @@ use std::time::Duration;
 use retry_grammar::policy as rules;
 
 use crate::backoff::Backoff;
-use crate::executor::CallSite;
 use crate::policy::{CodeRange, Policy, RetryOn};
 use crate::spend::{Budget, Unit};
 
 /// A retry policy built at run time: from code, or from a `[policy.NAME]` section of the
-/// configuration ([`Config::policy`](crate::Config::policy)). The attribute stays the first
+/// configuration ([`Config::policy`](crate::Config::policy),
+/// [`CallSite::configured`](crate::CallSite::configured)). The attribute stays the first
 /// way in (checked at compile time, no lookup); this is for policies that live in
 /// configuration, and for the HTTP-layer integrations.
 ///
 /// Every value is checked by the same rules as `#[resilient]` and `#[retry_on]`, and refused
 /// in the same words; [`build`](Self::build) reports every problem at once. What it builds is
-/// a [`CallSite`] for the one executor ([`retry`](crate::retry), the integrations' layers): the
+/// a [`CallSite`](crate::CallSite) for the one executor ([`retry`](crate::retry), the integrations' layers): the
 /// same loop, backoff, breaker, pacer, pools and reports as the attribute's.
+/// [`CallSite::configured`](crate::CallSite::configured) builds the installed configuration's.
 ///
 /// The keys are the attribute's, less what only code can say: `fallback` (and `stale_for`,
 /// `queue_wait`, `key`) and the streaming keys (`first_token`, `idle`) are written at the call
@@ -307,13 +308,10 @@ impl PolicyBuilder {
         Ok(policy)
     }
 
-    /// Build the call site: checked as [`check`](Self::check) does, then kept for the life of
-    /// the process, like the attribute's `static`s (so build each policy once, at startup,
-    /// not per call: each build is a call site of its own, with its own cache and estimates,
-    /// though breakers, pools and pacers are shared by name as always).
-    pub fn build(self) -> Result<&'static CallSite<'static>, PolicyError> {
-        let policy: &'static Policy = Box::leak(Box::new(self.policy()?));
-        Ok(Box::leak(Box::new(CallSite::new(policy))))
+    /// The policy, checked as [`check`](Self::check) does, its names kept for the life of the
+    /// process; [`build`](Self::build) makes it a call site.
+    pub(crate) fn leak_policy(&self) -> Result<&'static Policy, PolicyError> {
+        Ok(Box::leak(Box::new(self.policy()?)))
     }
 
     fn checked(&self) -> Result<Checked, PolicyError> {
@@ -390,7 +388,7 @@ impl PolicyBuilder {
     }
 }
 
-/// What checking found, owned: [`PolicyBuilder::build`] keeps it.
+/// What checking found, owned: `PolicyBuilder::policy` keeps it.
 struct Checked {
     max: u32,
     base: Duration,
