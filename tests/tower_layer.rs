@@ -32,7 +32,7 @@ const MS: Duration = Duration::from_millis(1);
 fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let config = Config::default().with_breaker(
+        let config = Config::from_toml_str(CONFIGURED).unwrap().with_breaker(
             "tower-breaker",
             BreakerConfig {
                 failures: 2,
@@ -44,6 +44,28 @@ fn setup() {
         configure(config).expect("first and only configure");
     });
 }
+
+/// A policy from the configuration, with a breaker, a token pool and a pacer of one request a
+/// second: what a service configures once and hands to its HTTP client.
+const CONFIGURED: &str = r#"
+[policy."tower_layer.configured"]
+max = 3
+base = "1ms"
+max_retry_after = "10s"
+retry_on = [429, "500..=599", "timeout", "transport"]
+breaker = "tower-combo"
+pool = "tower-tokens"
+pace = "tower-pace"
+
+[pool.tower-tokens]
+limit = "12tok"
+window = "1h"
+
+[pace.tower-pace]
+rpm = 60
+burst = "1s"
+adaptive = false
+"#;
 
 static POLICY: Policy = Policy::new("tower_layer::openai")
     .with_max_attempts(3)
@@ -361,4 +383,58 @@ async fn each_attempt_runs_in_its_context_with_one_idempotency_key() {
     assert_eq!(report.attempts().len(), 3);
     assert_eq!(report.stop(), Some(&StopReason::Success));
     assert_eq!(current_attempt(), None, "no context outside the call");
+}
+
+// ---- a policy from the configuration, with everything a call site meets -----------------
+
+#[tokio::test(start_paused = true)]
+async fn a_configured_policy_drives_the_layer_with_its_breaker_pool_and_pacer() {
+    setup();
+    let site = CallSite::configured("tower_layer.configured").unwrap();
+    let server = MockServer::start([
+        rate_limited("2"),
+        Reply::status(200).json(&chat_completion("one")),
+        Reply::status(200).json(&chat_completion("two")),
+        Reply::status(200).json(&chat_completion("three")),
+    ])
+    .await;
+    let client = over_single_attempt(&server, site);
+
+    // A 429 waits its header's 2 s, then the answer; the pool is charged its usage.
+    let start = Instant::now();
+    let (out, report) = observe(ask(&client)).await;
+    assert_eq!(out.unwrap(), "one");
+    assert_eq!(start.elapsed(), 2 * S);
+    assert_eq!(report.function(), "tower_layer.configured");
+    assert_eq!(report.breaker(), Some("tower-combo"));
+    assert_eq!(report.attempts()[1].delay_before, 2 * S);
+    assert_eq!(
+        retry_runtime::pool_usage("tower-tokens").unwrap().committed,
+        Spend::from_tokens(5)
+    );
+
+    // The next call right away waits its turn in the pacer's line (one a second).
+    let (out, report) = observe(ask(&client)).await;
+    assert_eq!(out.unwrap(), "two");
+    assert!(report.paced() >= Duration::from_millis(900), "{report}");
+    assert_eq!(
+        retry_runtime::pool_usage("tower-tokens").unwrap().committed,
+        Spend::from_tokens(10)
+    );
+
+    // The pool has 2 of its 12 tokens left, less than an answer costs: the third call is
+    // refused before anything is sent.
+    let hits = server.hits();
+    let (out, report) = observe(ask(&client)).await;
+    assert_eq!(server.hits(), hits, "refused before sending");
+    match out.unwrap_err() {
+        OpenAIError::Boxed(inner) => {
+            assert!(inner.downcast_ref::<Rejected>().is_some(), "{inner:?}")
+        }
+        other => panic!("expected the runtime's refusal, got {other:?}"),
+    }
+    assert!(
+        matches!(report.stop(), Some(StopReason::BudgetExhausted { .. })),
+        "{report}"
+    );
 }
