@@ -30,6 +30,8 @@ use crate::classify::{Classify, ErrorClass, ProviderLimits};
 
 pub use error::{HttpError, BODY_SNIPPET_LIMIT};
 pub use headers::{LimitWindow, RateLimitHint, RETRY_AFTER, RETRY_AFTER_MS, X_SHOULD_RETRY};
+// Only async-openai's prompt estimate prices a prompt by its length.
+#[cfg(feature = "async-openai")]
 pub(crate) use spend::prompt_cost;
 pub use spend::{priced, request_prompt, stream_cut_bill};
 pub use stream::{stream_event_class, StreamEvent, StreamEventError};
