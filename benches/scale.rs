@@ -22,7 +22,8 @@
 //! in rounds, each round visiting every row (starting one further on each time), so that a
 //! drift of the machine hits all rows alike; ratios are the median of the per-round ratios.
 //! Run with `cargo bench --bench scale` (about a minute; `SCALE_ROUNDS=n` for more or fewer
-//! rounds); the numbers are in `docs/PERFORMANCE.md`.
+//! rounds, `SCALE_THREADS=1` or `2` for one runtime size); the numbers are in
+//! `docs/PERFORMANCE.md`.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -244,8 +245,12 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS)
         .max(1);
+    // `SCALE_THREADS=2` (or `1`) measures one runtime size only, e.g. to profile it.
+    let only: Option<usize> = std::env::var("SCALE_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok());
     let mut rows = Vec::new();
-    for threads in THREADS {
+    for threads in THREADS.into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         rows.push(Row {
             threads,
             kind: Kind::Free,

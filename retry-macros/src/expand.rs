@@ -373,11 +373,17 @@ pub fn expand(
     } else {
         attempt_body.clone()
     };
+    // A guarded attempt awaits its admission (a future the runtime compiled once), then the
+    // attempt under its limit (the only part generic over the body).
+    let admitted = syn::Ident::new("__resilient_admitted", Span::mixed_site());
     let run_attempt = match policy.reject_span {
         Some(span) => {
-            let head = respan(quote!(#call.attempt_guarded), span);
+            let head = respan(quote!(#call.run), span);
             let tail = respan(quote!(.await), span);
-            quote!(#head(#body_in)#tail)
+            quote!({
+                let #admitted = #call.admit().await;
+                #head(#admitted, #body_in)#tail
+            })
         }
         None => quote!(#call.attempt(#body_in).await),
     };
@@ -452,7 +458,18 @@ pub fn expand(
     } else {
         (quote!(#call.done(#result)), not_a_stream)
     };
-    let body = if policy.fallback.is_empty() {
+    // `fallback = cached` alone: one call at the end (remember, serve if the call ended in an
+    // outage, finish), where a chain needs its steps spelled out.
+    let cached_only = matches!(policy.fallback.as_slice(), [Fallback::Cached(_)]);
+    let body = if let (true, false, Some(_)) = (cached_only, streaming, &key_stmt) {
+        // A missing `Clone` is reported at the return type.
+        let finish = respan(quote!(#call.done_cached(#key, #result)), ret_span);
+        quote! {
+            let #result = #attempts;
+            #not_a_stream
+            #finish
+        }
+    } else if policy.fallback.is_empty() {
         quote! {
             let #result = #attempts;
             #not_a_stream

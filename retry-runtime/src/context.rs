@@ -156,27 +156,52 @@ fn process_prefix() -> u64 {
 pub(crate) fn scope<F: Future>(number: u32, key: IdempotencyKey, attempt: F) -> InAttempt<F> {
     InAttempt {
         attempt,
-        context: AttemptContext { number, key },
-        bill: (0, 0),
+        slot: Slot::new(number, key),
+    }
+}
+
+/// What an attempt's future carries of its attempt: its context, and what its body said it
+/// will be billed if cut (micro-dollars, tokens), made current on the polling thread around
+/// each poll of the body ([`Slot::enter`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    context: AttemptContext,
+    bill: (u64, u64),
+}
+
+impl Slot {
+    /// Attempt `number` of the call keyed `key`, nothing billed yet.
+    #[inline]
+    pub(crate) fn new(number: u32, key: IdempotencyKey) -> Slot {
+        Slot {
+            context: AttemptContext { number, key },
+            bill: (0, 0),
+        }
+    }
+
+    /// Make the attempt current on this thread until the guard is dropped: two thread-local
+    /// writes (the context in, the one before it back), no allocation. What the body said
+    /// it will be billed if cut comes back with the second.
+    #[inline]
+    pub(crate) fn enter(&mut self) -> Entered<'_> {
+        Entered::enter(self.context, &mut self.bill)
+    }
+
+    /// What the body said the attempt will be billed if cut: micro-dollars, tokens.
+    pub(crate) fn bill(&self) -> (u64, u64) {
+        self.bill
     }
 }
 
 pin_project_lite::pin_project! {
-    /// An attempt's future, polled with its context current on the polling thread: two
-    /// thread-local writes a poll (the context in, the one before it back), no allocation.
-    /// What the body said it will be billed if cut comes back with the second.
-    pub(crate) struct InAttempt<F> {
+    #[doc(hidden)]
+    /// An attempt's future, polled with its context current on the polling thread (see
+    /// [`current_attempt`]). Not part of the stable API.
+    #[derive(Debug)]
+    pub struct InAttempt<F> {
         #[pin]
         attempt: F,
-        context: AttemptContext,
-        bill: (u64, u64),
-    }
-}
-
-impl<F> InAttempt<F> {
-    /// What the body said the attempt will be billed if cut: micro-dollars, tokens.
-    pub(crate) fn bill(self: Pin<&mut Self>) -> (u64, u64) {
-        *self.project().bill
+        slot: Slot,
     }
 }
 
@@ -187,14 +212,14 @@ impl<F: Future> Future for InAttempt<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         // The slot's work is in `Entered` (not generic: compiled once, not per body).
-        let _entered = Entered::enter(*this.context, this.bill);
+        let _entered = this.slot.enter();
         this.attempt.poll(cx)
     }
 }
 
 /// The attempt's slot, current on this thread while it is polled; dropped (even if the
 /// attempt panics), it puts the slot before back and keeps the attempt's bill.
-struct Entered<'a> {
+pub(crate) struct Entered<'a> {
     before: Option<Current>,
     bill: &'a mut (u64, u64),
 }

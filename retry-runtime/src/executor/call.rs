@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::attempt::{Admitting, Guarded, Limit};
 use super::decide::{decide, Decision, Failure};
 use super::gate::{Ask, Gate, Refusal};
+use super::site::SiteState;
 use super::{CallSite, Outcome, Settled, Step};
 use crate::backoff::Jitter;
 use crate::budget::{current_workflow, Ledgers};
 use crate::classify::{Classify, ErrorClass};
-use crate::context::IdempotencyKey;
+use crate::context::{IdempotencyKey, InAttempt, Slot};
 use crate::fallback::{FallbackReport, Place};
 use crate::policy::Policy;
 use crate::rejected::{CanReject, Rejected};
@@ -20,7 +22,7 @@ use crate::spend::{Spend, Unit};
 
 /// Why the executor cut the attempt in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Cut {
+pub(crate) enum Cut {
     Timeout,
     Deadline,
 }
@@ -32,7 +34,7 @@ pub(super) enum Cut {
 /// policy by hand.
 #[derive(Debug)]
 pub struct Call<'p> {
-    pub(super) site: &'p CallSite<'p>,
+    pub(super) site: &'p SiteState,
     // The site's compile-time metric labels, when the site is a `static` (the macro's).
     labels: Option<&'static report::metered::SiteLabels>,
     pub(super) policy: &'p Policy,
@@ -80,26 +82,32 @@ pub struct Call<'p> {
 impl<'p> Call<'p> {
     /// Start a call at a `static` call site (what the macro emits): the clock for `deadline`
     /// starts now, and metrics use the site's compile-time labels.
-    // Inlined into the function's future, so the call is built where it lives, not moved there.
-    #[inline(always)]
+    // Inlined into the function's future, so the call is built where it lives, not moved there
+    // (in an optimised build: a debug build would compile the whole start again in each
+    // function, for nothing it measures).
+    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[cfg_attr(debug_assertions, inline)]
     pub fn start_static(site: &'static CallSite<'static>) -> Call<'static> {
         site.registered
             .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
-        Call::start_labelled(site, Some(&site.labels))
+        Call::start_labelled(site, Some(&site.state().labels))
     }
 
     /// Start a call: the clock for `deadline` starts now.
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[cfg_attr(debug_assertions, inline)]
     pub fn start(site: &'p CallSite<'p>) -> Self {
         Call::start_labelled(site, None)
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[cfg_attr(debug_assertions, inline)]
     fn start_labelled(
         site: &'p CallSite<'p>,
         labels: Option<&'static report::metered::SiteLabels>,
     ) -> Self {
         let policy = site.policy;
+        let site = site.state();
         let seat = report::claim_observer();
         let observed = seat.map(|_| Vec::new());
         let ledgers = Ledgers {
@@ -187,42 +195,66 @@ impl<'p> Call<'p> {
     /// Inside a [`workflow`](crate::workflow) whose cap is already reached, such a call cannot
     /// be refused (there is no error to refuse it with): it runs, is counted, and a WARN
     /// event says the cap was overrun. Its retries are still stopped by the cap.
-    pub async fn attempt<R, Fut>(&mut self, attempt: Fut) -> R
-    where
-        Fut: Future<Output = R>,
-    {
+    #[inline]
+    pub fn attempt<Fut: Future>(&mut self, attempt: Fut) -> InAttempt<Fut> {
+        self.begin_unguarded();
+        crate::context::scope(self.attempts, self.key, attempt)
+    }
+
+    fn begin_unguarded(&mut self) {
         if self.attempts == 0 {
             self.gate.take_unrefusable(self.site.estimate.expected());
         }
         self.begin_attempt();
-        crate::context::scope(self.attempts, self.key, attempt).await
     }
 
-    /// Run one attempt through the gate (the first attempt is admitted here, retries in
-    /// `wait`), bounded by the per-attempt `timeout` and what is left of the `deadline`. A
-    /// refused call becomes `E::from(Rejected::…)` without polling `attempt`, and without
-    /// waiting; an attempt cut short becomes `E::from(Rejected::…)`, classified as a timeout.
+    /// The first attempt's admission through the gate (retries are admitted in `wait`): await
+    /// it, then hand what it resolves to to [`Call::run`] with the attempt. Its future is the
+    /// same type for every function, and compiled once, here.
+    pub fn admit(&mut self) -> Admitting<impl Future<Output = Result<(), Rejected>> + use<'_, 'p>> {
+        Admitting::new(self.admit_guarded())
+    }
+
+    /// Run one attempt that [`Call::admit`] admitted, bounded by the per-attempt `timeout` and
+    /// what is left of the `deadline`. A refused call becomes `E::from(Rejected::…)` without
+    /// polling `attempt`; an attempt cut short becomes `E::from(Rejected::…)`, classified as a
+    /// timeout.
     // `E: CanReject` on a plain type parameter (not `R::Err`) makes rustc report the
     // trait's own message ("must implement From<Rejected>") rather than the bare `From` bound.
-    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    #[inline]
+    pub fn run<T, E, Fut>(
+        &mut self,
+        admitted: Result<(), Rejected>,
+        attempt: Fut,
+    ) -> Guarded<'_, 'p, Fut>
     where
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
     {
         // What does not depend on the body is in non-generic functions, compiled once here
         // rather than in every `#[resilient]` fn.
-        if let Err(rejected) = self.admit_guarded().await {
-            return Err(E::from(rejected));
-        }
-        let Some((at, cut)) = self.begin_guarded() else {
-            return crate::context::scope(self.attempts, self.key, attempt).await;
+        Guarded::new(self.begin_run(admitted), attempt)
+    }
+
+    /// [`Call::admit`], then [`Call::run`]: one attempt through the gate, under its limit.
+    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: CanReject,
+    {
+        let admitted = self.admit().await;
+        self.run(admitted, attempt).await
+    }
+
+    /// The attempt begins, unless its admission refused it: its context, and when it is cut,
+    /// and by what (the `timeout`, or what is left of the `deadline`), if either is set.
+    fn begin_run(&mut self, admitted: Result<(), Rejected>) -> Limit<'_, 'p> {
+        let (refused, limit) = match admitted {
+            Ok(()) => (None, self.begin_guarded()),
+            Err(rejected) => (Some(rejected), None),
         };
-        // The attempt keeps its bill-if-cut (`bill_on_cut`) with its context, read if cut.
-        let mut attempt = std::pin::pin!(crate::context::scope(self.attempts, self.key, attempt));
-        match tokio::time::timeout_at(at, attempt.as_mut()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(E::from(self.cut_by(cut, attempt.as_mut().bill()))),
-        }
+        let slot = Slot::new(self.attempts, self.key);
+        Limit::new(self, refused, slot, limit)
     }
 
     /// The first attempt's admission through the gate (retries are admitted in `wait`).
@@ -255,7 +287,7 @@ impl<'p> Call<'p> {
 
     /// The attempt was cut by `cut`; its body said it would be billed `bill` (micro-dollars,
     /// tokens) if so.
-    fn cut_by(&mut self, cut: Cut, (micros, tokens): (u64, u64)) -> Rejected {
+    pub(super) fn cut_by(&mut self, cut: Cut, (micros, tokens): (u64, u64)) -> Rejected {
         self.cut = Some(cut);
         self.cut_bill = Spend::new(micros, tokens);
         match cut {
@@ -426,13 +458,26 @@ impl<'p> Call<'p> {
     /// have opened, or a pool filled, while we slept: then the call ends with the last
     /// attempt's `error`.
     pub async fn wait<R: Outcome>(&mut self, error: R::Err) -> Step<R> {
+        if self.back_off().await {
+            return Step::Retry;
+        }
+        Step::Return(R::from_result(Err(error)))
+    }
+
+    /// [`Call::wait`]'s waits, the same future for every `R`, compiled once, here: whether
+    /// the retry may be made.
+    fn back_off(&mut self) -> Admitting<impl Future<Output = bool> + use<'_, 'p>, bool> {
+        Admitting::new(self.back_off_steps())
+    }
+
+    async fn back_off_steps(&mut self) -> bool {
         tokio::time::sleep(self.delay_before).await;
         let ask = self.ask(false);
         if let Err(denied) = self.gate.admit_retry(&ask).await {
             self.finish(denied.stop(), self.last_class);
-            return Step::Return(R::from_result(Err(error)));
+            return false;
         }
-        Step::Retry
+        true
     }
 
     /// The attempt about to start is the call's last, whatever the policy allows: its request
@@ -504,6 +549,22 @@ impl<'p> Call<'p> {
         R::Ok: crate::fallback::CachedAnswer,
     {
         self.site.remember(key, result);
+    }
+
+    /// `fallback = cached` alone, once the attempts are over: remember a good answer, serve
+    /// the kept one if the call ended in an outage, and finish as [`Call::done`] does.
+    pub fn done_cached<R>(&mut self, key: u64, result: R) -> R
+    where
+        R: Outcome,
+        R::Ok: crate::fallback::CachedAnswer,
+    {
+        self.site.remember(key, &result);
+        let result = if self.falls_back(&result) {
+            self.serve_cached(key).unwrap_or(result)
+        } else {
+            result
+        };
+        self.done(result)
     }
 
     /// The call is over: deliver its report, leave any queue, and hand back what the function

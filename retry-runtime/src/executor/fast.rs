@@ -16,11 +16,12 @@ use std::future::Future;
 use tokio::time::Instant;
 
 use super::gate::steps::{self, Notes};
-use super::{Call, CallSite, Outcome, Settled, Step};
+use super::site::SiteState;
+use super::{Admitting, Call, CallSite, Guarded, Outcome, Settled, Step};
 use crate::breaker::{Admission, Breaker};
 use crate::classify::Classify;
-use crate::context::IdempotencyKey;
-use crate::rejected::CanReject;
+use crate::context::{IdempotencyKey, InAttempt};
+use crate::rejected::{CanReject, Rejected};
 use crate::report::{self, StopReason};
 use crate::spend::Spend;
 
@@ -30,6 +31,7 @@ use crate::spend::Spend;
 #[derive(Debug)]
 pub struct FastCall {
     site: &'static CallSite<'static>,
+    state: &'static SiteState,
     call: Option<Call<'static>>,
     // The first attempt ran (or runs) on the fast path, with this key.
     fast: Option<IdempotencyKey>,
@@ -45,6 +47,7 @@ impl FastCall {
             .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
         FastCall {
             site,
+            state: site.state(),
             call: None,
             fast: None,
             admitted: None,
@@ -58,7 +61,7 @@ impl FastCall {
         !report::observing()
             && !crate::budget::in_workflow()
             && !report::events_on()
-            && !report::metered::timed(Some(&self.site.labels))
+            && !report::metered::timed(Some(&self.state.labels))
     }
 
     fn call(&mut self) -> &mut Call<'static> {
@@ -85,12 +88,12 @@ impl FastCall {
         if self.call.is_some() || self.fast.is_some() || !self.unseen() {
             return false;
         }
-        let site = self.site;
-        let Some(breaker) = site.breaker.get() else {
+        let (site, state) = (self.site, self.state);
+        let Some(breaker) = state.breaker.get() else {
             return false;
         };
-        if site.pace.get().is_some()
-            || site.pool.get().is_some()
+        if state.pace.get().is_some()
+            || state.pool.get().is_some()
             || breaker.rate_gate().rate().is_some()
             || crate::store::shared_now().is_some()
         {
@@ -119,20 +122,28 @@ impl FastCall {
     }
 
     /// Run an attempt on the full path (see [`Call::attempt`]).
-    pub async fn attempt<R, Fut>(&mut self, attempt: Fut) -> R
-    where
-        Fut: Future<Output = R>,
-    {
-        self.call().attempt(attempt).await
+    #[inline]
+    pub fn attempt<Fut: Future>(&mut self, attempt: Fut) -> InAttempt<Fut> {
+        self.call().attempt(attempt)
     }
 
-    /// Run an attempt the gate admits, on the full path (see [`Call::attempt_guarded`]).
-    pub async fn attempt_guarded<T, E, Fut>(&mut self, attempt: Fut) -> Result<T, E>
+    /// The admission of an attempt on the full path (see [`Call::admit`]).
+    pub fn admit(&mut self) -> Admitting<impl Future<Output = Result<(), Rejected>> + use<'_>> {
+        self.call().admit()
+    }
+
+    /// Run an attempt the gate admitted, on the full path (see [`Call::run`]).
+    #[inline]
+    pub fn run<T, E, Fut>(
+        &mut self,
+        admitted: Result<(), Rejected>,
+        attempt: Fut,
+    ) -> Guarded<'_, 'static, Fut>
     where
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
     {
-        self.call().attempt_guarded(attempt).await
+        self.call().run(admitted, attempt)
     }
 
     /// Classify the attempt's outcome and decide (see [`Call::settle`]).
@@ -149,7 +160,7 @@ impl FastCall {
             self.fast = None;
             let spend = spend_of(&outcome);
             let site = self.site;
-            site.estimate.observe(spend);
+            self.state.estimate.observe(spend);
             if let Some((breaker, admission, started)) = self.admitted.take() {
                 let mut notes = Notes {
                     function: site.policy.name(),
@@ -157,7 +168,7 @@ impl FastCall {
                 };
                 steps::record(&mut notes, breaker, admission, None, true, started);
             }
-            report::metered::fast_success(&site.labels, spend.micros(), spend.tokens());
+            report::metered::fast_success(&self.state.labels, spend.micros(), spend.tokens());
             return Settled::Return(outcome);
         }
         // The first attempt failed: the rest of the call is the full path's, with the
@@ -185,6 +196,23 @@ impl FastCall {
         match self.call.as_mut() {
             Some(call) => call.done(result),
             None => result,
+        }
+    }
+
+    /// `fallback = cached` alone, at the end (see [`Call::done_cached`]): a fast success is
+    /// only remembered.
+    #[inline]
+    pub fn done_cached<R>(&mut self, key: u64, result: R) -> R
+    where
+        R: Outcome,
+        R::Ok: crate::fallback::CachedAnswer,
+    {
+        match self.call.as_mut() {
+            Some(call) => call.done_cached(key, result),
+            None => {
+                self.state.remember(key, &result);
+                result
+            }
         }
     }
 
@@ -229,7 +257,7 @@ impl FastCall {
         R: Outcome,
         R::Ok: crate::fallback::CachedAnswer,
     {
-        self.site.remember(key, result);
+        self.state.remember(key, result);
     }
 }
 
@@ -245,7 +273,7 @@ impl Drop for FastCall {
         if self.fast.is_some() && self.call.is_none() {
             let site = self.site;
             report::metered::call_ended(
-                Some(&site.labels),
+                Some(&self.state.labels),
                 site.policy.name(),
                 StopReason::Cancelled.as_str(),
                 1,

@@ -42,6 +42,7 @@ use crate::classify::Classify;
 use crate::rejected::CanReject;
 use crate::spend::Spend;
 
+mod attempt;
 mod built;
 mod call;
 mod decide;
@@ -52,6 +53,7 @@ mod stream;
 
 pub use stream::Streamed;
 
+pub use attempt::{Admitting, Guarded, Limit};
 pub use call::Call;
 pub use decide::{decide, Decision, Failure};
 pub use fast::FastCall;
@@ -160,7 +162,8 @@ where
 {
     let mut call = Call::start_static(site);
     loop {
-        let outcome = call.attempt_guarded(op()).await;
+        let admitted = call.admit().await;
+        let outcome = call.run(admitted, op()).await;
         match call.settle(outcome, |_| Spend::ZERO) {
             Settled::Return(result) => return result,
             Settled::Retry(error) => {
