@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::attempt::{Admitting, Guarded, Limit};
+use super::attempt::{Admitted, Admitting, Guarded, Limit};
 use super::decide::{decide, Decision, Failure};
 use super::gate::{Ask, Gate, Refusal};
 use super::site::SiteState;
@@ -32,51 +32,86 @@ pub(crate) enum Cut {
 ///
 /// Not part of the stable API: use `#[resilient]`, or [`retry`](super::retry) to drive a
 /// policy by hand.
+// In this order (`repr(C)`): what every call touches first and together (a call woken in the
+// pacer's line reads the gate and these, so they share as few cache lines as they can), and
+// last what only retries, refusals, streams, fallbacks and the queue need, made when needed.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Call<'p> {
+    // Everything about starting an attempt, and what the attempt in flight holds.
+    pub(super) gate: Gate<'p>,
+    // What the first attempt's admission asks the gate (kept here while it is asked).
+    first_ask: Option<Ask>,
     pub(super) site: &'p SiteState,
     // The site's compile-time metric labels, when the site is a `static` (the macro's).
     labels: Option<&'static report::metered::SiteLabels>,
     pub(super) policy: &'p Policy,
-    // Everything about starting an attempt, and what the attempt in flight holds.
-    pub(super) gate: Gate<'p>,
-    // Set when the first attempt was refused.
-    pub(super) refused: Option<Refusal>,
+    pub(super) started: Instant,
+    pub(super) attempt_started: Instant,
+    // The call's idempotency key, the same for each of its attempts (`current_attempt`).
+    key: IdempotencyKey,
     pub(super) spent: Spend,
-    // A streaming call: when its first chunk came (the call is committed: nothing is retried
-    // after it), and, once the stream is over, what it did.
-    pub(super) committed: Option<Instant>,
-    pub(super) stream: Option<crate::report::StreamReport>,
     // The most an attempt of this call has cost so far: a floor for the next one's estimate
     // (the site's estimate learns from successes; this call's own billed failures say more).
     costliest: Spend,
-    // What the attempt just cut said it would be billed if cut (`bill_on_cut`).
-    cut_bill: Spend,
-    // The class of the failure being retried, for the report if the wait ends the call.
-    last_class: Option<ErrorClass>,
-    pub(super) started: Instant,
-    pub(super) attempt_started: Instant,
-    pub(super) attempts: u32,
-    pub(super) delay_before: Duration,
-    pub(super) prev_backoff: Duration,
-    jitter: Option<Jitter>,
-    // The call's idempotency key, the same for each of its attempts (`current_attempt`).
-    key: IdempotencyKey,
-    pub(super) cut: Option<Cut>,
     // `Some` only under `observe`, so an unobserved call never allocates for its report.
     observed: Option<Vec<AttemptReport>>,
     // Its seat in the observer (when `observed`).
     seat: usize,
+    pub(super) attempts: u32,
+    pub(super) cut: Option<Cut>,
     pub(super) finished: bool,
     // No attempt after the one in flight, whatever the policy allows (`last_attempt`).
     last: bool,
+    pub(super) cold: Option<Cold>,
+}
+
+/// What a call needs only once it retries, is refused, streams, falls back or queues: made
+/// then ([`Call::cold`]), so that a first-attempt success never writes it.
+#[derive(Debug)]
+pub(super) struct Cold {
+    // Why the attempts ended (kept for the report, the fallbacks and their report: a success
+    // that nothing observes needs none).
     pub(super) stop: Option<StopReason>,
+    // Set when the first attempt was refused.
+    pub(super) refused: Option<Refusal>,
+    // A streaming call: when its first chunk came (the call is committed: nothing is retried
+    // after it), and, once the stream is over, what it did.
+    pub(super) committed: Option<Instant>,
+    pub(super) stream: Option<crate::report::StreamReport>,
+    // What the attempt just cut said it would be billed if cut (`bill_on_cut`).
+    pub(super) cut_bill: Spend,
+    // The class of the failure being retried, for the report if the wait ends the call.
+    pub(super) last_class: Option<ErrorClass>,
+    pub(super) delay_before: Duration,
+    pub(super) prev_backoff: Duration,
+    pub(super) jitter: Option<Jitter>,
     pub(super) fallback: Option<FallbackReport>,
     // `fallback = queue`: when the call joined the line, its place, and (at the head) the
     // line itself.
     pub(super) parked_at: Option<Instant>,
     pub(super) place: Option<Place<'static>>,
     pub(super) line_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Cold {
+    fn new(policy: &Policy) -> Cold {
+        Cold {
+            stop: None,
+            refused: None,
+            committed: None,
+            stream: None,
+            cut_bill: Spend::ZERO,
+            last_class: None,
+            delay_before: Duration::ZERO,
+            prev_backoff: policy.base(),
+            jitter: None,
+            fallback: None,
+            parked_at: None,
+            place: None,
+            line_guard: None,
+        }
+    }
 }
 
 impl<'p> Call<'p> {
@@ -133,9 +168,6 @@ impl<'p> Call<'p> {
             crate::clock::unread()
         };
         Self {
-            site,
-            labels,
-            policy,
             gate: Gate::new(
                 policy.name(),
                 &site.estimate,
@@ -144,31 +176,43 @@ impl<'p> Call<'p> {
                 ledgers,
                 observed.is_some(),
             ),
-            refused: None,
-            spent: Spend::ZERO,
-            committed: None,
-            stream: None,
-            costliest: Spend::ZERO,
-            cut_bill: Spend::ZERO,
-            last_class: None,
+            first_ask: None,
+            site,
+            labels,
+            policy,
             started: now,
             attempt_started: now,
-            attempts: 0,
-            delay_before: Duration::ZERO,
-            prev_backoff: policy.base(),
-            jitter: None,
             key: crate::context::new_call_key(),
-            cut: None,
+            spent: Spend::ZERO,
+            costliest: Spend::ZERO,
             observed,
             seat: seat.unwrap_or(0),
+            attempts: 0,
+            cut: None,
             finished: false,
             last: false,
-            stop: None,
-            fallback: None,
-            parked_at: None,
-            place: None,
-            line_guard: None,
+            cold: None,
         }
+    }
+
+    /// What only retries, refusals, streams, fallbacks and the queue need, made at the first
+    /// need.
+    #[inline]
+    pub(super) fn cold(&mut self) -> &mut Cold {
+        let policy = self.policy;
+        self.cold.get_or_insert_with(|| Cold::new(policy))
+    }
+
+    /// The delay slept before the attempt in flight.
+    fn delay_before(&self) -> Duration {
+        self.cold
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.delay_before)
+    }
+
+    /// When a streaming call's first chunk came (it is committed).
+    pub(super) fn committed(&self) -> Option<Instant> {
+        self.cold.as_ref().and_then(|c| c.committed)
     }
 
     /// The call's first attempt ran without it (see `FastCall`) and failed: count it as made,
@@ -211,8 +255,17 @@ impl<'p> Call<'p> {
     /// The first attempt's admission through the gate (retries are admitted in `wait`): await
     /// it, then hand what it resolves to to [`Call::run`] with the attempt. Its future is the
     /// same type for every function, and compiled once, here.
-    pub fn admit(&mut self) -> Admitting<impl Future<Output = Result<(), Rejected>> + use<'_, 'p>> {
-        Admitting::new(self.admit_guarded())
+    // Inlined in an optimised build, so that the gate's future is built where it is awaited
+    // (not returned and copied, a kilobyte); a debug build compiles it once, here.
+    #[cfg_attr(not(debug_assertions), inline)]
+    pub fn admit(&mut self) -> Admitting<impl Sized + use<'_, 'p>, Admitted> {
+        let admitting = if self.attempts == 0 && !self.gate.is_empty() {
+            let ask = self.first_ask.insert(self.ask(true));
+            Some(self.gate.admit_first(ask))
+        } else {
+            None
+        };
+        super::attempt::first(admitting)
     }
 
     /// Run one attempt that [`Call::admit`] admitted, bounded by the per-attempt `timeout` and
@@ -222,11 +275,7 @@ impl<'p> Call<'p> {
     // `E: CanReject` on a plain type parameter (not `R::Err`) makes rustc report the
     // trait's own message ("must implement From<Rejected>") rather than the bare `From` bound.
     #[inline]
-    pub fn run<T, E, Fut>(
-        &mut self,
-        admitted: Result<(), Rejected>,
-        attempt: Fut,
-    ) -> Guarded<'_, 'p, Fut>
+    pub fn run<T, E, Fut>(&mut self, admitted: Admitted, attempt: Fut) -> Guarded<'_, 'p, Fut>
     where
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,
@@ -248,25 +297,19 @@ impl<'p> Call<'p> {
 
     /// The attempt begins, unless its admission refused it: its context, and when it is cut,
     /// and by what (the `timeout`, or what is left of the `deadline`), if either is set.
-    fn begin_run(&mut self, admitted: Result<(), Rejected>) -> Limit<'_, 'p> {
-        let (refused, limit) = match admitted {
+    // Inlined in an optimised build: the limit (a timer among it) is built in place, not
+    // returned and copied.
+    #[cfg_attr(not(debug_assertions), inline)]
+    fn begin_run(&mut self, admitted: Admitted) -> Limit<'_, 'p> {
+        let (refused, limit) = match admitted.0 {
             Ok(()) => (None, self.begin_guarded()),
-            Err(rejected) => (Some(rejected), None),
+            Err(refusal) => {
+                self.cold().refused = Some(refusal);
+                (Some(refusal.rejected()), None)
+            }
         };
         let slot = Slot::new(self.attempts, self.key);
         Limit::new(self, refused, slot, limit)
-    }
-
-    /// The first attempt's admission through the gate (retries are admitted in `wait`).
-    async fn admit_guarded(&mut self) -> Result<(), Rejected> {
-        if self.attempts == 0 && !self.gate.is_empty() {
-            let ask = self.ask(true);
-            if let Err(refusal) = self.gate.admit_first(&ask).await {
-                self.refused = Some(refusal);
-                return Err(refusal.rejected());
-            }
-        }
-        Ok(())
     }
 
     /// The attempt begins: when it is cut, and by what (the `timeout`, or what is left of
@@ -289,7 +332,7 @@ impl<'p> Call<'p> {
     /// tokens) if so.
     pub(super) fn cut_by(&mut self, cut: Cut, (micros, tokens): (u64, u64)) -> Rejected {
         self.cut = Some(cut);
-        self.cut_bill = Spend::new(micros, tokens);
+        self.cold().cut_bill = Spend::new(micros, tokens);
         match cut {
             Cut::Timeout => Rejected::AttemptTimedOut {
                 timeout: self.policy.timeout().unwrap_or_default(),
@@ -341,7 +384,7 @@ impl<'p> Call<'p> {
         }
         // The call's own first attempt (not a round run again after the queue): how long the
         // gate held it, from instants already read.
-        if self.attempts == 0 && self.parked_at.is_none() {
+        if self.attempts == 0 && self.cold.as_ref().is_none_or(|c| c.parked_at.is_none()) {
             report::metered::first_attempt(
                 self.labels,
                 self.attempt_started.saturating_duration_since(self.started),
@@ -360,13 +403,13 @@ impl<'p> Call<'p> {
         R: Outcome,
         R::Err: Classify,
     {
-        if let Some(refusal) = self.refused.take() {
+        if let Some(refusal) = self.cold.as_mut().and_then(|c| c.refused.take()) {
             self.finish(refusal.stop(true), None);
             return Settled::Return(outcome);
         }
         let spend = spend_of(&outcome);
         let error = match outcome.into_result() {
-            Ok(value) if self.committed.is_some() => {
+            Ok(value) if self.committed().is_some() => {
                 // A stream's first chunk: the attempt goes on until the stream ends (see
                 // `stream.rs`); only its report entry is written now.
                 self.record(None, None, Spend::ZERO);
@@ -400,7 +443,7 @@ impl<'p> Call<'p> {
         // A cut attempt is billed what its body said it would be (`bill_on_cut`: at least the
         // prompt, which the provider has started on); the error says what a failure was billed.
         let spend = if self.cut.is_some() {
-            std::mem::take(&mut self.cut_bill)
+            std::mem::take(&mut self.cold().cut_bill)
         } else {
             error.spend()
         };
@@ -434,9 +477,10 @@ impl<'p> Call<'p> {
         };
         match decision {
             Decision::Retry { delay } => {
-                self.prev_backoff = backoff;
-                self.delay_before = delay;
-                self.last_class = Some(failure.class);
+                let cold = self.cold();
+                cold.prev_backoff = backoff;
+                cold.delay_before = delay;
+                cold.last_class = Some(failure.class);
                 report::metered::retry(self.labels);
                 report::retrying(
                     self.policy.name(),
@@ -466,15 +510,16 @@ impl<'p> Call<'p> {
 
     /// [`Call::wait`]'s waits, the same future for every `R`, compiled once, here: whether
     /// the retry may be made.
-    fn back_off(&mut self) -> Admitting<impl Future<Output = bool> + use<'_, 'p>, bool> {
+    fn back_off(&mut self) -> Admitting<impl Sized + use<'_, 'p>, bool> {
         Admitting::new(self.back_off_steps())
     }
 
     async fn back_off_steps(&mut self) -> bool {
-        tokio::time::sleep(self.delay_before).await;
+        tokio::time::sleep(self.delay_before()).await;
         let ask = self.ask(false);
         if let Err(denied) = self.gate.admit_retry(&ask).await {
-            self.finish(denied.stop(), self.last_class);
+            let class = self.cold().last_class;
+            self.finish(denied.stop(), class);
             return false;
         }
         true
@@ -488,23 +533,28 @@ impl<'p> Call<'p> {
     }
 
     fn next_backoff(&mut self) -> Duration {
-        let policy = self.policy;
-        let jitter = self.jitter.get_or_insert_with(Jitter::for_call);
+        let (policy, attempts) = (self.policy, self.attempts);
+        let cold = self.cold();
+        let jitter = cold.jitter.get_or_insert_with(Jitter::for_call);
         policy.backoff().delay(
-            self.attempts - 1,
+            attempts - 1,
             policy.base(),
             policy.cap(),
-            self.prev_backoff,
+            cold.prev_backoff,
             jitter,
         )
     }
 
     fn record(&mut self, class: Option<ErrorClass>, retry_after: Option<Duration>, spend: Spend) {
         if let Some(attempts) = &mut self.observed {
+            let delay_before = self
+                .cold
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.delay_before);
             let number = attempts.len() as u32 + 1;
             attempts.push(AttemptReport {
                 number,
-                delay_before: self.delay_before,
+                delay_before,
                 elapsed: self.attempt_started.elapsed(),
                 class,
                 retry_after,
@@ -537,7 +587,10 @@ impl<'p> Call<'p> {
         if let Some(reason) = refusal_reason(&stop) {
             report::metered::rejection(self.policy.name(), reason);
         }
-        self.stop = Some(stop);
+        // Read by the report, the fallbacks (after a failure) and their report.
+        if self.observed.is_some() || stop != StopReason::Success {
+            self.cold().stop = Some(stop);
+        }
     }
 
     // In this file rather than with the other fallbacks, so that a `cached` answer that is
@@ -590,7 +643,7 @@ impl<'p> Call<'p> {
         }
         self.attempts += 1;
         self.attempt_started = Instant::now();
-        self.delay_before = Duration::ZERO;
+        self.cold().delay_before = Duration::ZERO;
         self.record(None, None, Spend::ZERO);
         true
     }
@@ -617,7 +670,7 @@ impl<'p> Call<'p> {
             last.class = failure;
             last.spend = spend;
         }
-        self.stream = Some(stream);
+        self.cold().stream = Some(stream);
         self.finish(stop, failure);
         self.deliver();
     }
@@ -625,14 +678,14 @@ impl<'p> Call<'p> {
     /// A streamed call's first chunk came (`committed` was just set): the time to it, for its
     /// histogram, from the instants the report takes it from.
     pub(super) fn first_chunk_came(&self) {
-        if let Some(at) = self.committed {
+        if let Some(at) = self.committed() {
             report::metered::first_chunk(self.labels, at.saturating_duration_since(self.started));
         }
     }
 
     /// Leave the breaker's queue, if the call is in it.
     pub(super) fn leave_queue(&mut self) {
-        if self.place.take().is_some() {
+        if self.cold.as_mut().and_then(|c| c.place.take()).is_some() {
             if let Some(breaker) = self.gate.breaker {
                 breaker.publish_queue();
             }
@@ -640,23 +693,29 @@ impl<'p> Call<'p> {
     }
 
     fn deliver(&mut self) {
-        self.line_guard = None;
+        if let Some(cold) = &mut self.cold {
+            cold.line_guard = None;
+        }
         self.leave_queue();
         if let Some(attempts) = self.observed.take() {
+            let (fallback, stream) = match &mut self.cold {
+                Some(cold) => (cold.fallback.take(), cold.stream),
+                None => (None, None),
+            };
             report::deliver(
                 self.seat,
                 CallReport {
                     function: self.policy.name(),
                     attempts,
-                    stop: self.stop.clone(),
+                    stop: self.cold.as_ref().and_then(|c| c.stop.clone()),
                     elapsed: self.started.elapsed(),
                     breaker: self.gate.breaker.map(|b| b.name()),
                     transitions: std::mem::take(&mut self.gate.transitions),
                     spent: self.spent,
-                    fallback: self.fallback.take(),
+                    fallback,
                     paced_refused: self.gate.paced_refused,
                     regime: self.gate.regime(),
-                    stream: self.stream,
+                    stream,
                 },
             );
         }

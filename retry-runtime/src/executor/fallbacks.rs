@@ -16,7 +16,12 @@ use crate::report::{self, StopReason};
 impl Call<'_> {
     /// Whether this result should go to the fallbacks: a failure that ended in an outage.
     pub fn falls_back<R: Outcome>(&self, result: &R) -> bool {
-        !result.is_ok() && self.stop.as_ref().is_some_and(StopReason::is_outage)
+        !result.is_ok()
+            && self
+                .cold
+                .as_ref()
+                .and_then(|c| c.stop.as_ref())
+                .is_some_and(StopReason::is_outage)
     }
 
     /// `fallback = cached`: the last good answer for `key`, if it is no older than the
@@ -48,7 +53,7 @@ impl Call<'_> {
     }
 
     fn served(&mut self, kind: FallbackKind, age: Option<Duration>, waited: Option<Duration>) {
-        let because = self.stop.clone().unwrap_or(StopReason::Cancelled);
+        let because = self.cold().stop.clone().unwrap_or(StopReason::Cancelled);
         let fallback = FallbackReport {
             kind,
             age,
@@ -56,7 +61,7 @@ impl Call<'_> {
             because,
         };
         report::degraded(self.policy.name(), &fallback);
-        self.fallback = Some(fallback);
+        self.cold().fallback = Some(fallback);
     }
 
     /// `fallback = queue`: wait in the breaker's line (first in, first out) until the breaker
@@ -71,11 +76,11 @@ impl Call<'_> {
             return Step::Return(result);
         };
         let queue = breaker.queue();
-        let parked_at = *self.parked_at.get_or_insert_with(Instant::now);
+        let parked_at = *self.cold().parked_at.get_or_insert_with(Instant::now);
         let give_up = parked_at + self.policy.queue_wait();
         let timed_out = |call: &mut Self| {
             let waited = parked_at.elapsed();
-            call.line_guard = None;
+            call.cold().line_guard = None;
             call.leave_queue();
             call.finish(StopReason::QueueTimeout { waited }, None);
             Step::Return(Err(E::from(Rejected::QueueTimeout {
@@ -83,17 +88,17 @@ impl Call<'_> {
                 waited,
             })))
         };
-        if self.line_guard.is_none() {
+        if self.cold().line_guard.is_none() {
             let Some(place) = queue.join() else {
                 self.finish(StopReason::QueueFull, None);
                 return Step::Return(Err(E::from(Rejected::QueueFull {
                     breaker: breaker.name(),
                 })));
             };
-            self.place = Some(place);
+            self.cold().place = Some(place);
             breaker.publish_queue();
             match tokio::time::timeout_at(give_up, queue.line().lock_owned()).await {
-                Ok(guard) => self.line_guard = Some(guard),
+                Ok(guard) => self.cold().line_guard = Some(guard),
                 Err(_) => return timed_out(self),
             }
         }
@@ -113,7 +118,7 @@ impl Call<'_> {
         self.leave_queue();
         if breaker.state() == BreakerState::Closed {
             // No probe needed: let the next caller in line go (after its own release slot).
-            self.line_guard = None;
+            self.cold().line_guard = None;
         }
         let waited = parked_at.elapsed();
         self.rerun(waited);
@@ -124,12 +129,14 @@ impl Call<'_> {
     /// A new round of attempts under the same policy, after waiting in the queue.
     fn rerun(&mut self, waited: Duration) {
         self.attempts = 0;
-        self.refused = None;
         self.cut = None;
-        self.stop = None;
         self.finished = false;
-        self.delay_before = waited;
-        self.prev_backoff = self.policy.base();
+        let base = self.policy.base();
+        let cold = self.cold();
+        cold.refused = None;
+        cold.stop = None;
+        cold.delay_before = waited;
+        cold.prev_backoff = base;
         self.attempt_started = Instant::now();
     }
 }

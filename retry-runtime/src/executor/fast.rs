@@ -17,11 +17,11 @@ use tokio::time::Instant;
 
 use super::gate::steps::{self, Notes};
 use super::site::SiteState;
-use super::{Admitting, Call, CallSite, Guarded, Outcome, Settled, Step};
+use super::{Admitted, Admitting, Call, CallSite, Guarded, Outcome, Settled, Step};
 use crate::breaker::{Admission, Breaker};
 use crate::classify::Classify;
 use crate::context::{IdempotencyKey, InAttempt};
-use crate::rejected::{CanReject, Rejected};
+use crate::rejected::CanReject;
 use crate::report::{self, StopReason};
 use crate::spend::Spend;
 
@@ -128,17 +128,14 @@ impl FastCall {
     }
 
     /// The admission of an attempt on the full path (see [`Call::admit`]).
-    pub fn admit(&mut self) -> Admitting<impl Future<Output = Result<(), Rejected>> + use<'_>> {
+    #[cfg_attr(not(debug_assertions), inline)]
+    pub fn admit(&mut self) -> Admitting<impl Sized + use<'_>, Admitted> {
         self.call().admit()
     }
 
     /// Run an attempt the gate admitted, on the full path (see [`Call::run`]).
     #[inline]
-    pub fn run<T, E, Fut>(
-        &mut self,
-        admitted: Result<(), Rejected>,
-        attempt: Fut,
-    ) -> Guarded<'_, 'static, Fut>
+    pub fn run<T, E, Fut>(&mut self, admitted: Admitted, attempt: Fut) -> Guarded<'_, 'static, Fut>
     where
         Fut: Future<Output = Result<T, E>>,
         E: CanReject,

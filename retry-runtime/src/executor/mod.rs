@@ -53,7 +53,7 @@ mod stream;
 
 pub use stream::Streamed;
 
-pub use attempt::{Admitting, Guarded, Limit};
+pub use attempt::{Admitted, Admitting, Guarded, Limit};
 pub use call::Call;
 pub use decide::{decide, Decision, Failure};
 pub use fast::FastCall;

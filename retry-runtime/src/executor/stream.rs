@@ -470,14 +470,14 @@ impl Call<'static> {
             Some(Err(error)) => Err(error),
             Some(Ok(chunk)) => {
                 streamed.first = Some(Ok(chunk));
-                self.committed = Some(Instant::now());
+                self.cold().committed = Some(Instant::now());
                 self.first_chunk_came();
                 Ok(streamed)
             }
             // An empty stream: committed, and over at once when read.
             None => {
                 streamed.empty = true;
-                self.committed = Some(Instant::now());
+                self.cold().committed = Some(Instant::now());
                 Ok(streamed)
             }
         }
@@ -489,7 +489,7 @@ impl Call<'static> {
         mut self,
         result: Result<Streamed<S>, E>,
     ) -> Result<Streamed<S>, E> {
-        match (result, self.committed) {
+        match (result, self.committed()) {
             (Ok(mut streamed), Some(first_at)) => {
                 let policy = self.policy;
                 let deadline = policy.deadline().map(|d| self.started + d);

@@ -162,14 +162,74 @@ impl Pacer {
         weight_tokens: u64,
         deadline: Option<Instant>,
     ) -> Result<Permit<'_>, PaceError> {
+        // One async fn (its caller's future holds one state machine, not two nested ones).
         let arrived = Instant::now();
-        let (bound, line_bound) = self.bound(arrived, deadline);
-        match self.acquire_by(arrived, weight_tokens, bound).await {
-            Err(PaceError::WouldMissDeadline { .. }) if line_bound => Err(PaceError::LineTooLong {
-                pacer: self.name,
-                max_wait: self.config.max_wait.unwrap_or_default(),
-            }),
-            other => other,
+        let (deadline, line_bound) = self.bound(arrived, deadline);
+        let miss = |earliest: Instant, deadline: Instant| self.miss(earliest, deadline, line_bound);
+        let arrived_ns = to_ns(arrived);
+        if let Some(deadline) = deadline.filter(|&deadline| deadline < arrived) {
+            return Err(miss(arrived, deadline));
+        }
+        let waiting = {
+            let mut core = self.lock();
+            if core.queued_requests == 0 && core.conform(arrived_ns, weight_tokens) <= arrived_ns {
+                // The fast path: nobody waiting, room in every bucket.
+                core.take(arrived_ns, weight_tokens);
+                return Ok(self.permit(arrived, arrived, weight_tokens));
+            }
+            let projected = core.project(arrived_ns, weight_tokens);
+            if let Some(deadline) = deadline {
+                if projected > to_ns(deadline) {
+                    return Err(miss(from_ns(projected), deadline));
+                }
+            }
+            core.queued_requests += 1;
+            core.queued_tokens = core.queued_tokens.saturating_add(weight_tokens);
+            core.queued_requests
+        };
+        self.publish_waiting(waiting);
+        let mut place = Place {
+            pacer: self,
+            tokens: weight_tokens,
+            joined: true,
+            head: false,
+        };
+        let line = self.line.lock();
+        let _turn = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, line).await {
+                Ok(turn) => turn,
+                Err(_) => return Err(miss(self.projected(weight_tokens), deadline)),
+            },
+            None => line.await,
+        };
+        place.head = true;
+        // At the head: the first moment this caller could have been served (read once).
+        let mut ready_ns = None;
+        loop {
+            // A look, and when it does not serve, a second one once `changed` exists: created
+            // before that look, it sees every `notify_waiters` from then on (not enabled, i.e.
+            // registered, until polled). A head served at the first look, as most are within
+            // a burst, builds no `Notified` at all.
+            match self.at_head(&mut place, arrived, &mut ready_ns, deadline) {
+                Head::Served(permit) => return Ok(permit),
+                Head::Missed(earliest, deadline) => return Err(miss(earliest, deadline)),
+                Head::Wait(_) => {}
+            }
+            let mut changed = pin!(self.changed.notified());
+            let at = match self.at_head(&mut place, arrived, &mut ready_ns, deadline) {
+                Head::Served(permit) => return Ok(permit),
+                Head::Missed(earliest, deadline) => return Err(miss(earliest, deadline)),
+                Head::Wait(at) => at,
+            };
+            let mut sleep = pin!(tokio::time::sleep_until(from_ns(at)));
+            std::future::poll_fn(|cx| {
+                if sleep.as_mut().poll(cx).is_ready() || changed.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         }
     }
 
@@ -190,93 +250,40 @@ impl Pacer {
         }
     }
 
-    async fn acquire_by(
+    /// A look at the line from its head: served now (the permit is taken and the caller
+    /// leaves the line), too late for `deadline`, or to wait until the instant (ns) it could
+    /// be served.
+    fn at_head(
         &self,
+        place: &mut Place<'_>,
         arrived: Instant,
-        weight_tokens: u64,
+        ready_ns: &mut Option<u64>,
         deadline: Option<Instant>,
-    ) -> Result<Permit<'_>, PaceError> {
-        let arrived_ns = to_ns(arrived);
-        if let Some(deadline) = deadline.filter(|&deadline| deadline < arrived) {
-            return Err(self.miss(arrived, deadline));
+    ) -> Head<'_> {
+        let now = Instant::now();
+        let weight_tokens = place.tokens;
+        let mut core = self.lock();
+        let ready_ns =
+            *ready_ns.get_or_insert_with(|| core.ready_at_head(to_ns(arrived), to_ns(now)));
+        let at = core.conform(ready_ns, weight_tokens);
+        if let Some(deadline) = deadline.filter(|&deadline| now > deadline) {
+            // Woken after the deadline (timers fire on the millisecond): too late.
+            drop(core);
+            return Head::Missed(from_ns(at.max(to_ns(now))), deadline);
         }
-        let waiting = {
-            let mut core = self.lock();
-            if core.queued_requests == 0 && core.conform(arrived_ns, weight_tokens) <= arrived_ns {
-                // The fast path: nobody waiting, room in every bucket.
-                core.take(arrived_ns, weight_tokens);
-                return Ok(self.permit(arrived, arrived, weight_tokens));
-            }
-            let projected = core.project(arrived_ns, weight_tokens);
-            if let Some(deadline) = deadline {
-                if projected > to_ns(deadline) {
-                    return Err(self.miss(from_ns(projected), deadline));
-                }
-            }
-            core.queued_requests += 1;
-            core.queued_tokens = core.queued_tokens.saturating_add(weight_tokens);
-            core.queued_requests
-        };
-        self.publish_waiting(waiting);
-        let mut place = Place {
-            pacer: self,
-            tokens: weight_tokens,
-            joined: true,
-            head: false,
-        };
-        let line = self.line.lock();
-        let _turn = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, line).await {
-                Ok(turn) => turn,
-                Err(_) => return Err(self.miss(self.projected(weight_tokens), deadline)),
-            },
-            None => line.await,
-        };
-        place.head = true;
-        // At the head: the first moment this caller could have been served (read once).
-        let mut ready_ns = None;
-        loop {
-            // Created before the look below, it sees every `notify_waiters` from now on; not
-            // enabled (registered) until polled, so a head served at once never takes the
-            // `Notify`'s lock.
-            let mut changed = pin!(self.changed.notified());
-            let now = Instant::now();
-            let at = {
-                let mut core = self.lock();
-                let ready_ns =
-                    *ready_ns.get_or_insert_with(|| core.ready_at_head(arrived_ns, to_ns(now)));
-                let at = core.conform(ready_ns, weight_tokens);
-                if let Some(deadline) = deadline.filter(|&deadline| now > deadline) {
-                    // Woken after the deadline (timers fire on the millisecond): too late.
-                    drop(core);
-                    return Err(self.miss(from_ns(at.max(to_ns(now))), deadline));
-                }
-                if at <= to_ns(now) {
-                    core.take(at, weight_tokens);
-                    core.queued_requests = core.queued_requests.saturating_sub(1);
-                    core.queued_tokens = core.queued_tokens.saturating_sub(weight_tokens);
-                    place.joined = false;
-                    let waiting = core.queued_requests;
-                    drop(core);
-                    self.publish_waiting(waiting);
-                    return Ok(self.permit(arrived, now, weight_tokens));
-                }
-                at
-            };
-            if let Some(deadline) = deadline {
-                if at > to_ns(deadline) {
-                    return Err(self.miss(from_ns(at), deadline));
-                }
-            }
-            let mut sleep = pin!(tokio::time::sleep_until(from_ns(at)));
-            std::future::poll_fn(|cx| {
-                if sleep.as_mut().poll(cx).is_ready() || changed.as_mut().poll(cx).is_ready() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
+        if at <= to_ns(now) {
+            core.take(at, weight_tokens);
+            core.queued_requests = core.queued_requests.saturating_sub(1);
+            core.queued_tokens = core.queued_tokens.saturating_sub(weight_tokens);
+            place.joined = false;
+            let waiting = core.queued_requests;
+            drop(core);
+            self.publish_waiting(waiting);
+            return Head::Served(self.permit(arrived, now, weight_tokens));
+        }
+        match deadline {
+            Some(deadline) if at > to_ns(deadline) => Head::Missed(from_ns(at), deadline),
+            _ => Head::Wait(at),
         }
     }
 
@@ -300,7 +307,15 @@ impl Pacer {
         from_ns(self.lock().project(now, tokens))
     }
 
-    fn miss(&self, earliest: Instant, deadline: Instant) -> PaceError {
+    /// The refusal of a caller whose turn comes at `earliest`, past `deadline`: the pacer's
+    /// `max_wait` when that was the bound (`line_bound`), else the caller's own deadline.
+    fn miss(&self, earliest: Instant, deadline: Instant, line_bound: bool) -> PaceError {
+        if line_bound {
+            return PaceError::LineTooLong {
+                pacer: self.name,
+                max_wait: self.config.max_wait.unwrap_or_default(),
+            };
+        }
         PaceError::WouldMissDeadline {
             pacer: self.name,
             earliest,
@@ -433,6 +448,13 @@ impl Drop for Place<'_> {
             self.pacer.publish_waiting(waiting);
         }
     }
+}
+
+/// What a look from the head of the line found.
+enum Head<'a> {
+    Served(Permit<'a>),
+    Missed(Instant, Instant),
+    Wait(u64),
 }
 
 /// Leave to send one request: how long the caller waited for it, and the way to tell the
