@@ -61,27 +61,32 @@ impl<F: Future<Output = O>, O> Admitting<F, O> {
     }
 }
 
-/// The gate's admission of a first attempt, if there is one to make (by [`Call::admit`],
-/// where `F` is known): the caller's future holds the gate's future itself, one state machine
-/// fewer between a woken task and the pacer's line.
-pub(super) fn first<F>(admitting: Option<F>) -> Admitting<Option<F>, Admitted>
+/// The gate's admission of a first attempt (by [`Call::admit`], where `F` is known), or, when
+/// there is none to make (`skip`), an admission ready at once: the caller's future holds the
+/// gate's future itself, one state machine fewer between a woken task and the pacer's line.
+pub(super) fn first<F>(skip: bool, admitting: F) -> Admitting<F, Admitted>
 where
     F: Future<Output = Result<(), Refusal>>,
 {
-    Admitting {
-        admitting,
-        poll: poll_first::<F>,
-    }
+    // Nothing to admit: ready at once, `admitting` never polled (only built, so that it is
+    // built in place whatever the call needs).
+    let poll = if skip {
+        nothing_to_admit::<F>
+    } else {
+        poll_first::<F>
+    };
+    Admitting { admitting, poll }
 }
 
 fn poll_first<F: Future<Output = Result<(), Refusal>>>(
-    admitting: Pin<&mut Option<F>>,
+    admitting: Pin<&mut F>,
     cx: &mut Context<'_>,
 ) -> Poll<Admitted> {
-    match admitting.as_pin_mut() {
-        Some(admitting) => admitting.poll(cx).map(Admitted),
-        None => Poll::Ready(Admitted::YES),
-    }
+    admitting.poll(cx).map(Admitted)
+}
+
+fn nothing_to_admit<F>(_: Pin<&mut F>, _: &mut Context<'_>) -> Poll<Admitted> {
+    Poll::Ready(Admitted::YES)
 }
 
 impl<F, O> Future for Admitting<F, O> {
@@ -114,7 +119,7 @@ pin_project_lite::pin_project! {
 
 impl<'c, 'p> Limit<'c, 'p> {
     /// The attempt `slot`, refused (`admitted` is `Err`) or under `limit`.
-    #[cfg_attr(not(debug_assertions), inline)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     pub(super) fn new(
         call: &'c mut Call<'p>,
         refused: Option<Rejected>,
@@ -174,7 +179,8 @@ pin_project_lite::pin_project! {
 }
 
 impl<'c, 'p, F> Guarded<'c, 'p, F> {
-    #[inline]
+    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[cfg_attr(debug_assertions, inline)]
     pub(super) fn new(limit: Limit<'c, 'p>, attempt: F) -> Self {
         Guarded { limit, attempt }
     }

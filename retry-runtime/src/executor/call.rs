@@ -252,20 +252,19 @@ impl<'p> Call<'p> {
         self.begin_attempt();
     }
 
-    /// The first attempt's admission through the gate (retries are admitted in `wait`): await
-    /// it, then hand what it resolves to to [`Call::run`] with the attempt. Its future is the
-    /// same type for every function, and compiled once, here.
+    /// The first attempt's admission through the gate (retries are admitted in `wait`, and a
+    /// gate with nothing in it admits at once): await it, then hand what it resolves to to
+    /// [`Call::run`] with the attempt. Its future is the same type for every function, and
+    /// compiled once, here.
     // Inlined in an optimised build, so that the gate's future is built where it is awaited
-    // (not returned and copied, a kilobyte); a debug build compiles it once, here.
+    // (not returned and copied, a kilobyte); a debug build compiles it once, here. It is built
+    // even when there is nothing to admit (then never polled): built on one branch only, it
+    // would be copied.
     #[cfg_attr(not(debug_assertions), inline)]
     pub fn admit(&mut self) -> Admitting<impl Sized + use<'_, 'p>, Admitted> {
-        let admitting = if self.attempts == 0 && !self.gate.is_empty() {
-            let ask = self.first_ask.insert(self.ask(true));
-            Some(self.gate.admit_first(ask))
-        } else {
-            None
-        };
-        super::attempt::first(admitting)
+        let admits = self.attempts == 0 && !self.gate.is_empty();
+        let ask = self.first_ask.insert(self.ask(true));
+        super::attempt::first(!admits, self.gate.admit_first(ask))
     }
 
     /// Run one attempt that [`Call::admit`] admitted, bounded by the per-attempt `timeout` and
@@ -274,7 +273,8 @@ impl<'p> Call<'p> {
     /// timeout.
     // `E: CanReject` on a plain type parameter (not `R::Err`) makes rustc report the
     // trait's own message ("must implement From<Rejected>") rather than the bare `From` bound.
-    #[inline]
+    #[cfg_attr(not(debug_assertions), inline(always))]
+    #[cfg_attr(debug_assertions, inline)]
     pub fn run<T, E, Fut>(&mut self, admitted: Admitted, attempt: Fut) -> Guarded<'_, 'p, Fut>
     where
         Fut: Future<Output = Result<T, E>>,
@@ -299,7 +299,7 @@ impl<'p> Call<'p> {
     /// and by what (the `timeout`, or what is left of the `deadline`), if either is set.
     // Inlined in an optimised build: the limit (a timer among it) is built in place, not
     // returned and copied.
-    #[cfg_attr(not(debug_assertions), inline)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn begin_run(&mut self, admitted: Admitted) -> Limit<'_, 'p> {
         let (refused, limit) = match admitted.0 {
             Ok(()) => (None, self.begin_guarded()),
