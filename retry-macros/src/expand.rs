@@ -234,7 +234,6 @@ pub fn expand(
     // Internal names: locals are mixed-site (invisible to the body); items cannot be hidden
     // that way, so the statics live in a block the body is not in.
     let rt = syn::Ident::new("__resilient_rt", Span::mixed_site());
-    let policy_ident = syn::Ident::new("__RESILIENT_POLICY", Span::mixed_site());
     let site = syn::Ident::new("__RESILIENT_SITE", Span::mixed_site());
     let call = syn::Ident::new("__resilient_call", Span::mixed_site());
     let outcome = syn::Ident::new("__resilient_outcome", Span::mixed_site());
@@ -264,77 +263,71 @@ pub fn expand(
 
     let backoff = format_ident!("{}", policy.backoff);
     let max = policy.max;
-    let nanos = |n: u64| quote!(#rt::Duration::from_nanos(#n));
-    let base = nanos(policy.base.nanos);
-    let cap = nanos(policy.cap.nanos);
-    let max_retry_after = nanos(policy.max_retry_after.nanos);
     // The site's label (its `name`, or `module::fn`), and where it is written, so that two
     // sites reporting under one label can be told apart in the WARN that says so.
     let label = match &policy.label {
         Some(label) => quote!(#label),
         None => quote!(#rt::concat!(#rt::module_path!(), "::", #name)),
     };
-    let mut builder = quote! {
-        #rt::Policy::new(#label)
-            .with_site(#rt::concat!(#rt::module_path!(), "::", #name, " at ", #rt::file!(), ":", #rt::line!()))
-            .with_backoff(#rt::Backoff::#backoff)
-            .with_max_attempts(#max)
-            .with_base(#base)
-            .with_cap(#cap)
-            .with_max_retry_after(#max_retry_after)
+    // The attribute's values as plain data (nanoseconds, amounts), made a `Policy` at the
+    // site's first call: the compiler evaluates every function's `static`, and literals cost
+    // it least. Unset keys take `Policy::new`'s values.
+    let mut fields = quote! {
+        name: #label,
+        site: #rt::concat!(#rt::module_path!(), "::", #name, " at ", #rt::file!(), ":", #rt::line!()),
+        backoff: #rt::Backoff::#backoff,
+        max_attempts: #max,
     };
-    if let Some(t) = policy.timeout {
-        let t = nanos(t.nanos);
-        builder.extend(quote!(.with_timeout(#t)));
+    let (base, cap, max_retry_after) = (
+        policy.base.nanos,
+        policy.cap.nanos,
+        policy.max_retry_after.nanos,
+    );
+    fields.extend(quote!(base_ns: #base, cap_ns: #cap, max_retry_after_ns: #max_retry_after,));
+    let some = |field: TokenStream, value: TokenStream| quote!(#field: #rt::Some(#value),);
+    let durations = [
+        (quote!(timeout_ns), policy.timeout),
+        (quote!(deadline_ns), policy.deadline),
+        (quote!(stale_for_ns), policy.stale_for),
+        (quote!(queue_wait_ns), policy.queue_wait),
+        (quote!(first_token_ns), policy.first_token),
+        (quote!(idle_ns), policy.idle),
+    ];
+    for (field, d) in durations {
+        if let Some(d) = d {
+            let n = d.nanos;
+            fields.extend(some(field, quote!(#n)));
+        }
     }
-    if let Some(d) = policy.deadline {
-        let d = nanos(d.nanos);
-        builder.extend(quote!(.with_deadline(#d)));
+    let names = [
+        (quote!(breaker), &policy.breaker),
+        (quote!(pool), &policy.pool),
+        (quote!(pace), &policy.pace),
+    ];
+    for (field, name) in names {
+        if let Some(name) = name {
+            fields.extend(some(field, quote!(#name)));
+        }
     }
-    if let Some(name) = &policy.breaker {
-        builder.extend(quote!(.with_breaker(#name)));
-    }
-    if let Some(budget) = &policy.budget {
-        let amount = budget.amount;
-        let ctor = format_ident!("{}", if budget.tokens { "tokens" } else { "micros" });
-        builder.extend(quote!(.with_budget(#rt::Budget::#ctor(#amount))));
-    }
-    if let Some(cost) = &policy.max_cost {
-        let amount = cost.amount;
-        let ctor = format_ident!("{}", if cost.tokens { "tokens" } else { "micros" });
-        builder.extend(quote!(.with_max_cost(#rt::Budget::#ctor(#amount))));
-    }
-    if let Some(name) = &policy.pool {
-        builder.extend(quote!(.with_pool(#name)));
-    }
-    if let Some(name) = &policy.pace {
-        builder.extend(quote!(.with_pace(#name)));
-    }
-    if let Some(d) = policy.stale_for {
-        let d = nanos(d.nanos);
-        builder.extend(quote!(.with_stale_for(#d)));
-    }
-    if let Some(d) = policy.queue_wait {
-        let d = nanos(d.nanos);
-        builder.extend(quote!(.with_queue_wait(#d)));
-    }
-    if let Some(d) = policy.first_token {
-        let d = nanos(d.nanos);
-        builder.extend(quote!(.with_first_token(#d)));
-    }
-    if let Some(d) = policy.idle {
-        let d = nanos(d.nanos);
-        builder.extend(quote!(.with_idle(#d)));
+    for (field, amount) in [
+        (quote!(budget), &policy.budget),
+        (quote!(max_cost), &policy.max_cost),
+    ] {
+        if let Some(amount) = amount {
+            let (n, tokens) = (amount.amount, amount.tokens);
+            fields.extend(some(field, quote!((#n, #tokens))));
+        }
     }
     if let Some(on) = retry_on {
         let ranges = on
             .ranges
             .iter()
-            .map(|(a, b)| quote!(#rt::CodeRange::range(#a, #b)));
+            .map(|(a, b)| quote!(#rt::CodeRange { start: #a, end: #b }));
         let (timeout, transport) = (on.timeout, on.transport);
-        builder.extend(quote! {
-            .with_retry_on(#rt::RetryOn::new(&[#(#ranges),*], #timeout, #transport))
-        });
+        fields.extend(some(
+            quote!(retry_on),
+            quote!((&[#(#ranges),*], #timeout, #transport)),
+        ));
     }
 
     let ret = match &item.sig.output {
@@ -345,12 +338,25 @@ pub fn expand(
 
     // What a success cost: `Metered` is required where a budget or pool counts it (reported
     // at that key); elsewhere it is used when the success type has it, so workflows see it.
+    // In the common case (not a stream, `Metered` not required) one probe of the declared
+    // type says both what a success cost and that no `Streamed` hides behind an alias (an
+    // error at the return type); elsewhere the two are asked apart.
+    let probe_once =
+        !streaming && policy.metered_span.is_none() && ret.is_some_and(|ty| !mentions_impl(ty));
     let spend_fn = match (policy.metered_span, ret) {
         (Some(span), _) => respan(quote!(#rt::spend_of_metered), span),
+        (None, Some(ty)) if probe_once => {
+            respan(quote!((&&&#rt::Probe::<#ty>::new()).spend_fn()), ret_span)
+        }
         (None, Some(ty)) if !mentions_impl(ty) => {
             quote!((&&#rt::SpendProbe::<#ty>(#rt::PhantomData)).spend_fn())
         }
         _ => quote!(#rt::no_spend),
+    };
+    let probe_traits = if probe_once {
+        quote!(use #rt::{ProbeHiddenStream as _, ProbeNoSpend as _, ProbeSpend as _};)
+    } else {
+        quote!(use #rt::{ProbeAny as _, ProbeMetered as _, ProbeNotStreamed as _, ProbeStreamed as _};)
     };
 
     // Guarded attempts need `E: From<Rejected>`; a missing impl is reported at the key
@@ -433,7 +439,7 @@ pub fn expand(
     // A `Streamed` the signature did not show (a type alias) is an error at the return type.
     // The declared type, not the result's (whose inference the probe must not steer).
     let not_a_stream = match ret {
-        Some(ty) if !mentions_impl(ty) => {
+        Some(ty) if !probe_once && !mentions_impl(ty) => {
             let probe = respan(
                 quote!((&&#rt::StreamProbe::<#ty>::new()).not_a_stream()),
                 ret_span,
@@ -540,12 +546,12 @@ pub fn expand(
         #use_retry_on
         use #krate::__private as #rt;
         #[allow(unused_imports)]
-        use #rt::{ProbeAny as _, ProbeMetered as _, ProbeNotStreamed as _, ProbeStreamed as _};
+        #probe_traits
         #key_stmt
         let #spend_of = #spend_fn;
         let mut #call = {
-            static #policy_ident: #rt::Policy = #builder;
-            static #site: #rt::CallSite<'static> = #rt::CallSite::new(&#policy_ident);
+            static #site: #rt::CallSite<'static> =
+                #rt::CallSite::from_parts(#rt::PolicyParts { #fields ..#rt::PolicyParts::DEFAULT });
             #start(&#site)
         };
         #body

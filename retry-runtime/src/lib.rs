@@ -135,7 +135,10 @@ pub use retry_macros::retry_on;
 pub mod __private {
     pub use crate::backoff::Backoff;
     pub use crate::budget::Budget;
-    pub use crate::executor::{Call, CallSite, FastCall, Outcome, Settled, Step};
+    pub use crate::executor::{
+        Call, CallSite, FastCall, Outcome, PolicyParts, Probe, ProbeHiddenStream, ProbeNoSpend,
+        ProbeSpend, Settled, Step,
+    };
     pub use crate::fallback::cache_key;
     pub use crate::policy::{CodeRange, Policy, RetryOn};
     pub use crate::spend::{Metered, Spend};

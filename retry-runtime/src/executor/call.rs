@@ -123,26 +123,25 @@ impl<'p> Call<'p> {
     #[cfg_attr(not(debug_assertions), inline(always))]
     #[cfg_attr(debug_assertions, inline)]
     pub fn start_static(site: &'static CallSite<'static>) -> Call<'static> {
-        site.registered
-            .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
-        Call::start_labelled(site, Some(&site.state().labels))
+        let state = site.state();
+        site.register(state);
+        Call::start_labelled(state, Some(&state.labels))
     }
 
     /// Start a call: the clock for `deadline` starts now.
     #[cfg_attr(not(debug_assertions), inline(always))]
     #[cfg_attr(debug_assertions, inline)]
     pub fn start(site: &'p CallSite<'p>) -> Self {
-        Call::start_labelled(site, None)
+        Call::start_labelled(site.state(), None)
     }
 
     #[cfg_attr(not(debug_assertions), inline(always))]
     #[cfg_attr(debug_assertions, inline)]
     fn start_labelled(
-        site: &'p CallSite<'p>,
+        site: &'p SiteState,
         labels: Option<&'static report::metered::SiteLabels>,
     ) -> Self {
-        let policy = site.policy;
-        let site = site.state();
+        let policy = &site.policy;
         let seat = report::claim_observer();
         let observed = seat.map(|_| Vec::new());
         let ledgers = Ledgers {

@@ -43,11 +43,11 @@ impl FastCall {
     /// Start a call at `site`.
     #[inline]
     pub fn start_static(site: &'static CallSite<'static>) -> FastCall {
-        site.registered
-            .call_once(|| report::site_label(site.policy.name(), site.policy.site()));
+        let state = site.state();
+        site.register(state);
         FastCall {
             site,
-            state: site.state(),
+            state,
             call: None,
             fast: None,
             admitted: None,
@@ -88,7 +88,7 @@ impl FastCall {
         if self.call.is_some() || self.fast.is_some() || !self.unseen() {
             return false;
         }
-        let (site, state) = (self.site, self.state);
+        let state = self.state;
         let Some(breaker) = state.breaker.get() else {
             return false;
         };
@@ -101,7 +101,7 @@ impl FastCall {
         }
         let now = Instant::now();
         let mut notes = Notes {
-            function: site.policy.name(),
+            function: self.state.policy.name(),
             kept: None,
         };
         let now_ms = crate::clock::to_ns(now) / 1_000_000;
@@ -156,11 +156,10 @@ impl FastCall {
         if outcome.is_ok() {
             self.fast = None;
             let spend = spend_of(&outcome);
-            let site = self.site;
             self.state.estimate.observe(spend);
             if let Some((breaker, admission, started)) = self.admitted.take() {
                 let mut notes = Notes {
-                    function: site.policy.name(),
+                    function: self.state.policy.name(),
                     kept: None,
                 };
                 steps::record(&mut notes, breaker, admission, None, true, started);
@@ -268,10 +267,9 @@ impl Drop for FastCall {
         }
         // (No event: nothing could see one when the attempt started.)
         if self.fast.is_some() && self.call.is_none() {
-            let site = self.site;
             report::metered::call_ended(
                 Some(&self.state.labels),
-                site.policy.name(),
+                self.state.policy.name(),
                 StopReason::Cancelled.as_str(),
                 1,
                 0,

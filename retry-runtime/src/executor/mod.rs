@@ -49,6 +49,7 @@ mod decide;
 mod fallbacks;
 mod fast;
 mod gate;
+mod probe;
 mod stream;
 
 pub use stream::Streamed;
@@ -57,7 +58,8 @@ pub use attempt::{Admitted, Admitting, Guarded, Limit};
 pub use call::Call;
 pub use decide::{decide, Decision, Failure};
 pub use fast::FastCall;
-pub use site::CallSite;
+pub use probe::{Probe, ProbeHiddenStream, ProbeNoSpend, ProbeSpend, StreamBehindAlias};
+pub use site::{CallSite, PolicyParts};
 
 mod site;
 
