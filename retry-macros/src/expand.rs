@@ -238,7 +238,6 @@ pub fn expand(
     let call = syn::Ident::new("__resilient_call", Span::mixed_site());
     let outcome = syn::Ident::new("__resilient_outcome", Span::mixed_site());
     let result = syn::Ident::new("__resilient_result", Span::mixed_site());
-    let error = syn::Ident::new("__resilient_error", Span::mixed_site());
     let spend_of = syn::Ident::new("__resilient_spend_of", Span::mixed_site());
     let name = item.sig.ident.to_string();
 
@@ -267,14 +266,21 @@ pub fn expand(
     // sites reporting under one label can be told apart in the WARN that says so.
     let label = match &policy.label {
         Some(label) => quote!(#label),
-        None => quote!(#rt::concat!(#rt::module_path!(), "::", #name)),
+        None => {
+            let tail = format!("::{name}");
+            quote!(#rt::concat!(#rt::module_path!(), #tail))
+        }
     };
+    // Where the site is written, as `file!()` and `line!()` would say (one literal: two
+    // macro calls fewer for the compiler to expand per function).
+    let here = proc_macro::Span::call_site();
+    let site_tail = format!("::{name} at {}:{}", here.file(), here.line());
     // The attribute's values as plain data (nanoseconds, amounts), made a `Policy` at the
     // site's first call: the compiler evaluates every function's `static`, and literals cost
     // it least. Unset keys take `Policy::new`'s values.
     let mut fields = quote! {
         name: #label,
-        site: #rt::concat!(#rt::module_path!(), "::", #name, " at ", #rt::file!(), ":", #rt::line!()),
+        site: #rt::concat!(#rt::module_path!(), #site_tail),
         backoff: #rt::Backoff::#backoff,
         max_attempts: #max,
     };
@@ -335,6 +341,8 @@ pub fn expand(
         syn::ReturnType::Default => None,
     };
     let ret_span = ret.map_or_else(Span::call_site, |t| t.span());
+    // The return type, if it can be named inside the body (no `impl Trait`).
+    let nameable_ret = ret.filter(|ty| !mentions_impl(ty));
 
     // What a success cost: `Metered` is required where a budget or pool counts it (reported
     // at that key); elsewhere it is used when the success type has it, so workflows see it.
@@ -342,13 +350,13 @@ pub fn expand(
     // type says both what a success cost and that no `Streamed` hides behind an alias (an
     // error at the return type); elsewhere the two are asked apart.
     let probe_once =
-        !streaming && policy.metered_span.is_none() && ret.is_some_and(|ty| !mentions_impl(ty));
+        !streaming && policy.metered_span.is_none() && nameable_ret.is_some();
     let spend_fn = match (policy.metered_span, ret) {
         (Some(span), _) => respan(quote!(#rt::spend_of_metered), span),
         (None, Some(ty)) if probe_once => {
             respan(quote!((&&&#rt::Probe::<#ty>::new()).spend_fn()), ret_span)
         }
-        (None, Some(ty)) if !mentions_impl(ty) => {
+        (None, Some(ty)) if nameable_ret.is_some() => {
             quote!((&&#rt::SpendProbe::<#ty>(#rt::PhantomData)).spend_fn())
         }
         _ => quote!(#rt::no_spend),
@@ -421,6 +429,7 @@ pub fn expand(
         let wait = respan(quote!(#call.first_chunk(#outcome)), ret_span);
         quote!(let #outcome = #wait.await;)
     });
+    let error = syn::Ident::new("__resilient_error", Span::mixed_site());
     let attempts = quote! {
         loop {
             let #outcome = #run_attempt;
@@ -439,7 +448,7 @@ pub fn expand(
     // A `Streamed` the signature did not show (a type alias) is an error at the return type.
     // The declared type, not the result's (whose inference the probe must not steer).
     let not_a_stream = match ret {
-        Some(ty) if !probe_once && !mentions_impl(ty) => {
+        Some(ty) if !probe_once && nameable_ret.is_some() => {
             let probe = respan(
                 quote!((&&#rt::StreamProbe::<#ty>::new()).not_a_stream()),
                 ret_span,
