@@ -349,8 +349,7 @@ pub fn expand(
     // In the common case (not a stream, `Metered` not required) one probe of the declared
     // type says both what a success cost and that no `Streamed` hides behind an alias (an
     // error at the return type); elsewhere the two are asked apart.
-    let probe_once =
-        !streaming && policy.metered_span.is_none() && nameable_ret.is_some();
+    let probe_once = !streaming && policy.metered_span.is_none() && nameable_ret.is_some();
     let spend_fn = match (policy.metered_span, ret) {
         (Some(span), _) => respan(quote!(#rt::spend_of_metered), span),
         (None, Some(ty)) if probe_once => {
