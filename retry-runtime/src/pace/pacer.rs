@@ -165,10 +165,9 @@ impl Pacer {
         // One async fn (its caller's future holds one state machine, not two nested ones).
         let arrived = Instant::now();
         let (deadline, line_bound) = self.bound(arrived, deadline);
-        let miss = |earliest: Instant, deadline: Instant| self.miss(earliest, deadline, line_bound);
         let arrived_ns = to_ns(arrived);
         if let Some(deadline) = deadline.filter(|&deadline| deadline < arrived) {
-            return Err(miss(arrived, deadline));
+            return Err(self.miss(arrived, deadline, line_bound));
         }
         let waiting = {
             let mut core = self.lock();
@@ -180,7 +179,7 @@ impl Pacer {
             let projected = core.project(arrived_ns, weight_tokens);
             if let Some(deadline) = deadline {
                 if projected > to_ns(deadline) {
-                    return Err(miss(from_ns(projected), deadline));
+                    return Err(self.miss(from_ns(projected), deadline, line_bound));
                 }
             }
             core.queued_requests += 1;
@@ -188,37 +187,43 @@ impl Pacer {
             core.queued_requests
         };
         self.publish_waiting(waiting);
+        // What the caller needs once at the head, together (a caller woken in a long line
+        // reads it cold: in one place it is a cache line or two).
         let mut place = Place {
             pacer: self,
             tokens: weight_tokens,
             joined: true,
             head: false,
+            arrived,
+            deadline,
+            line_bound,
+            ready_ns: None,
         };
         let line = self.line.lock();
         let _turn = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, line).await {
                 Ok(turn) => turn,
-                Err(_) => return Err(miss(self.projected(weight_tokens), deadline)),
+                Err(_) => {
+                    return Err(self.miss(self.projected(place.tokens), deadline, line_bound))
+                }
             },
             None => line.await,
         };
         place.head = true;
-        // At the head: the first moment this caller could have been served (read once).
-        let mut ready_ns = None;
         loop {
             // A look, and when it does not serve, a second one once `changed` exists: created
             // before that look, it sees every `notify_waiters` from then on (not enabled, i.e.
             // registered, until polled). A head served at the first look, as most are within
             // a burst, builds no `Notified` at all.
-            match self.at_head(&mut place, arrived, &mut ready_ns, deadline) {
+            match self.at_head(&mut place) {
                 Head::Served(permit) => return Ok(permit),
-                Head::Missed(earliest, deadline) => return Err(miss(earliest, deadline)),
+                Head::Missed(error) => return Err(error),
                 Head::Wait(_) => {}
             }
             let mut changed = pin!(self.changed.notified());
-            let at = match self.at_head(&mut place, arrived, &mut ready_ns, deadline) {
+            let at = match self.at_head(&mut place) {
                 Head::Served(permit) => return Ok(permit),
-                Head::Missed(earliest, deadline) => return Err(miss(earliest, deadline)),
+                Head::Missed(error) => return Err(error),
                 Head::Wait(at) => at,
             };
             let mut sleep = pin!(tokio::time::sleep_until(from_ns(at)));
@@ -251,25 +256,21 @@ impl Pacer {
     }
 
     /// A look at the line from its head: served now (the permit is taken and the caller
-    /// leaves the line), too late for `deadline`, or to wait until the instant (ns) it could
-    /// be served.
-    fn at_head(
-        &self,
-        place: &mut Place<'_>,
-        arrived: Instant,
-        ready_ns: &mut Option<u64>,
-        deadline: Option<Instant>,
-    ) -> Head<'_> {
+    /// leaves the line), too late for its deadline, or to wait until the instant (ns) it could
+    /// be served. At the first look, the first moment it could have been served is read (once).
+    fn at_head(&self, place: &mut Place<'_>) -> Head<'_> {
         let now = Instant::now();
-        let weight_tokens = place.tokens;
+        let (arrived, deadline, weight_tokens) = (place.arrived, place.deadline, place.tokens);
         let mut core = self.lock();
-        let ready_ns =
-            *ready_ns.get_or_insert_with(|| core.ready_at_head(to_ns(arrived), to_ns(now)));
+        let ready_ns = *place
+            .ready_ns
+            .get_or_insert_with(|| core.ready_at_head(to_ns(arrived), to_ns(now)));
         let at = core.conform(ready_ns, weight_tokens);
         if let Some(deadline) = deadline.filter(|&deadline| now > deadline) {
             // Woken after the deadline (timers fire on the millisecond): too late.
             drop(core);
-            return Head::Missed(from_ns(at.max(to_ns(now))), deadline);
+            let earliest = from_ns(at.max(to_ns(now)));
+            return Head::Missed(self.miss(earliest, deadline, place.line_bound));
         }
         if at <= to_ns(now) {
             core.take(at, weight_tokens);
@@ -282,7 +283,9 @@ impl Pacer {
             return Head::Served(self.permit(arrived, now, weight_tokens));
         }
         match deadline {
-            Some(deadline) if at > to_ns(deadline) => Head::Missed(from_ns(at), deadline),
+            Some(deadline) if at > to_ns(deadline) => {
+                Head::Missed(self.miss(from_ns(at), deadline, place.line_bound))
+            }
             _ => Head::Wait(at),
         }
     }
@@ -426,6 +429,13 @@ struct Place<'a> {
     joined: bool,
     // At the head: leaving hands the line on now.
     head: bool,
+    // When the caller arrived, the latest its permit is worth having, and whether that bound
+    // is the pacer's `max_wait` (then a miss is `LineTooLong`).
+    arrived: Instant,
+    deadline: Option<Instant>,
+    line_bound: bool,
+    // At the head: the first moment this caller could have been served.
+    ready_ns: Option<u64>,
 }
 
 impl Drop for Place<'_> {
@@ -453,7 +463,7 @@ impl Drop for Place<'_> {
 /// What a look from the head of the line found.
 enum Head<'a> {
     Served(Permit<'a>),
-    Missed(Instant, Instant),
+    Missed(PaceError),
     Wait(u64),
 }
 
