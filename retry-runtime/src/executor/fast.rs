@@ -3,7 +3,7 @@
 //! checks; a breaker with no store and no admission rate on, checked here), in a call
 //! nobody observes, outside any workflow, with no subscriber to see its events and no
 //! recorder timing it. A success there is the common case and all that needs doing is what
-//! it counts; the call's full state (the `Call`, some 800 bytes of it) is built only when the
+//! it counts; the call's full state (the `Call`, some 900 bytes of it) is built only when the
 //! first attempt fails, or when anything of the above is there to see it.
 //!
 //! What a success counts is what the full path counts: the site's spend estimate, the
