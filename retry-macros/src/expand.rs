@@ -429,16 +429,33 @@ pub fn expand(
         quote!(let #outcome = #wait.await;)
     });
     let error = syn::Ident::new("__resilient_error", Span::mixed_site());
-    let attempts = quote! {
-        loop {
-            let #outcome = #run_attempt;
-            #first_chunk
-            match #settle {
-                #rt::Settled::Return(#result) => break #result,
-                #rt::Settled::Retry(#error) => {
-                    if let #rt::Step::Return(#result) = #call.wait(#error).await {
-                        break #result;
+    let attempts = if fast {
+        // The fast first attempt's policies: settled synchronously, so that a success awaits
+        // nothing more.
+        quote! {
+            loop {
+                let #outcome = #run_attempt;
+                match #settle {
+                    #rt::Settled::Return(#result) => break #result,
+                    #rt::Settled::Retry(#error) => {
+                        if let #rt::Step::Return(#result) = #call.wait(#error).await {
+                            break #result;
+                        }
                     }
+                }
+            }
+        }
+    } else {
+        // Elsewhere one await of the runtime's after each attempt (`Call::after`: settle, and
+        // for a retry wait; generic over the result type only, so compiled once for every
+        // function returning it): the function's own state machine is the smaller for it.
+        let after = respan(quote!(#call.after(#outcome, #spend_of)), ret_span);
+        quote! {
+            loop {
+                let #outcome = #run_attempt;
+                #first_chunk
+                if let #rt::Some(#result) = #after.await {
+                    break #result;
                 }
             }
         }

@@ -497,6 +497,23 @@ impl<'p> Call<'p> {
         }
     }
 
+    /// [`Call::settle`], then, for a retry, [`Call::wait`]: what the function returns, or
+    /// `None` to make the next attempt (what the generated loop awaits after each attempt,
+    /// but for the fast first attempt's policies, which settle without an await).
+    pub async fn after<R>(&mut self, outcome: R, spend_of: fn(&R) -> Spend) -> Option<R>
+    where
+        R: Outcome,
+        R::Err: Classify,
+    {
+        match self.settle(outcome, spend_of) {
+            Settled::Return(result) => Some(result),
+            Settled::Retry(error) => match self.wait(error).await {
+                Step::Return(result) => Some(result),
+                Step::Retry => None,
+            },
+        }
+    }
+
     /// Wait the delay `settle` chose, then ask the gate for the next attempt. The breaker may
     /// have opened, or a pool filled, while we slept: then the call ends with the last
     /// attempt's `error`.
