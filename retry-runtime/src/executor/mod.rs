@@ -4,16 +4,13 @@
 //! shown here with the names it uses; none of them is a stable API):
 //!
 //! ```text
-//! let mut call = { static POLICY: Policy = …; static SITE: CallSite = CallSite::new(&POLICY);
-//!                  Call::start_static(&SITE) };
+//! let mut call = { static SITE: CallSite = CallSite::from_parts(PolicyParts { … });
+//!                  Call::start_static(&SITE) };         // FastCall for the fast policies
 //! let mut result = loop {
-//!     let outcome = call.attempt_guarded(async { <the original body> }).await;
-//!     match call.settle(outcome, spend_of) {            // synchronous
-//!         Settled::Return(result) => break result,
-//!         Settled::Retry(error) => {
-//!             if let Step::Return(result) = call.wait(error).await { break result; }
-//!         }
-//!     }
+//!     let admitted = call.admit().await;                // the gate's own future
+//!     let outcome = call.run(admitted, async { <the original body> }).await;
+//!     // settle (sync), and for a retry wait; the fast policies match on `settle` instead
+//!     if let Some(result) = call.after(outcome, spend_of).await { break result; }
 //! };
 //! <fallbacks, when the call ended in an outage>
 //! call.done(result)                                     // delivers the report
