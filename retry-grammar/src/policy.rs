@@ -61,13 +61,23 @@ pub const POSITIVE_DURATIONS: &[&str] = &[
     "idle",
 ];
 
-/// A duration of `key`, in nanoseconds, that must be longer than zero if the key says so.
+/// A duration of `key`, in nanoseconds: at most [`LONGEST_NANOS`](crate::LONGEST_NANOS), and
+/// longer than zero if the key says so.
 pub fn duration(key: &str, nanos: u64) -> Result<u64, String> {
-    if nanos == 0 && POSITIVE_DURATIONS.contains(&key) {
+    if nanos > crate::LONGEST_NANOS {
+        Err(format!("`{key}` is longer than the limit of one day"))
+    } else if nanos == 0 && POSITIVE_DURATIONS.contains(&key) {
         Err(format!("`{key}` must be longer than zero"))
     } else {
         Ok(nanos)
     }
+}
+
+/// A duration of `key` as written (`timeout = "20s"`), in nanoseconds; the error quotes the
+/// key and value and says how to write one. Its limits are [`duration`]'s, checked apart.
+pub fn written_duration(key: &str, text: &str) -> Result<u64, String> {
+    crate::duration_nanos(text)
+        .map_err(|why| format!("`{key} = \"{text}\"`: {why}; {}", crate::DURATION_HINT))
 }
 
 /// How each key is written, for messages.

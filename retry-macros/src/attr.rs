@@ -5,7 +5,6 @@
 
 use proc_macro2::Span;
 use retry_grammar::policy as rules;
-use retry_grammar::DURATION_HINT;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -559,25 +558,16 @@ fn int(value: &Expr, key: &str, errors: &mut Errors) -> Option<LitInt> {
 
 fn duration(value: &Expr, key: &str, errors: &mut Errors) -> Option<Dur> {
     let s = string(value, key, "\"500ms\"", errors)?;
-    match parse_duration(&s.value()) {
+    match rules::written_duration(key, &s.value()) {
         Ok(nanos) => Some(Dur {
             nanos,
             span: s.span(),
         }),
         Err(why) => {
-            errors.at(
-                &s,
-                format!("`{key} = \"{}\"`: {why}; {DURATION_HINT}", s.value()),
-            );
+            errors.at(&s, why);
             None
         }
     }
-}
-
-/// `"500ms"`, `"2s"`, `"1.5s"`, `"1m"`, `"1h"` as nanoseconds; at most a day (the grammar
-/// the run-time configuration uses too).
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    retry_grammar::duration_nanos(text)
 }
 
 /// The checked `#[retry_on(...)]` list.
@@ -700,27 +690,5 @@ fn add_range(ranges: &mut Vec<(u16, u16)>, a: u16, b: u16, item: &Expr, errors: 
     match rules::not_listed(ranges, a, b) {
         Ok(()) => ranges.push((a, b)),
         Err(why) => errors.at(item, why),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(500_000_000));
-        assert_eq!(parse_duration("2s"), Ok(2_000_000_000));
-        assert_eq!(parse_duration("1.5s"), Ok(1_500_000_000));
-        assert_eq!(parse_duration("1m"), Ok(60_000_000_000));
-        assert_eq!(parse_duration("1h"), Ok(3_600_000_000_000));
-        assert_eq!(parse_duration("0ms"), Ok(0));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("parsecs"));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1.s").is_err());
-        assert!(parse_duration("1..2s").is_err());
-        assert!(parse_duration("25h").is_err());
-        assert!(parse_duration("99999999999999999999999999999h").is_err());
     }
 }

@@ -89,16 +89,10 @@ fn policy_section(text: &str, name: &str, raw: RawPolicy) -> Result<PolicyBuilde
     }
     let mut duration = |key: &'static str, value: Option<String>| {
         let value = value?;
-        match retry_grammar::duration_nanos(&value) {
+        match retry_grammar::policy::written_duration(key, &value) {
             Ok(nanos) => Some(Duration::from_nanos(nanos)),
             Err(why) => {
-                problems.push((
-                    key,
-                    format!(
-                        "`{key} = \"{value}\"`: {why}; {}",
-                        retry_grammar::DURATION_HINT
-                    ),
-                ));
+                problems.push((key, why));
                 None
             }
         }

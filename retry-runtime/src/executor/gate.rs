@@ -871,29 +871,22 @@ impl<'p> Gate<'p> {
         let Some(admission) = self.admission.take() else {
             return; // (a lease is only held with an admission; dropped, it is given back)
         };
-        let Some(lease) = lease else {
-            steps::record(
-                &mut self.notes(),
-                breaker,
-                admission,
-                failure,
-                first,
-                started,
-            );
-            return;
-        };
-        // One of the fleet's probes: this process's copy records it (its transitions are
-        // noted, not published), and the result goes to the store with the lease, which
-        // ends the fleet's half-open period if it still goes on. It re-opens it on a counted
-        // failure (or whatever re-opened the copy here, e.g. the regime), else closes it.
-        let to = steps::record_leased(
+        // A fleet probe's transitions here are noted, not published: its result goes to the
+        // store with the lease, which ends the fleet's half-open period if it still goes on,
+        // re-opening it on a counted failure (or whatever re-opened the copy here, e.g. the
+        // regime), else closing it.
+        let to = steps::record_publishing(
             &mut self.notes(),
             breaker,
             admission,
             failure,
             first,
             started,
+            lease.is_none(),
         );
+        let Some(lease) = lease else {
+            return;
+        };
         let failed = match to {
             Some(state) => state == BreakerState::Open,
             None => failure.is_some_and(|class| breaker.counts(class)),
@@ -1084,25 +1077,14 @@ pub(super) mod steps {
         first: bool,
         started: Instant,
     ) {
-        record_if(notes, breaker, admission, failure, first, started, true);
+        record_publishing(notes, breaker, admission, failure, first, started, true);
     }
 
-    /// [`record`] for one of the fleet's probes, whose result goes to the store with its
-    /// lease: this process's transitions are noted, not published. The state the last of
-    /// them went to, if any.
-    pub(in crate::executor) fn record_leased(
-        notes: &mut Notes<'_>,
-        breaker: &'static Breaker,
-        admission: Admission,
-        failure: Option<ErrorClass>,
-        first: bool,
-        started: Instant,
-    ) -> Option<BreakerState> {
-        record_if(notes, breaker, admission, failure, first, started, false)
-    }
-
+    /// [`record`], publishing this process's transitions or (`publish = false`, one of the
+    /// fleet's probes, whose result goes to the store with its lease) only noting them. The
+    /// state the last of them went to, if any.
     #[inline(always)]
-    fn record_if(
+    pub(in crate::executor) fn record_publishing(
         notes: &mut Notes<'_>,
         breaker: &'static Breaker,
         admission: Admission,

@@ -334,9 +334,7 @@ impl PolicyBuilder {
             ("max_retry_after", self.max_retry_after),
         ] {
             let Some(d) = d else { continue };
-            if nanos(d) > retry_grammar::LONGEST_NANOS {
-                problem(key, format!("`{key}` is longer than the limit of one day"));
-            } else if let Err(why) = rules::duration(key, nanos(d)) {
+            if let Err(why) = rules::duration(key, nanos(d)) {
                 problem(key, why);
             }
         }
@@ -437,15 +435,14 @@ fn retry_list(
                 }
             }
             Retryable::Timeout | Retryable::Transport => {
-                let flag = if *item == Retryable::Timeout {
-                    &mut timeout
+                let (word, flag) = if *item == Retryable::Timeout {
+                    ("timeout", &mut timeout)
                 } else {
-                    &mut transport
+                    ("transport", &mut transport)
                 };
-                if *flag {
-                    say(format!("`{}` {}", if *item == Retryable::Timeout { "timeout" } else { "transport" }, rules::LISTED_TWICE));
+                if std::mem::replace(flag, true) {
+                    say(format!("`{word}` {}", rules::LISTED_TWICE));
                 }
-                *flag = true;
             }
             Retryable::Unreadable(written) => say(format!(
                 "`{written}`: #[retry_on] takes status codes (`429`), inclusive ranges (`500..=599`), `timeout` and `transport`"
